@@ -1,0 +1,245 @@
+"""Test doubles for the exporters (tests and bench only; production code never imports this).
+
+:class:`FakeNvmlLibrary` imitates the slice of the pynvml API that :class:`~exporters.nvml.PynvmlSource`
+calls, so :class:`FakeNvmlSource` exercises the real sampling code, error isolation included.
+:class:`FakeDocker` imitates the two Docker API calls the GPU exporter makes.
+"""
+
+from __future__ import annotations
+
+import builtins
+import itertools
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+from .nvml import (
+    NVML_DEVICE_MIG_ENABLE,
+    NVML_ERROR_NOT_FOUND,
+    NVML_ERROR_NOT_SUPPORTED,
+    PynvmlSource,
+)
+
+NVML_ERROR_UNKNOWN = 999
+NVML_ERROR_LIBRARY_NOT_FOUND = 12
+
+
+class FakeNvmlError(Exception):
+    def __init__(self, value: int):
+        super().__init__(f"fake NVML error {value}")
+        self.value = value
+
+
+@dataclass
+class FakeProcess:
+    pid: int
+    used_memory: int | None = 1 << 30
+    sm_percent: int = 0
+    mem_percent: int = 0
+
+
+@dataclass
+class FakeGpu:
+    """One fake device. Mutate the fields between samples; percentages and NVML units (mW, mJ)."""
+
+    uuid: str
+    name: str = "NVIDIA H100 80GB HBM3"
+    utilization: int = 0
+    memory_utilization: int = 0
+    memory_used: int = 0
+    memory_total: int = 80 * 1024**3
+    power_mw: int = 70_000
+    energy_mj: int = 1_000_000
+    temperature: int = 35
+    processes: list[FakeProcess] = field(default_factory=list)
+    fail: set[str] = field(default_factory=set)  # call names that raise, e.g. {"power"}; "handle" = whole device
+    unsupported: set[str] = field(default_factory=set)
+    migs: list["FakeGpu"] = field(default_factory=list)  # non-empty: MIG mode on, these are the units
+    is_mig: bool = False
+
+
+class FakeNvmlLibrary:
+    def __init__(self, gpus: list[FakeGpu], *, fail_init: int | None = None):
+        self.gpus = gpus
+        self.fail_init = fail_init
+        self.calls: Counter[str] = Counter()
+        self._ts = itertools.count(1_000_000)
+        for g in gpus:
+            for m in g.migs:
+                m.is_mig = True
+
+    def _check(self, gpu: FakeGpu, call: str) -> None:
+        self.calls[call] += 1
+        if call in gpu.fail:
+            raise FakeNvmlError(NVML_ERROR_UNKNOWN)
+        if call in gpu.unsupported:
+            raise FakeNvmlError(NVML_ERROR_NOT_SUPPORTED)
+
+    def nvmlInit(self):
+        self.calls["init"] += 1
+        if self.fail_init is not None:
+            raise FakeNvmlError(self.fail_init)
+
+    def nvmlShutdown(self):
+        self.calls["shutdown"] += 1
+
+    def nvmlSystemGetDriverVersion(self):
+        return "580.00-fake"
+
+    def nvmlDeviceGetCount(self):
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        gpu = self.gpus[i]
+        self._check(gpu, "handle")
+        return gpu
+
+    def nvmlDeviceGetUUID(self, h):
+        self._check(h, "uuid")
+        return h.uuid
+
+    def nvmlDeviceGetName(self, h):
+        self._check(h, "name")
+        return h.name.encode()  # old bindings return bytes; the source must cope
+
+    def nvmlDeviceGetMigMode(self, h):
+        self._check(h, "mig")
+        if h.is_mig:
+            raise FakeNvmlError(NVML_ERROR_NOT_SUPPORTED)
+        return [NVML_DEVICE_MIG_ENABLE if h.migs else 0, NVML_DEVICE_MIG_ENABLE if h.migs else 0]
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, h):
+        return len(h.migs) + 1  # one empty slot, as on real boards
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, h, k):
+        if k >= len(h.migs):
+            raise FakeNvmlError(NVML_ERROR_NOT_FOUND)
+        return h.migs[k]
+
+    def nvmlDeviceGetUtilizationRates(self, h):
+        self._check(h, "utilization")
+        if h.is_mig or h.migs:
+            raise FakeNvmlError(NVML_ERROR_NOT_SUPPORTED)
+        return SimpleNamespace(gpu=h.utilization, memory=h.memory_utilization)
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        self._check(h, "memory")
+        return SimpleNamespace(used=h.memory_used, total=h.memory_total, free=h.memory_total - h.memory_used)
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        self._check(h, "power")
+        if h.is_mig:
+            raise FakeNvmlError(NVML_ERROR_NOT_SUPPORTED)
+        return h.power_mw
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h):
+        self._check(h, "energy")
+        if h.is_mig:
+            raise FakeNvmlError(NVML_ERROR_NOT_SUPPORTED)
+        return h.energy_mj
+
+    def nvmlDeviceGetTemperature(self, h, sensor):
+        self._check(h, "temperature")
+        if h.is_mig:
+            raise FakeNvmlError(NVML_ERROR_NOT_SUPPORTED)
+        return h.temperature
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h):
+        self._check(h, "processes")
+        return [SimpleNamespace(pid=p.pid, usedGpuMemory=p.used_memory, gpuInstanceId=0, computeInstanceId=0)
+                for p in h.processes]
+
+    def nvmlDeviceGetProcessUtilization(self, h, last_seen):
+        self._check(h, "process_utilization")
+        if h.is_mig:
+            raise FakeNvmlError(NVML_ERROR_NOT_SUPPORTED)
+        ts = next(self._ts)
+        busy = [SimpleNamespace(pid=p.pid, timeStamp=ts, smUtil=p.sm_percent, memUtil=p.mem_percent,
+                                encUtil=0, decUtil=0)
+                for p in h.processes if p.sm_percent or p.mem_percent]
+        busy = [s for s in busy if s.timeStamp > last_seen]
+        if not busy:
+            raise FakeNvmlError(NVML_ERROR_NOT_FOUND)
+        return busy
+
+
+class FakeNvmlSource(PynvmlSource):
+    """The real :class:`PynvmlSource` over :class:`FakeNvmlLibrary` (tests and bench only)."""
+
+    def __init__(self, gpus: list[FakeGpu], *, fail_init: int | None = None, retry_init_seconds: float = 0.0):
+        self.library = FakeNvmlLibrary(gpus, fail_init=fail_init)
+        self.gpus = gpus
+        super().__init__(nvml=self.library, retry_init_seconds=retry_init_seconds)
+
+
+def fake_gpus(n: int, *, prefix: str = "GPU-fake-", procs_per_gpu: int = 0, first_pid: int = 10_000) -> list[FakeGpu]:
+    pids = itertools.count(first_pid)
+    return [
+        FakeGpu(uuid=f"{prefix}{i}", utilization=50, memory_utilization=20, memory_used=10 * 1024**3,
+                processes=[FakeProcess(next(pids), sm_percent=40, mem_percent=10) for _ in range(procs_per_gpu)])
+        for i in range(n)
+    ]
+
+
+# ---------------------------------------------------------------- Docker
+
+
+class FakeDockerNotFound(Exception):
+    status_code = 404
+
+
+class _FakeApi:
+    def __init__(self, owner: "FakeDocker"):
+        self.owner = owner
+
+    def containers(self, all=False, filters=None):
+        self.owner.calls["containers"] += 1
+        if self.owner.fail:
+            raise ConnectionError("fake Docker is down")
+        want = dict(f.split("=", 1) for f in (filters or {}).get("label", []) if "=" in f)
+        out = []
+        for c in self.owner.containers.values():
+            if builtins.all(c["Labels"].get(k) == v for k, v in want.items()):
+                out.append({"Id": c["Id"], "Names": [c["Name"]], "Labels": dict(c["Labels"]), "State": "running"})
+        return out
+
+    def inspect_container(self, cid):
+        self.owner.calls["inspect"] += 1
+        if self.owner.fail:
+            raise ConnectionError("fake Docker is down")
+        for c in self.owner.containers.values():
+            if c["Id"] == cid or c["Id"].startswith(cid):
+                return {"Id": c["Id"], "Name": c["Name"], "Config": {"Labels": dict(c["Labels"])},
+                        "State": {"Pid": c.get("Pid", 0)}}
+        raise FakeDockerNotFound(cid)
+
+
+class FakeDocker:
+    """Enough of ``docker.DockerClient`` for the exporters: ``.api.containers`` and ``.api.inspect_container``."""
+
+    def __init__(self):
+        self.containers: dict[str, dict] = {}
+        self.calls: Counter[str] = Counter()
+        self.fail = False
+        self.api = _FakeApi(self)
+
+    def add(self, cid: str, labels: dict[str, str], name: str = "/jupyter-x", pid: int = 0) -> None:
+        self.containers[cid] = {"Id": cid, "Name": name, "Labels": labels, "Pid": pid}
+
+    def remove(self, cid: str) -> None:
+        self.containers.pop(cid, None)
+
+
+def gpuhub_labels(user: str, org: str, gpus: list[str] = (), server: str = "", model: str = "H100") -> dict[str, str]:
+    return {"gpuhub.user": user, "gpuhub.org": org, "gpuhub.server": server, "gpuhub.image": "python",
+            "gpuhub.gpus": ",".join(gpus), "gpuhub.gpu-model": model, "gpuhub.managed": "1", "gpuhub.hub": "test"}
+
+
+def make_proc_tree(root: Path, pids: dict[int, str]) -> Path:
+    """A fake ``/proc``: ``{pid: cgroup file text}``."""
+    for pid, text in pids.items():
+        d = root / str(pid)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "cgroup").write_text(text)
+    return root

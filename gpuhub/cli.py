@@ -1,0 +1,154 @@
+"""``gpuhub``: the operators' command line.
+
+Every subcommand reads the same site config as the hub (``--site`` or
+``GPUHUB_SITE_CONFIG``, default ``examples/site.yaml``) and imports its machinery lazily,
+so ``gpuhub --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .site import SiteConfigError, load_site, site_config_path
+
+
+def _site(args):
+    return load_site(args.site or site_config_path())
+
+
+def cmd_check_config(args) -> int:
+    site = _site(args)
+    print(f"{site.path}: ok — {len(site.organizations)} organizations, {len(site.gpus.devices)} GPUs "
+          f"({', '.join(site.gpus.models)}), {len(site.images)} images, runtime {site.gpus.runtime}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    site = _site(args)
+    os.environ["GPUHUB_SITE_CONFIG"] = str(site.path)
+    config = Path(args.config).resolve()
+    from .images import check_catalog
+    from .dockerenv import docker_client
+
+    problems = check_catalog(site, docker_client())
+    if problems:
+        for p in problems:
+            print(f"gpuhub: {p}", file=sys.stderr)
+        return 2
+    jupyterhub = shutil.which("jupyterhub", path=str(Path(sys.prefix) / "bin")) or "jupyterhub"
+    print(f"gpuhub: serving {site.hub.bind_url} (site config {site.path}); Ctrl-C stops the hub, "
+          "user servers keep running", flush=True)
+    os.execv(jupyterhub, [jupyterhub, "-f", str(config), *args.jupyterhub_args])
+    return 0  # not reached
+
+
+def cmd_images_build(args) -> int:
+    from .images import build, missing_images
+
+    root = Path(__file__).resolve().parent.parent
+    names = args.names
+    if args.missing:
+        names = missing_images(root, names or None)
+        if not names:
+            return 0
+    build(names, root)
+    return 0
+
+
+def cmd_quota_status(args) -> int:
+    from .runtime import quota_store
+
+    site = _site(args)
+    status = quota_store(site.path).status(datetime.now(timezone.utc))
+    if args.format == "json":
+        print(json.dumps(status, indent=2, default=str))
+        return 0
+    from quota.render import status_table
+
+    print(status_table(status))
+    return 0
+
+
+def cmd_billing_statement(args) -> int:
+    from quota import billing
+
+    from .runtime import quota_store
+
+    site = _site(args)
+    store = quota_store(site.path)
+    out = billing.render(store, args.period, org=args.org, fmt=args.format, now=datetime.now(timezone.utc))
+    if args.output:
+        Path(args.output).write_text(out)
+    else:
+        sys.stdout.write(out)
+    return 0
+
+
+def cmd_exporter(args) -> int:
+    from exporters import server
+
+    site = _site(args)
+    if args.kind == "gpu":
+        server.run_gpu_exporter(site, args.listen)
+    else:
+        server.run_usage_exporter(site, args.listen)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gpuhub", description=__doc__.split("\n\n")[0])
+    p.add_argument("--site", help="site config YAML (default: $GPUHUB_SITE_CONFIG or examples/site.yaml)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("check-config", help="validate the site config and summarise it")
+    s.set_defaults(func=cmd_check_config)
+
+    s = sub.add_parser("run", help="serve the hub in the foreground (Ctrl-C stops it; servers keep running)")
+    s.add_argument("--config", default="jupyterhub_config.py")
+    s.add_argument("jupyterhub_args", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_run)
+
+    img = sub.add_parser("images", help="curated images").add_subparsers(dest="images_cmd", required=True)
+    s = img.add_parser("build", help="build images offline (all, or the names given)")
+    s.add_argument("names", nargs="*")
+    s.add_argument("--missing", action="store_true", help="only those not built yet")
+    s.set_defaults(func=cmd_images_build)
+
+    q = sub.add_parser("quota", help="organizations' GPU use").add_subparsers(dest="quota_cmd", required=True)
+    s = q.add_parser("status", help="per org: GPUs in use/limit, budget; per device: holder")
+    s.add_argument("--format", choices=("table", "json"), default="table")
+    s.set_defaults(func=cmd_quota_status)
+
+    b = sub.add_parser("billing", help="billing from the usage ledger").add_subparsers(dest="billing_cmd", required=True)
+    s = b.add_parser("statement", help="statement for one month")
+    s.add_argument("--period", default=datetime.now().strftime("%Y-%m"), help="YYYY-MM in the site timezone")
+    s.add_argument("--org")
+    s.add_argument("--format", choices=("json", "csv", "html"), default="json")
+    s.add_argument("--output", "-o")
+    s.set_defaults(func=cmd_billing_statement)
+
+    e = sub.add_parser("exporter", help="Prometheus exporters").add_subparsers(dest="kind", required=True)
+    for kind in ("gpu", "usage"):
+        s = e.add_parser(kind, help=f"serve the {kind} exporter")
+        s.add_argument("--listen", default="127.0.0.1:9835" if kind == "gpu" else "127.0.0.1:9836")
+        s.set_defaults(func=cmd_exporter)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SiteConfigError as e:
+        print(f"gpuhub: site config error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The ``apply_*(c, site, facts)`` functions that ``jupyterhub_config.py`` calls.
+
+Each one only sets config values, so each is unit-tested against a plain
+``traitlets.config.Config()``. Everything that touches the outside world (Docker, the
+environment, the state directory) happens once in :func:`prepare` and is handed in as
+:class:`HubFacts`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .site import Site, load_site, site_config_path
+
+QUOTA_SERVICE = "gpuhub-quota"
+AUTOMATION_SERVICE = "gpuhub-automation"
+
+
+@dataclass(frozen=True)
+class HubFacts:
+    """What the hub config needs from the world outside the site file."""
+
+    hub_ip: str  # the user network's gateway: reachable from containers, not from elsewhere
+    network: str
+    demo_password: str | None
+    admin_token: str | None
+    quota_service_token: str
+    metrics_token: str | None
+    proxy_command: str
+    service_env: dict = field(default_factory=dict)  # passed to managed services (e.g. PGPASSFILE)
+
+
+def _state_secret(state_dir: Path, name: str, nbytes: int = 24) -> str:
+    """A secret kept in the state directory (mode 0600) so it survives restarts."""
+    path = state_dir / name
+    if path.exists():
+        return path.read_text().strip()
+    value = secrets.token_urlsafe(nbytes)
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return value
+
+
+def prepare(environ: dict | None = None, *, docker_client=None, log=print) -> tuple[Site, HubFacts]:
+    """Load the site config and gather the facts the apply functions need."""
+    from .dockerenv import docker_client as make_client
+    from .dockerenv import ensure_user_network
+
+    env = os.environ if environ is None else environ
+    site = load_site(site_config_path(env))
+    state = site.hub.state_dir
+    state.mkdir(parents=True, exist_ok=True)
+    net = ensure_user_network(docker_client or make_client(), site.hub.network)
+    password = None
+    if site.hub.auth.type == "shared-password":
+        password = env.get("GPUHUB_DEMO_PASSWORD") or _state_secret(state, "demo-password", 9)
+        if not env.get("GPUHUB_DEMO_PASSWORD"):
+            log(f"gpuhub: shared demo password is {password!r} (kept in {state / 'demo-password'}; "
+                "set GPUHUB_DEMO_PASSWORD to choose one)")
+    chp = Path(sys.prefix) / "bin" / "configurable-http-proxy"
+    facts = HubFacts(
+        hub_ip=net.gateway,
+        network=net.name,
+        demo_password=password,
+        admin_token=env.get("GPUHUB_ADMIN_TOKEN") or None,
+        quota_service_token=_state_secret(state, "quota-service-token", 32),
+        metrics_token=env.get(site.metrics_token_env) if site.metrics_token_env else None,
+        proxy_command=str(chp) if chp.exists() else "configurable-http-proxy",
+        service_env={k: env[k] for k in ("PGPASSFILE", "PGPASSWORD", "DOCKER_HOST") if k in env},
+    )
+    return site, facts
+
+
+def apply_hub(c, site: Site, facts: HubFacts) -> None:
+    """Where the hub listens, where it keeps state, and that it never stops servers on exit."""
+    state = site.hub.state_dir
+    c.JupyterHub.bind_url = site.hub.bind_url
+    if site.hub.hub_connect_ip:  # hub in a container (docker-compose): users reach it by name
+        c.JupyterHub.hub_bind_url = f"http://0.0.0.0:{site.hub.api_port}"
+        c.JupyterHub.hub_connect_url = f"http://{site.hub.hub_connect_ip}:{site.hub.api_port}"
+    else:  # hub on the host: only the user network's gateway, never 0.0.0.0
+        c.JupyterHub.hub_bind_url = f"http://{facts.hub_ip}:{site.hub.api_port}"
+        c.JupyterHub.hub_connect_url = f"http://{facts.hub_ip}:{site.hub.api_port}"
+    c.JupyterHub.db_url = site.hub.database_url
+    c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
+    c.JupyterHub.pid_file = str(state / "jupyterhub.pid")
+    c.JupyterHub.cleanup_servers = False  # a hub restart must not stop running research servers
+    c.JupyterHub.cleanup_proxy = False
+    c.JupyterHub.authenticate_prometheus = True
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{site.hub.proxy_api_port}"
+    c.ConfigurableHTTPProxy.pid_file = str(state / "jupyterhub-proxy.pid")
+    c.ConfigurableHTTPProxy.command = [facts.proxy_command]
+    c.Authenticator.admin_users = set(site.hub.admin_users)
+    c.JupyterHub.template_paths = [str(Path(__file__).parent / "templates")]
+    c.JupyterHub.template_vars = {"gpuhub_site_config": str(site.path)}
+
+
+def apply_auth(c, site: Site, facts: HubFacts) -> None:
+    """Who may log in: the shared demo password or the organizations' OIDC provider."""
+    from .auth import apply_auth as apply_auth_kind
+
+    apply_auth_kind(c, site, demo_password=facts.demo_password)
+
+
+def apply_spawner(c, site: Site, facts: HubFacts) -> None:
+    """One container per server, on the user network, from the catalog only."""
+    c.JupyterHub.spawner_class = "gpuhub.spawner.GpuhubSpawner"
+    c.GpuhubSpawner.site_config = str(site.path)
+    c.GpuhubSpawner.network_name = facts.network
+    c.GpuhubSpawner.use_internal_ip = True
+    c.GpuhubSpawner.image = next(iter(site.images.values())).image
+    c.GpuhubSpawner.allowed_images = {spec.image: spec.image for spec in site.images.values()}
+    c.GpuhubSpawner.pull_policy = "never"  # images come from the catalog, built locally
+    c.GpuhubSpawner.remove = True
+    c.GpuhubSpawner.prefix = site.hub.instance  # containers: <instance>-<user>[--<server>]
+    c.GpuhubSpawner.hub_instance = site.hub.instance
+    c.GpuhubSpawner.notebook_dir = "/home/jovyan"
+    c.GpuhubSpawner.volumes = {"{prefix}-home-{username}": "/home/jovyan"}
+    c.GpuhubSpawner.default_url = "/lab"
+    c.GpuhubSpawner.start_timeout = 120
+    c.GpuhubSpawner.http_timeout = 60
+    c.GpuhubSpawner.debug = False
+    c.JupyterHub.allow_named_servers = True
+    c.JupyterHub.named_server_limit_per_user = 4
+
+
+def apply_services(c, site: Site, facts: HubFacts) -> None:
+    """The quota service (enforcer, reconciler, status API) and the automation token."""
+    services = [
+        {
+            "name": QUOTA_SERVICE,
+            "command": [sys.executable, "-m", "quota.service"],
+            "url": "http://127.0.0.1:10101",
+            "api_token": facts.quota_service_token,
+            "environment": {"GPUHUB_SITE_CONFIG": str(site.path), **facts.service_env},
+            "display": False,
+        }
+    ]
+    roles = [
+        {
+            "name": "gpuhub-quota",
+            "scopes": ["list:users", "read:users", "read:servers", "delete:servers", "admin:server_state"],
+            "services": [QUOTA_SERVICE],
+        }
+    ]
+    if facts.admin_token:
+        services.append({"name": AUTOMATION_SERVICE, "api_token": facts.admin_token})
+        roles.append({"name": "admin", "services": [AUTOMATION_SERVICE]})
+    c.JupyterHub.services = services
+    c.JupyterHub.load_roles = roles

@@ -1,0 +1,40 @@
+"""Process-wide handles (site config, quota store) shared by spawners and services.
+
+Loaded lazily on first use, never at import, and keyed by the site-config path so tests can
+run several sites in one process.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+from pathlib import Path
+
+from .site import Site, load_site
+
+_lock = threading.Lock()
+
+
+@lru_cache(maxsize=8)
+def _site(path: str) -> Site:
+    return load_site(path)
+
+
+def site(path: str | Path) -> Site:
+    """The validated site at ``path`` (read once per process)."""
+    return _site(str(Path(path).resolve()))
+
+
+_stores: dict[str, object] = {}
+
+
+def quota_store(path: str | Path):
+    """The quota store for the site at ``path``; migrates the database on first use."""
+    key = str(Path(path).resolve())
+    with _lock:
+        store = _stores.get(key)
+        if store is None:
+            from quota.store import QuotaStore
+
+            store = _stores[key] = QuotaStore.from_site(site(key))
+        return store

@@ -1,0 +1,434 @@
+"""The operator's site config: one YAML file, validated at load.
+
+Every tool (hub, CLI, exporters, tests) reads the site through :func:`load_site`, so the
+schema here is the contract. Errors name the key path, what was given and what is allowed,
+because the person reading them is an operator editing YAML at a terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zoneinfo
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_SITE_CONFIG = "examples/site.yaml"
+ORG_GROUP_PREFIX = "gpuhub-org-"
+KEY_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,38}$")
+
+
+class SiteConfigError(ValueError):
+    """The site config is invalid; the message says where and how to fix it."""
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    type: str = "shared-password"
+    issuer: str | None = None
+    client_id: str | None = None
+    client_secret_env: str | None = None
+    groups_claim: str = "groups"
+    admin_groups: tuple[str, ...] = ()
+    username_claim: str = "preferred_username"
+    trusted_email_domains: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    bind_url: str = "http://127.0.0.1:8000"
+    state_dir: Path = Path("state")
+    db_url: str | None = None
+    auth: AuthSettings = AuthSettings()
+    admin_users: tuple[str, ...] = ()
+    network: str = "gpuhub-users"
+    instance: str = "gpuhub"
+    api_port: int = 8081
+    proxy_api_port: int = 8001
+    hub_connect_ip: str | None = None
+    allow_cpu_without_org: bool = True
+
+    @property
+    def database_url(self) -> str:
+        """SQLAlchemy URL of the hub database (our tables live beside JupyterHub's)."""
+        return self.db_url or f"sqlite:///{self.state_dir / 'jupyterhub.sqlite'}"
+
+
+@dataclass(frozen=True)
+class GpuModel:
+    name: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Device:
+    uuid: str
+    model: str
+
+
+@dataclass(frozen=True)
+class GpuSettings:
+    runtime: str = "none"
+    inventory: str = "static"
+    devices: tuple[Device, ...] = ()
+    models: dict[str, GpuModel] = field(default_factory=dict)
+    max_gpus_per_user: int = 8
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    key: str
+    image: str
+    display_name: str
+    gpu: bool = True
+
+
+@dataclass(frozen=True)
+class Organization:
+    key: str
+    display_name: str
+    members: tuple[str, ...] = ()
+    idp_groups: tuple[str, ...] = ()
+    gpu_limit: int = 0
+    gpu_hours_per_month: float = 0.0
+    max_gpus_per_server: int = 1
+    images: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class QuotaSettings:
+    min_remaining_gpu_hours: float = 0.1
+    enforce_interval_seconds: float = 30.0
+    grace_seconds: float = 300.0
+    warn_fractions: tuple[float, ...] = (0.8, 0.95)
+    reconcile_interval_seconds: float = 60.0
+    unknown_containers: str = "stop"
+
+
+@dataclass(frozen=True)
+class ContainerSettings:
+    mem_limit: str = "4G"
+    cpu_limit: float = 2.0
+    pids_limit: int = 512
+    read_only_root: bool = True
+    stop_timeout_seconds: int = 5
+
+
+@dataclass(frozen=True)
+class Site:
+    path: Path
+    timezone: str
+    hub: HubSettings
+    gpus: GpuSettings
+    images: dict[str, ImageSpec]
+    organizations: dict[str, Organization]
+    quota: QuotaSettings = QuotaSettings()
+    containers: ContainerSettings = ContainerSettings()
+    rates: dict[str, float] = field(default_factory=dict)
+    currency: str = "KRW"
+    metrics_token_env: str | None = None
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def tz(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+    def orgs_of(self, username: str, groups: frozenset[str] = frozenset()) -> list[str]:
+        """Organizations a user belongs to: listed in ``members``, in one of the org's
+        ``idp_groups``, or in the JupyterHub group ``gpuhub-org-<key>`` (which the login
+        layer grants, e.g. for a verified email in a trusted domain)."""
+        return [
+            key
+            for key, org in self.organizations.items()
+            if username in org.members
+            or groups & set(org.idp_groups)
+            or f"{ORG_GROUP_PREFIX}{key}" in groups
+        ]
+
+    def weight_of(self, model: str) -> float:
+        return self.gpus.models[model].weight
+
+
+# ---------------------------------------------------------------- validation helpers
+
+
+class _Reader:
+    """Reads one mapping, remembering its key path for error messages."""
+
+    def __init__(self, data: Any, path: str):
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise SiteConfigError(f"{path or '<top level>'}: expected a mapping, got {data!r}")
+        self.data = data
+        self.path = path
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def get(self, name: str, kind, default=..., *, check=None, allowed: str = ""):
+        self.seen.add(name)
+        where = self.key(name)
+        if name not in self.data or self.data[name] is None and default is not ...:
+            if default is ...:
+                raise SiteConfigError(f"{where}: required key is missing ({allowed or kind.__name__})")
+            return default
+        value = self.data[name]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
+            want = allowed or getattr(kind, "__name__", str(kind))
+            raise SiteConfigError(f"{where}: expected {want}, got {value!r}")
+        if check is not None and not check(value):
+            raise SiteConfigError(f"{where}: {value!r} is not allowed; allowed: {allowed}")
+        return value
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        return self.get(name, str, default, check=lambda v: v in choices, allowed=" | ".join(choices))
+
+    def str_list(self, name: str) -> tuple[str, ...]:
+        value = self.get(name, list, [], allowed="a list of strings")
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise SiteConfigError(f"{self.key(name)}[{i}]: expected a string, got {item!r}")
+        return tuple(value)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            known = ", ".join(sorted(self.seen))
+            raise SiteConfigError(f"{self.key(unknown[0])}: unknown key; allowed here: {known}")
+
+
+def _key_ok(section: str, key: Any) -> str:
+    if not isinstance(key, str) or not KEY_RE.match(key):
+        raise SiteConfigError(
+            f"{section}.{key}: invalid key {key!r}; use lowercase letters, digits and '-', "
+            "starting with a letter or digit, at most 39 characters"
+        )
+    return key
+
+
+def _nonneg(v) -> bool:
+    return v >= 0
+
+
+def _positive(v) -> bool:
+    return v > 0
+
+
+# ---------------------------------------------------------------- sections
+
+
+def _auth(data) -> AuthSettings:
+    r = _Reader(data, "hub.auth")
+    kind = r.choice("type", ("shared-password", "oidc"), "shared-password")
+    if kind == "shared-password":
+        r.done()
+        return AuthSettings()
+    auth = AuthSettings(
+        type=kind,
+        issuer=r.get("issuer", str, allowed="the issuer URL, e.g. https://sso.example.kr/realms/gpuhub"),
+        client_id=r.get("client_id", str),
+        client_secret_env=r.get("client_secret_env", str, allowed="the name of an environment variable"),
+        groups_claim=r.get("groups_claim", str, "groups"),
+        admin_groups=r.str_list("admin_groups"),
+        username_claim=r.get("username_claim", str, "preferred_username"),
+        trusted_email_domains=r.get("trusted_email_domains", dict, {}, allowed="a mapping of domain: org"),
+    )
+    r.done()
+    return auth
+
+
+def _hub(data, base: Path) -> HubSettings:
+    r = _Reader(data, "hub")
+    bind_url = r.get("bind_url", str, "http://127.0.0.1:8000", check=lambda v: re.match(r"^https?://", v),
+                     allowed="an http(s) URL like http://127.0.0.1:8000")
+    state_dir = Path(r.get("state_dir", str, "state"))
+    hub = HubSettings(
+        bind_url=bind_url,
+        state_dir=state_dir if state_dir.is_absolute() else (base / state_dir).resolve(),
+        db_url=r.get("db_url", str, None, check=lambda v: v.startswith(("sqlite", "postgresql")),
+                     allowed="a sqlite:/// or postgresql+psycopg:// URL"),
+        auth=_auth(r.get("auth", dict, {})),
+        admin_users=r.str_list("admin_users"),
+        network=r.get("network", str, "gpuhub-users"),
+        instance=r.get("instance", str, "gpuhub", check=lambda v: KEY_RE.match(v),
+                       allowed="lowercase letters, digits and '-' (prefix of container and volume names)"),
+        api_port=r.get("api_port", int, 8081, check=lambda v: 0 < v < 65536, allowed="a TCP port"),
+        proxy_api_port=r.get("proxy_api_port", int, 8001, check=lambda v: 0 < v < 65536, allowed="a TCP port"),
+        hub_connect_ip=r.get("hub_connect_ip", str, None),
+        allow_cpu_without_org=r.get("allow_cpu_without_org", bool, True),
+    )
+    r.done()
+    return hub
+
+
+def _gpus(data) -> GpuSettings:
+    r = _Reader(data, "gpus")
+    runtime = r.choice("runtime", ("none", "nvidia"), "none")
+    inventory = r.choice("inventory", ("static", "nvml"), "static")
+    models = {}
+    for name, spec in r.get("models", dict, {}).items():
+        m = _Reader(spec, f"gpus.models.{name}")
+        models[str(name)] = GpuModel(str(name), m.get("weight", float, 1.0, check=_positive, allowed="a number > 0"))
+        m.done()
+    devices = []
+    seen = set()
+    for i, spec in enumerate(r.get("devices", list, [])):
+        d = _Reader(spec, f"gpus.devices[{i}]")
+        dev = Device(d.get("uuid", str), d.get("model", str))
+        d.done()
+        if dev.model not in models:
+            raise SiteConfigError(
+                f"gpus.devices[{i}].model: {dev.model!r} is not declared under gpus.models; "
+                f"declared: {', '.join(models) or '(none)'}"
+            )
+        if dev.uuid in seen:
+            raise SiteConfigError(f"gpus.devices[{i}].uuid: {dev.uuid!r} is listed twice")
+        seen.add(dev.uuid)
+        devices.append(dev)
+    if inventory == "static" and runtime == "nvidia" and not devices:
+        raise SiteConfigError("gpus.devices: runtime nvidia with static inventory needs the devices listed")
+    gpus = GpuSettings(
+        runtime=runtime,
+        inventory=inventory,
+        devices=tuple(devices),
+        models=models,
+        max_gpus_per_user=r.get("max_gpus_per_user", int, 8, check=_nonneg, allowed="an integer >= 0"),
+    )
+    r.done()
+    return gpus
+
+
+def _images(data) -> dict[str, ImageSpec]:
+    if not data:
+        raise SiteConfigError("images: at least one image is required in the catalog")
+    r = _Reader(data, "images")
+    out = {}
+    for key, spec in r.data.items():
+        _key_ok("images", key)
+        r.seen.add(key)
+        s = _Reader(spec, f"images.{key}")
+        out[key] = ImageSpec(
+            key=key,
+            image=s.get("image", str, allowed="a Docker image reference like gpuhub/base-notebook:latest"),
+            display_name=s.get("display_name", str, key),
+            gpu=s.get("gpu", bool, True),
+        )
+        s.done()
+    return out
+
+
+def _orgs(data, images: dict, gpus: GpuSettings) -> dict[str, Organization]:
+    r = _Reader(data, "organizations")
+    out = {}
+    for key, spec in r.data.items():
+        _key_ok("organizations", key)
+        r.seen.add(key)
+        o = _Reader(spec, f"organizations.{key}")
+        org = Organization(
+            key=key,
+            display_name=o.get("display_name", str, key),
+            members=o.str_list("members"),
+            idp_groups=o.str_list("idp_groups"),
+            gpu_limit=o.get("gpu_limit", int, 0, check=_nonneg, allowed="an integer >= 0"),
+            gpu_hours_per_month=o.get("gpu_hours_per_month", float, 0.0, check=_nonneg, allowed="a number >= 0"),
+            max_gpus_per_server=o.get("max_gpus_per_server", int, 1, check=_nonneg, allowed="an integer >= 0"),
+            images=o.str_list("images") or tuple(images),
+        )
+        o.done()
+        for i, img in enumerate(org.images):
+            if img not in images:
+                raise SiteConfigError(
+                    f"organizations.{key}.images[{i}]: {img!r} is not in the image catalog; "
+                    f"catalog keys: {', '.join(images)}"
+                )
+        out[key] = org
+    return out
+
+
+def _quota(data) -> QuotaSettings:
+    r = _Reader(data, "quota")
+    q = QuotaSettings(
+        min_remaining_gpu_hours=r.get("min_remaining_gpu_hours", float, 0.1, check=_nonneg, allowed="a number >= 0"),
+        enforce_interval_seconds=r.get("enforce_interval_seconds", float, 30.0, check=_positive, allowed="a number > 0"),
+        grace_seconds=r.get("grace_seconds", float, 300.0, check=_nonneg, allowed="a number >= 0"),
+        warn_fractions=tuple(r.get("warn_fractions", list, [0.8, 0.95])),
+        reconcile_interval_seconds=r.get("reconcile_interval_seconds", float, 60.0, check=_positive,
+                                         allowed="a number > 0"),
+        unknown_containers=r.choice("unknown_containers", ("stop", "adopt"), "stop"),
+    )
+    r.done()
+    return q
+
+
+def _containers(data) -> ContainerSettings:
+    r = _Reader(data, "containers")
+    c = ContainerSettings(
+        mem_limit=r.get("mem_limit", str, "4G", check=lambda v: re.match(r"^\d+[kmgKMG]?$", v),
+                        allowed="a size like 512M or 4G"),
+        cpu_limit=r.get("cpu_limit", float, 2.0, check=_positive, allowed="a number > 0"),
+        pids_limit=r.get("pids_limit", int, 512, check=_positive, allowed="an integer > 0"),
+        read_only_root=r.get("read_only_root", bool, True),
+        stop_timeout_seconds=r.get("stop_timeout_seconds", int, 5, check=_nonneg, allowed="an integer >= 0"),
+    )
+    r.done()
+    return c
+
+
+def parse_site(data: Any, path: Path) -> Site:
+    """Validate a parsed YAML document; ``path`` anchors relative paths."""
+    r = _Reader(data, "")
+    tz = r.get("timezone", str, "Asia/Seoul")
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise SiteConfigError(f"timezone: {tz!r} is not an IANA time zone; e.g. Asia/Seoul or UTC") from None
+    base = path.parent.resolve()
+    images = _images(r.get("images", dict, allowed="a mapping of catalog key: {image, display_name}"))
+    gpus = _gpus(r.get("gpus", dict, {}))
+    rates = r.get("rates", dict, {}, allowed="a mapping of GPU model: price per weighted GPU-hour")
+    for model, price in rates.items():
+        if model not in gpus.models or not isinstance(price, (int, float)) or price < 0:
+            raise SiteConfigError(f"rates.{model}: expected a declared GPU model with a price >= 0, got {price!r}")
+    site = Site(
+        path=path.resolve(),
+        timezone=tz,
+        hub=_hub(r.get("hub", dict, {}), base),
+        gpus=gpus,
+        images=images,
+        organizations=_orgs(r.get("organizations", dict, {}), images, gpus),
+        quota=_quota(r.get("quota", dict, {})),
+        containers=_containers(r.get("containers", dict, {})),
+        rates={k: float(v) for k, v in rates.items()},
+        currency=r.get("currency", str, "KRW"),
+        metrics_token_env=r.get("metrics_token_env", str, None),
+        raw=dict(data or {}),
+    )
+    r.seen.update({"courses"})  # reserved for the courses issue
+    r.done()
+    return site
+
+
+def site_config_path(environ: dict | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    return Path(env.get("GPUHUB_SITE_CONFIG") or DEFAULT_SITE_CONFIG)
+
+
+def load_site(path: str | Path | None = None) -> Site:
+    """Load and validate the site config (``GPUHUB_SITE_CONFIG`` when no path is given)."""
+    p = Path(path) if path else site_config_path()
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise SiteConfigError(f"cannot read site config {p}: {e.strerror}; set GPUHUB_SITE_CONFIG") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SiteConfigError(f"{p}: not valid YAML: {e}") from None
+    return parse_site(data, p)

@@ -1,0 +1,91 @@
+"""Engines and migrations for the quota tables (a thin adapter; no policy here).
+
+``make_engine(url)`` tunes each backend for many concurrent short write transactions:
+SQLite gets WAL (readers never block the writer), a busy timeout instead of instant
+"database is locked", and ``BEGIN IMMEDIATE`` for write transactions (so a read-then-write
+transaction never fails half way on lock upgrade). PostgreSQL gets a short connect timeout and
+pre-ping so an unreachable database is reported quickly instead of hanging a spawn.
+``upgrade(url)`` runs the Alembic migrations in-process (no alembic.ini, works installed or editable).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Connection, Engine, make_url
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+VERSION_TABLE = "gpuhub_alembic_version"
+SQLITE_BUSY_TIMEOUT_S = 30.0
+PG_CONNECT_TIMEOUT_S = 5
+_PG_MIGRATION_LOCK = 0x67707568  # "gpuh": one migrator at a time across hub processes
+
+
+def make_engine(url: str, **kw) -> Engine:
+    """An Engine for ``url`` with our per-backend settings; ``kw`` goes to ``create_engine``."""
+    u = make_url(url)
+    connect_args = dict(kw.pop("connect_args", {}))
+    if u.get_backend_name() == "sqlite":
+        connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_S)
+        engine = create_engine(u, connect_args=connect_args, **kw)
+        _sqlite_events(engine, memory=u.database in (None, "", ":memory:"))
+        return engine
+    if u.get_backend_name() == "postgresql":
+        connect_args.setdefault("connect_timeout", PG_CONNECT_TIMEOUT_S)
+        kw.setdefault("pool_pre_ping", True)
+        kw.setdefault("pool_size", 10)
+        kw.setdefault("max_overflow", 10)
+        kw.setdefault("pool_timeout", 30)
+    return create_engine(u, connect_args=connect_args, **kw)
+
+
+def _sqlite_events(engine: Engine, memory: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (below)
+        cur = dbapi_conn.cursor()
+        if not memory:
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection):
+        immediate = conn.get_execution_options().get("quota_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def alembic_config(url: str | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    if url:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(url_or_engine: str | Engine, revision: str = "head") -> None:
+    """Bring the quota tables to ``revision``; safe to run on every hub start and concurrently."""
+    engine = url_or_engine if isinstance(url_or_engine, Engine) else make_engine(url_or_engine)
+    try:
+        with engine.connect() as conn:
+            conn.execution_options(quota_write=True)
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+                cfg = alembic_config()
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+    finally:
+        if engine is not url_or_engine:
+            engine.dispose()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        return ctx.get_current_revision()

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Bring a fresh machine to where `make run` / `make test` can work. Idempotent: every step
+# checks first and the second run takes seconds.  Usage: scripts/setup.sh [run|test]
+source "$(dirname "$0")/lib.sh"
+mode="${1:-run}"
+cd "$GPUHUB_ROOT"
+
+# 1. System packages. Test-only ones (PostgreSQL, Prometheus, Chromium) only for `test`.
+pkgs=(docker.io debootstrap iproute2 nodejs npm git)
+[ "$mode" = test ] && pkgs+=(postgresql prometheus chromium)
+apt_need "${pkgs[@]}"
+
+# 2. Docker engine (started only when `docker info` fails).
+bash scripts/docker-engine.sh
+
+# 3. Python venv at .venv, reinstalled when pyproject.toml changes.
+stamp=".venv/.gpuhub-installed"
+want="$(sha256sum pyproject.toml | cut -c1-16)-$mode"
+if [ ! -x .venv/bin/python ]; then
+  step "creating .venv"
+  python3 -m venv .venv
+fi
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  step "installing gpuhub and its pinned dependencies into .venv (~20 s)"
+  extras="nvml"; [ "$mode" = test ] && extras="test,nvml"
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[${extras}]"
+  echo "$want" > "$stamp"
+fi
+
+# 4. configurable-http-proxy from npm, linked into .venv/bin where the hub looks for it.
+if [ ! -x .venv/bin/configurable-http-proxy ]; then
+  step "installing configurable-http-proxy 5.3.0 from npm"
+  npm install --silent --no-audit --no-fund --prefix .venv/node configurable-http-proxy@5.3.0 >&2
+  ln -sf "$GPUHUB_ROOT/.venv/node/node_modules/.bin/configurable-http-proxy" .venv/bin/configurable-http-proxy
+fi
+
+# 5. Images in the site catalog (built offline; see images/README.md).
+.venv/bin/gpuhub images build --missing
+step "setup done ($mode)"

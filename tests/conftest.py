@@ -1,0 +1,69 @@
+"""Shared fixtures: a real hub subprocess, cleanup by label, logs dumped on failure."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.harness import BASE_IMAGE, ROOT, HubProcess
+
+FAILED_MODULES: set[str] = set()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
+    if rep.failed:
+        FAILED_MODULES.add(item.module.__name__)
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """The real engine; a test that needs it fails loudly when it is not running."""
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as e:  # noqa: BLE001
+        pytest.fail(f"Docker engine not reachable ({e}); run `make test`, which starts it", pytrace=False)
+    try:
+        client.images.get(BASE_IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"{BASE_IMAGE} is not built; run `make images`", pytrace=False)
+    return client
+
+
+def _hub(request, tmp_path_factory, **kw):
+    tmp = tmp_path_factory.mktemp("hub")
+    hub = HubProcess(tmp, **kw)
+    try:
+        hub.start()
+        yield hub
+    finally:
+        if request.node.module.__name__ in FAILED_MODULES or getattr(request.node, "rep_call", None) and request.node.rep_call.failed:
+            print(hub.dump_logs())
+        hub.cleanup()
+
+
+@pytest.fixture(scope="module")
+def hub(request, tmp_path_factory, docker_client):
+    """A hub on SQLite shared by one test module."""
+    yield from _hub(request, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A private PostgreSQL cluster started by scripts/postgres.sh (fails loudly if it cannot start)."""
+    url = os.environ.get("GPUHUB_TEST_PG_URL")
+    if not url:
+        try:
+            out = subprocess.run(["bash", str(ROOT / "scripts/postgres.sh")], check=True, capture_output=True, text=True)
+        except subprocess.CalledProcessError as e:
+            pytest.fail(f"PostgreSQL could not start:\n{e.stderr}", pytrace=False)
+        url = out.stdout.strip().splitlines()[-1]
+    return url

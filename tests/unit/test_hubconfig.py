@@ -1,0 +1,71 @@
+"""Each apply_* function only sets values: checked against a plain traitlets Config."""
+
+from pathlib import Path
+
+from traitlets.config import Config
+
+from gpuhub import hubconfig
+from gpuhub.site import load_site
+
+SITE = load_site(Path(__file__).resolve().parents[2] / "examples/site.yaml")
+FACTS = hubconfig.HubFacts(
+    hub_ip="172.30.0.1", network="gpuhub-users", demo_password="pw-123456789", admin_token="adm",
+    quota_service_token="qst", metrics_token=None, proxy_command="/x/configurable-http-proxy",
+)
+
+
+def test_hub_listens_on_loopback_and_the_user_network_gateway_only():
+    c = Config()
+    hubconfig.apply_hub(c, SITE, FACTS)
+    assert c.JupyterHub.bind_url == "http://127.0.0.1:8000"
+    assert c.JupyterHub.hub_bind_url == "http://172.30.0.1:8081"
+    assert c.ConfigurableHTTPProxy.api_url == "http://127.0.0.1:8001"
+    assert c.JupyterHub.cleanup_servers is False
+    assert c.JupyterHub.db_url == SITE.hub.database_url
+    assert c.JupyterHub.cookie_secret_file.startswith(str(SITE.hub.state_dir))
+    assert c.Authenticator.admin_users == {"operator"}
+
+
+def test_spawner_uses_the_catalog_and_the_user_network():
+    c = Config()
+    hubconfig.apply_spawner(c, SITE, FACTS)
+    assert c.JupyterHub.spawner_class == "gpuhub.spawner.GpuhubSpawner"
+    assert c.GpuhubSpawner.network_name == "gpuhub-users"
+    assert c.GpuhubSpawner.allowed_images == {"gpuhub/base-notebook:latest": "gpuhub/base-notebook:latest"}
+    assert c.GpuhubSpawner.pull_policy == "never"
+    assert c.GpuhubSpawner.volumes == {"{prefix}-home-{username}": "/home/jovyan"}
+    assert c.GpuhubSpawner.site_config == str(SITE.path)
+
+
+def test_admin_token_becomes_an_admin_service_only_when_given():
+    c = Config()
+    hubconfig.apply_services(c, SITE, FACTS)
+    names = [s["name"] for s in c.JupyterHub.services]
+    assert names == ["gpuhub-quota", "gpuhub-automation"]
+    assert {"name": "admin", "services": ["gpuhub-automation"]} in c.JupyterHub.load_roles
+    c = Config()
+    hubconfig.apply_services(c, SITE, FACTS.__class__(**{**FACTS.__dict__, "admin_token": None}))
+    assert [s["name"] for s in c.JupyterHub.services] == ["gpuhub-quota"]
+    quota_role = c.JupyterHub.load_roles[0]
+    assert "delete:servers" in quota_role["scopes"] and "admin:users" not in quota_role["scopes"]
+
+
+def test_prepare_keeps_a_generated_demo_password(tmp_path):
+    class FakeDocker:  # prepare only asks Docker for the user network
+        class networks:
+            @staticmethod
+            def get(name):
+                class N:
+                    attrs = {"IPAM": {"Config": [{"Subnet": "172.30.0.0/16"}]}}
+                return N
+
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text((Path(SITE.path)).read_text().replace("state_dir: ../state", "state_dir: st"))
+    printed = []
+    site, facts = hubconfig.prepare({"GPUHUB_SITE_CONFIG": str(site_file)}, docker_client=FakeDocker, log=printed.append)
+    assert facts.hub_ip == "172.30.0.1" and facts.demo_password and facts.demo_password in printed[0]
+    _, again = hubconfig.prepare({"GPUHUB_SITE_CONFIG": str(site_file)}, docker_client=FakeDocker, log=printed.append)
+    assert again.demo_password == facts.demo_password
+    _, chosen = hubconfig.prepare({"GPUHUB_SITE_CONFIG": str(site_file), "GPUHUB_DEMO_PASSWORD": "chosen-pass-1"},
+                                  docker_client=FakeDocker, log=printed.append)
+    assert chosen.demo_password == "chosen-pass-1"
