@@ -49,13 +49,20 @@ def cmd_run(args) -> int:
 
 
 def cmd_images_build(args) -> int:
-    from .images import build, missing_images
+    from .images import BUILD_ORDER, IMAGES, _docker_has, build, build_command_for
 
     root = Path(__file__).resolve().parent.parent
-    names = args.names
+    names = list(args.names)
+    if args.catalog:  # the images the site's catalog names
+        site = _site(args)
+        names += [cmd.split()[-1] for cmd in map(build_command_for, (s.image for s in site.images.values())) if cmd]
+    if args.all:
+        names += list(BUILD_ORDER)
+    names = [n for n in BUILD_ORDER if n in set(names)] + [n for n in dict.fromkeys(names) if n not in IMAGES]
     if args.missing:
-        names = missing_images(root, names or None)
+        names = [n for n in names if n not in IMAGES or not _docker_has(n)]
         if not names:
+            print("gpuhub: images up to date")
             return 0
     build(names, root)
     return 0
@@ -118,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = img.add_parser("build", help="build images offline (all, or the names given)")
     s.add_argument("names", nargs="*")
     s.add_argument("--missing", action="store_true", help="only those not built yet")
+    s.add_argument("--catalog", action="store_true", help="the images the site config's catalog names")
+    s.add_argument("--all", action="store_true", help="every curated image (also the bench baseline)")
     s.set_defaults(func=cmd_images_build)
 
     q = sub.add_parser("quota", help="organizations' GPU use").add_subparsers(dest="quota_cmd", required=True)

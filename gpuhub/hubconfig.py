@@ -27,6 +27,7 @@ class HubFacts:
     hub_ip: str  # the user network's gateway: reachable from containers, not from elsewhere
     network: str
     demo_password: str | None
+    admin_password: str | None
     admin_token: str | None
     quota_service_token: str
     metrics_token: str | None
@@ -55,17 +56,22 @@ def prepare(environ: dict | None = None, *, docker_client=None, log=print) -> tu
     state = site.hub.state_dir
     state.mkdir(parents=True, exist_ok=True)
     net = ensure_user_network(docker_client or make_client(), site.hub.network)
-    password = None
+    password = admin_password = None
     if site.hub.auth.type == "shared-password":
         password = env.get("GPUHUB_DEMO_PASSWORD") or _state_secret(state, "demo-password", 9)
+        admin_password = env.get("GPUHUB_ADMIN_PASSWORD") or _state_secret(state, "admin-password", 24)
         if not env.get("GPUHUB_DEMO_PASSWORD"):
             log(f"gpuhub: shared demo password is {password!r} (kept in {state / 'demo-password'}; "
                 "set GPUHUB_DEMO_PASSWORD to choose one)")
+        if not env.get("GPUHUB_ADMIN_PASSWORD"):
+            log(f"gpuhub: admins ({', '.join(site.hub.admin_users) or 'none'}) log in with the password in "
+                f"{state / 'admin-password'} (or set GPUHUB_ADMIN_PASSWORD, >= 32 characters)")
     chp = Path(sys.prefix) / "bin" / "configurable-http-proxy"
     facts = HubFacts(
         hub_ip=net.gateway,
         network=net.name,
         demo_password=password,
+        admin_password=admin_password,
         admin_token=env.get("GPUHUB_ADMIN_TOKEN") or None,
         quota_service_token=_state_secret(state, "quota-service-token", 32),
         metrics_token=env.get(site.metrics_token_env) if site.metrics_token_env else None,
@@ -96,14 +102,16 @@ def apply_hub(c, site: Site, facts: HubFacts) -> None:
     c.ConfigurableHTTPProxy.command = [facts.proxy_command]
     c.Authenticator.admin_users = set(site.hub.admin_users)
     c.JupyterHub.template_paths = [str(Path(__file__).parent / "templates")]
-    c.JupyterHub.template_vars = {"gpuhub_site_config": str(site.path)}
+    from .pages import BudgetBanner
+
+    c.JupyterHub.template_vars = {"gpuhub_quota": BudgetBanner(str(site.path))}
 
 
 def apply_auth(c, site: Site, facts: HubFacts) -> None:
     """Who may log in: the shared demo password or the organizations' OIDC provider."""
     from .auth import apply_auth as apply_auth_kind
 
-    apply_auth_kind(c, site, demo_password=facts.demo_password)
+    apply_auth_kind(c, site, demo_password=facts.demo_password, admin_password=facts.admin_password)
 
 
 def apply_spawner(c, site: Site, facts: HubFacts) -> None:
@@ -113,7 +121,8 @@ def apply_spawner(c, site: Site, facts: HubFacts) -> None:
     c.GpuhubSpawner.network_name = facts.network
     c.GpuhubSpawner.use_internal_ip = True
     c.GpuhubSpawner.image = next(iter(site.images.values())).image
-    c.GpuhubSpawner.allowed_images = {spec.image: spec.image for spec in site.images.values()}
+    # catalog key -> image: DockerSpawner resolves user_options["image"] through this map
+    c.GpuhubSpawner.allowed_images = {key: spec.image for key, spec in site.images.items()}
     c.GpuhubSpawner.pull_policy = "never"  # images come from the catalog, built locally
     c.GpuhubSpawner.remove = True
     c.GpuhubSpawner.prefix = site.hub.instance  # containers: <instance>-<user>[--<server>]
@@ -134,7 +143,7 @@ def apply_services(c, site: Site, facts: HubFacts) -> None:
         {
             "name": QUOTA_SERVICE,
             "command": [sys.executable, "-m", "quota.service"],
-            "url": "http://127.0.0.1:10101",
+            "url": f"http://127.0.0.1:{site.hub.quota_service_port}",
             "api_token": facts.quota_service_token,
             "environment": {"GPUHUB_SITE_CONFIG": str(site.path), **facts.service_env},
             "display": False,

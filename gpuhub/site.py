@@ -48,6 +48,7 @@ class HubSettings:
     instance: str = "gpuhub"
     api_port: int = 8081
     proxy_api_port: int = 8001
+    quota_service_port: int = 10101
     hub_connect_ip: str | None = None
     allow_cpu_without_org: bool = True
 
@@ -261,6 +262,8 @@ def _hub(data, base: Path) -> HubSettings:
                        allowed="lowercase letters, digits and '-' (prefix of container and volume names)"),
         api_port=r.get("api_port", int, 8081, check=lambda v: 0 < v < 65536, allowed="a TCP port"),
         proxy_api_port=r.get("proxy_api_port", int, 8001, check=lambda v: 0 < v < 65536, allowed="a TCP port"),
+        quota_service_port=r.get("quota_service_port", int, 10101, check=lambda v: 0 < v < 65536,
+                                 allowed="a TCP port"),
         hub_connect_ip=r.get("hub_connect_ip", str, None),
         allow_cpu_without_org=r.get("allow_cpu_without_org", bool, True),
     )

@@ -125,6 +125,11 @@ class GpuhubSpawner(DockerSpawner):
 
         return render_options_form
 
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        # start() validates and applies user_options itself (gpuhub.options); nothing to map here
+        return lambda spawner, options: None
+
     @default("options_from_form")
     def _default_options_from_form(self):
         return lambda spawner, formdata: options_from_form(formdata)
@@ -167,7 +172,7 @@ class GpuhubSpawner(DockerSpawner):
         self.image = spec.image
         what = f"{request.gpus} GPU{'s' if request.gpus != 1 else ''}"
         self._emit(15, f"Allocating {what} for {request.org or 'no organization'}")
-        grant = await self._quota_call(self.quota.allocate, request)
+        grant = await self._quota_call(self.quota.allocate, request, self._groups())
         self.gpu_uuids = list(grant.devices)
         if grant.devices:
             self._emit(25, f"Allocated {grant.model} {', '.join(grant.devices)} to {request.org}")
@@ -175,6 +180,9 @@ class GpuhubSpawner(DockerSpawner):
             self._emit(27, warning)
         try:
             self._configure_container(request, grant)
+            uid = await self._quota_call(self.quota.uid_for, self.user.name)
+            self.extra_create_kwargs["user"] = f"{uid}:{uid}"
+            await self._ensure_home(uid)
             self._emit(35, f"Creating and starting container from {spec.display_name}")
             ip, port = await super().start()
             if self.wait_ready:
@@ -215,6 +223,44 @@ class GpuhubSpawner(DockerSpawner):
         self.extra_host_config = host
         self.mem_limit = box.mem_limit
         self.cpu_limit = box.cpu_limit
+
+    async def _ensure_home(self, uid: int) -> None:
+        """Create the home volume owned by the user's UID (a one-shot root container chowns it).
+
+        Runs only when the volume is new or was owned by another UID, so later starts cost nothing.
+        It works the same with the hub on the host and in a container (docker.sock only).
+        """
+        volume = next((name for name, spec in self.volume_binds.items() if spec["bind"] == self.notebook_dir), None)
+        if volume is None:
+            return
+        try:
+            info = await self.docker("inspect_volume", volume)
+            if (info.get("Labels") or {}).get("gpuhub.uid") == str(uid):
+                return
+        except docker.errors.NotFound:
+            pass
+        self._emit(30, "Preparing your home folder")
+        try:
+            await self.docker("create_volume", volume, labels={"gpuhub.uid": str(uid), "gpuhub.user": self.user.name,
+                                                               "gpuhub.hub": self.hub_instance})
+        except docker.errors.APIError:
+            pass  # exists (unlabelled, from an older setup): chown it below all the same
+        host = self.client.create_host_config(
+            binds={volume: {"bind": self.notebook_dir, "mode": "rw"}}, network_mode="none",
+            cap_drop=["ALL"], cap_add=["CHOWN", "FOWNER", "DAC_OVERRIDE"], security_opt=["no-new-privileges"],
+        )
+        box = await self.docker(
+            "create_container", image=self.image, user="0", host_config=host,
+            command=["chown", "-R", f"{uid}:{uid}", self.notebook_dir],
+            labels={"gpuhub.hub": self.hub_instance, "gpuhub.init": "1"},
+        )
+        try:
+            await self.docker("start", box["Id"])
+            result = await self.docker("wait", box["Id"], timeout=120)
+            if result.get("StatusCode") != 0:
+                raise web.HTTPError(500, f"could not prepare the home volume {volume} for UID {uid}")
+        finally:
+            await self.docker("remove_container", box["Id"], force=True)
 
     async def _wait_until_ready(self, ip: str, port: int) -> None:
         url = f"http://{ip}:{port}{self.server.base_url}api"

@@ -113,6 +113,19 @@ def _message(org, used_h, budget_h, over, stop, stop_due_at, grace) -> str:
     return f"{head}; at 100 % running GPU servers are stopped after a {grace:g} s grace period"
 
 
+def admission_note(org: str, budget_gpu_hours: float, used_gpu_seconds: float, warn_fractions) -> str | None:
+    """A heads-up for a spawn that was admitted while the org is past its first warning threshold."""
+    if budget_gpu_hours <= 0:
+        return None
+    frac = used_gpu_seconds / (budget_gpu_hours * 3600.0)
+    crossed = [f for f in thresholds(warn_fractions) if frac >= f]
+    if not crossed:
+        return None
+    used_h = used_gpu_seconds / 3600.0
+    return (f"organization {org} has used {used_h:.2f} of {budget_gpu_hours:g} weighted GPU-hours this month "
+            f"({100 * frac:.0f} %); at 100 % GPU servers are stopped after a grace period")
+
+
 def overage_bound_gpu_seconds(gpu_limit: int, max_weight: float, enforce_interval_seconds: float,
                               grace_seconds: float, stop_seconds: float) -> float:
     """The documented worst-case overage, R_max x (E + G + S), in weighted GPU-seconds."""

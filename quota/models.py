@@ -146,4 +146,5 @@ budget_warnings = Table(
     Column("used_gpu_hours", Float, nullable=False),
     Column("budget_gpu_hours", Float, nullable=False),
     Column("announced_at", UtcDateTime, nullable=False),
+    Column("message", Text, nullable=True),
 )

@@ -129,7 +129,7 @@ def decide(site: Site, req: AllocationRequest, snap: Snapshot) -> Decision | Ref
     used_h = snap.org_used_gpu_seconds / 3600.0
     remaining_h = budget_h - used_h
     need_h = site.quota.min_remaining_gpu_hours
-    if remaining_h <= 0 or remaining_h < need_h:
+    if remaining_h <= 0 or remaining_h + 1e-9 < need_h:  # exactly the minimum is enough
         return Refusal(FORBIDDEN, "budget-exhausted",
                        f"organization {org.key} has used {used_h:.2f} of {budget_h:g} weighted GPU-hours this month "
                        f"({max(remaining_h, 0.0):.2f} remaining; at least {need_h:g} needed to start a GPU server); "

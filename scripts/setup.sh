@@ -35,5 +35,5 @@ if [ ! -x .venv/bin/configurable-http-proxy ]; then
 fi
 
 # 5. Images in the site catalog (built offline; see images/README.md).
-.venv/bin/gpuhub images build --missing
+if [ "$mode" = test ]; then .venv/bin/gpuhub images build --missing --all; else .venv/bin/gpuhub images build --missing --catalog; fi
 step "setup done ($mode)"

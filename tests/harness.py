@@ -45,6 +45,7 @@ def default_site(instance: str, port: int, state: Path) -> dict:
             "instance": instance,
             "api_port": free_port(),
             "proxy_api_port": free_port(),
+            "quota_service_port": free_port(),
         },
         "gpus": {
             "runtime": "none",
@@ -170,7 +171,24 @@ class HubProcess:
 
     def containers(self, all: bool = False, **labels) -> list:
         filters = [f"gpuhub.hub={self.instance}"] + [f"gpuhub.{k}={v}" for k, v in labels.items()]
-        return self.docker.containers.list(all=all, filters={"label": filters})
+        out = []
+        # The low-level list does not inspect, so a container Docker is auto-removing right now
+        # cannot make the listing fail; those that vanish before the inspect are skipped.
+        for row in self.docker.api.containers(all=all, filters={"label": filters}):
+            try:
+                out.append(self.docker.containers.get(row["Id"]))
+            except docker.errors.NotFound:
+                pass
+        return out
+
+    def wait_containers_gone(self, timeout: float = 30, **labels) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.containers(all=True, **labels):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"containers {labels} still there after {timeout} s: "
+                             f"{[c.name for c in self.containers(all=True, **labels)]}")
 
     # -------------------------------------------------------------- REST
 

@@ -20,7 +20,7 @@ def test_spawn_runs_code_and_stop_removes_container(hub):
     assert labels["gpuhub.gpus"] == ""
     assert hub.run_code("alice", "print(6 * 7)").strip() == "42"
     hub.stop_server("alice")
-    assert hub.containers(all=True, user="alice") == []
+    hub.wait_containers_gone(user="alice")  # Docker's auto-remove finishes just after the stop
 
 
 def test_gpu_server_gets_its_devices_in_labels_and_env(hub):
@@ -54,12 +54,14 @@ BAD_OPTIONS = [
 
 @pytest.mark.parametrize("options,words", BAD_OPTIONS, ids=[str(i) for i in range(len(BAD_OPTIONS))])
 def test_bad_options_are_refused_with_a_reason_and_no_container(hub, options, words):
-    before = {c.id for c in hub.containers(all=True)}
+    hub.wait_containers_gone(user="alice")
     r = hub.spawn("alice", options)
     assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
     assert words.lower() in r.json()["message"].lower(), r.json()["message"]
-    assert {c.id for c in hub.containers(all=True)} == before
-    assert hub.api("GET", "/users/alice").json()["servers"] == {}
+    after = hub.containers(all=True, user="alice")
+    assert after == [], [(c.name, c.status, c.labels) for c in after]
+    model = hub.api("GET", "/users/alice").json()
+    assert model["servers"] == {}, model
 
 
 def test_two_users_stay_apart(hub):

@@ -9,7 +9,7 @@ from gpuhub.site import load_site
 
 SITE = load_site(Path(__file__).resolve().parents[2] / "examples/site.yaml")
 FACTS = hubconfig.HubFacts(
-    hub_ip="172.30.0.1", network="gpuhub-users", demo_password="pw-123456789", admin_token="adm",
+    hub_ip="172.30.0.1", network="gpuhub-users", demo_password="pw-123456789", admin_password="a" * 32, admin_token="adm",
     quota_service_token="qst", metrics_token=None, proxy_command="/x/configurable-http-proxy",
 )
 
@@ -31,7 +31,7 @@ def test_spawner_uses_the_catalog_and_the_user_network():
     hubconfig.apply_spawner(c, SITE, FACTS)
     assert c.JupyterHub.spawner_class == "gpuhub.spawner.GpuhubSpawner"
     assert c.GpuhubSpawner.network_name == "gpuhub-users"
-    assert c.GpuhubSpawner.allowed_images == {"gpuhub/base-notebook:latest": "gpuhub/base-notebook:latest"}
+    assert c.GpuhubSpawner.allowed_images == {"python": "gpuhub/base-notebook:latest"}
     assert c.GpuhubSpawner.pull_policy == "never"
     assert c.GpuhubSpawner.volumes == {"{prefix}-home-{username}": "/home/jovyan"}
     assert c.GpuhubSpawner.site_config == str(SITE.path)

@@ -79,6 +79,7 @@ def upgrade() -> None:
         sa.Column("used_gpu_hours", sa.Float, nullable=False),
         sa.Column("budget_gpu_hours", sa.Float, nullable=False),
         sa.Column("announced_at", TS, nullable=False),
+        sa.Column("message", sa.Text, nullable=True),
     )
 
 

@@ -1,0 +1,226 @@
+"""HTTP endpoint for the exporters, and their entry points.
+
+``/metrics`` serves the registry (optionally behind a bearer token), ``/healthz`` answers ``ok``
+without a token (for container health checks), anything else is 404. The server is a threading
+WSGI server, and the collectors only read immutable state, so concurrent scrapes are safe.
+
+Token: when ``site.metrics_token_env`` names an environment variable, its value is the token and
+requests without ``Authorization: Bearer <token>`` get 401 (compared in constant time). Naming a
+variable that is unset or empty is a startup error: the endpoint never silently opens.
+
+Entry points for the ``gpuhub`` CLI: :func:`run_gpu_exporter`, :func:`run_usage_exporter`
+(block until SIGINT/SIGTERM or ``stop`` is set), :func:`main_gpu`, :func:`main_usage` (argv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import logging
+import os
+import signal
+import socket
+import threading
+from dataclasses import dataclass
+from socketserver import ThreadingMixIn
+from typing import Any, Callable, Mapping
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import make_wsgi_app
+from prometheus_client.registry import CollectorRegistry
+
+log = logging.getLogger(__name__)
+
+
+class MetricsConfigError(ValueError):
+    """The exporter cannot start as configured; the message says how to fix it."""
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9835`` for IPv6; ``:9835`` = all interfaces) → (host, port)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise MetricsConfigError(f"--listen {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:9835 or [::]:9835")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def metrics_token(site: Any, environ: Mapping[str, str] | None = None) -> str | None:
+    """The bearer token named by ``site.metrics_token_env`` (None: the endpoint is open)."""
+    name = getattr(site, "metrics_token_env", None)
+    if not name:
+        return None
+    value = (os.environ if environ is None else environ).get(name, "").strip()
+    if not value:
+        raise MetricsConfigError(
+            f"metrics_token_env names {name}, but {name} is not set or empty; export the token "
+            f"(e.g. {name}=$(openssl rand -hex 32)) or remove metrics_token_env from the site config"
+        )
+    return value
+
+
+def make_app(registry: CollectorRegistry, token: str | None = None) -> Callable:
+    metrics = make_wsgi_app(registry)
+    expected = f"Bearer {token}".encode() if token else None
+
+    def app(environ: dict, start_response: Callable) -> list[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/healthz":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok\n"]
+        if path != "/metrics":
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found; metrics are at /metrics\n"]
+        if expected is not None:
+            given = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
+            if not hmac.compare_digest(given, expected):
+                start_response("401 Unauthorized", [("Content-Type", "text/plain"),
+                                                    ("WWW-Authenticate", 'Bearer realm="gpuhub"')])
+                return [b"a bearer token is required\n"]
+        return metrics(environ, start_response)
+
+    return app
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s - %s", self.address_string(), format % args)
+
+
+@dataclass
+class MetricsServer:
+    """A running endpoint; ``port`` is the bound port (useful with port 0)."""
+
+    host: str
+    port: int
+    httpd: WSGIServer
+    thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+def serve(registry: CollectorRegistry, listen: str, token: str | None = None) -> MetricsServer:
+    """Start serving ``registry`` on ``listen`` in a daemon thread."""
+    host, port = parse_listen(listen)
+    server_class = _Server6 if ":" in host else _Server
+    httpd = make_server(host, port, make_app(registry, token), server_class=server_class, handler_class=_QuietHandler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                              name="gpuhub-metrics-http", daemon=True)
+    thread.start()
+    return MetricsServer(host, httpd.server_address[1], httpd, thread)
+
+
+def _wait(stop: threading.Event | None) -> None:
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+def run_gpu_exporter(site: Any, listen: str, docker_client: Any = None, nvml: Any = None, *,
+                     interval: float = 1.0, proc_root: str = "/proc", stop: threading.Event | None = None,
+                     environ: Mapping[str, str] | None = None) -> int:
+    """Serve the GPU exporter until SIGINT/SIGTERM (or ``stop``). Returns the exit status.
+
+    ``docker_client``: default ``docker.from_env()``, created lazily and retried by the sampler.
+    ``nvml``: an NVML source; default real NVML when the site uses it (runtime nvidia / inventory nvml).
+    """
+    from .gpu import build_gpu_exporter
+
+    token = metrics_token(site, environ)
+    factory = None
+    if docker_client is None:
+        def factory() -> Any:
+            import docker
+
+            return docker.from_env(timeout=5)
+    registry, sampler = build_gpu_exporter(site, docker_client, nvml, docker_factory=factory,
+                                           interval=interval, proc_root=proc_root)
+    try:
+        sampler.sample_once()  # first values before the first scrape
+    except Exception:
+        log.exception("first GPU sampling pass failed")
+    sampler.start()
+    server = serve(registry, listen, token)
+    log.info("gpu exporter on %s (token %s, NVML %s)", server.url, "required" if token else "off",
+             "on" if sampler.source is not None else "off")
+    try:
+        _wait(stop)
+    finally:
+        server.close()
+        sampler.stop()
+    return 0
+
+
+def run_usage_exporter(site: Any, listen: str, engine: Any = None, *, source: Any = None, interval: float = 5.0,
+                       stop: threading.Event | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Serve the usage exporter (ledger at ``site.hub.database_url`` unless ``engine``/``source``)."""
+    from .usage import build_usage_exporter
+
+    token = metrics_token(site, environ)
+    registry, sampler = build_usage_exporter(site, engine, source=source, interval=interval)
+    sampler.refresh()  # first values before the first scrape
+    sampler.start()
+    server = serve(registry, listen, token)
+    log.info("usage exporter on %s (token %s)", server.url, "required" if token else "off")
+    try:
+        _wait(stop)
+    finally:
+        server.close()
+        sampler.stop()
+    return 0
+
+
+def _parser(kind: str, default_listen: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"gpuhub exporter {kind}", description=f"Serve gpuhub's {kind} exporter")
+    p.add_argument("--site", help="site config YAML (default: $GPUHUB_SITE_CONFIG or examples/site.yaml)")
+    p.add_argument("--listen", default=default_listen, help=f"HOST:PORT to serve /metrics on (default {default_listen})")
+    p.add_argument("--interval", type=float, help="seconds between samples (gpu: 1, usage: 5)")
+    p.add_argument("--log-level", default="INFO")
+    if kind == "gpu":
+        p.add_argument("--proc-root", default="/proc", help="the host's /proc (when running in a container)")
+    return p
+
+
+def _main(kind: str, argv: list[str] | None) -> int:
+    from gpuhub.site import SiteConfigError, load_site
+
+    args = _parser(kind, "127.0.0.1:9835" if kind == "gpu" else "127.0.0.1:9836").parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        site = load_site(args.site)
+        if kind == "gpu":
+            return run_gpu_exporter(site, args.listen, interval=args.interval or 1.0, proc_root=args.proc_root)
+        return run_usage_exporter(site, args.listen, interval=args.interval or 5.0)
+    except (SiteConfigError, MetricsConfigError) as e:
+        log.error("%s", e)
+        return 2
+    except OSError as e:
+        log.error("cannot listen on %s: %s", args.listen, e.strerror or e)
+        return 2
+
+
+def main_gpu(argv: list[str] | None = None) -> int:
+    return _main("gpu", argv)
+
+
+def main_usage(argv: list[str] | None = None) -> int:
+    return _main("usage", argv)

@@ -1,0 +1,97 @@
+"""The spawn form: what the user may choose right now, and why not the rest.
+
+:func:`form_context` is pure (site + quota status → template values) so it is table-tested;
+:func:`render_options_form` is the thin hook DockerSpawner calls with the spawner.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import jinja2
+
+from .site import Site
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")), autoescape=True
+)
+
+
+def form_context(site: Site, status: dict, user: str, groups: frozenset[str] = frozenset()) -> dict:
+    """Template values for ``user`` given ``status`` (the quota store's ``status(now)``)."""
+    org_status = status.get("orgs", {})
+    my_orgs = site.orgs_of(user, groups)
+    orgs = []
+    for key in my_orgs:
+        spec, st = site.organizations[key], org_status.get(key, {})
+        in_use = int(st.get("gpus_in_use", 0))
+        used = float(st.get("used_gpu_hours", 0.0))
+        remaining = max(0.0, spec.gpu_hours_per_month - used)
+        reason, warning = "", ""
+        if spec.gpu_hours_per_month and used >= spec.gpu_hours_per_month:
+            reason = "the monthly GPU-hour budget is spent; CPU-only servers still work"
+        elif spec.gpu_hours_per_month:
+            frac = used / spec.gpu_hours_per_month
+            crossed = [f for f in site.quota.warn_fractions if frac >= f]
+            if crossed:
+                warning = f"{100 * frac:.0f} % of this month's budget used"
+        orgs.append({
+            "key": key, "display_name": spec.display_name, "gpus_in_use": in_use, "gpu_limit": spec.gpu_limit,
+            "used_hours": used, "budget_hours": spec.gpu_hours_per_month, "remaining_hours": remaining,
+            "free_for_org": max(0, spec.gpu_limit - in_use), "disabled": False, "reason": reason,
+            "warning": warning, "checked": False,
+        })
+    if orgs:
+        orgs[0]["checked"] = True
+
+    allowed_images = set().union(*(site.organizations[o].images for o in my_orgs)) if my_orgs else set(site.images)
+    images = []
+    for key, spec in site.images.items():
+        ok = key in allowed_images and (my_orgs or site.hub.allow_cpu_without_org)
+        images.append({"key": key, "display_name": spec.display_name, "image": spec.image, "disabled": not ok,
+                       "reason": "" if ok else "not allowed for your organizations", "checked": False})
+    for i in images:
+        if not i["disabled"]:
+            i["checked"] = True
+            break
+
+    held = {d["uuid"] for d in status.get("devices", []) if d.get("holder")}
+    models = []
+    for name, model in site.gpus.models.items():
+        total = [d for d in site.gpus.devices if d.model == name]
+        free = sum(1 for d in total if d.uuid not in held)
+        models.append({"name": name, "weight": model.weight, "free": free, "total": len(total),
+                       "disabled": free == 0 or not my_orgs,
+                       "reason": "none free right now" if free == 0 else ("you are in no organization" if not my_orgs else "")})
+
+    most_free = max((m["free"] for m in models), default=0)
+    per_server = max((site.organizations[o].max_gpus_per_server for o in my_orgs), default=0)
+    org_room = max((o["free_for_org"] for o in orgs if not o["reason"]), default=0)
+    counts = [{"value": 0, "disabled": False, "reason": ""}]
+    for n in range(1, max(per_server, 1) + 1):
+        reason = ""
+        if not my_orgs:
+            reason = "you are in no organization"
+        elif n > per_server:
+            reason = f"over max_gpus_per_server ({per_server})"
+        elif n > org_room:
+            reason = f"your organizations have {org_room} GPU(s) of their limit left"
+        elif n > most_free:
+            reason = f"only {most_free} free of one model"
+        elif n > site.gpus.max_gpus_per_user:
+            reason = f"over the per-user limit ({site.gpus.max_gpus_per_user})"
+        counts.append({"value": n, "disabled": bool(reason), "reason": reason})
+    return {"orgs": orgs, "images": images, "models": models, "gpu_counts": counts}
+
+
+def render_options_form(spawner) -> str:
+    """DockerSpawner's ``options_form`` hook: render the form for this spawner's user."""
+    groups = frozenset(g.name for g in getattr(spawner.user, "groups", []) or [])
+    try:
+        status = spawner.quota.status(datetime.now(timezone.utc))
+    except Exception as e:  # the form still renders; the spawn itself fails closed
+        spawner.log.warning("quota status unavailable for the spawn form: %s", e)
+        status = {}
+    ctx = form_context(spawner.site, status, spawner.user.name, groups)
+    return _env.get_template("gpuhub_form.html").render(**ctx)

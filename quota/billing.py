@@ -1,0 +1,177 @@
+"""Billing statements and daily usage from the ledger (adapter: the arithmetic runs in SQL).
+
+A statement for month P charges every interval for its part inside P exactly:
+``gpus x weight x (min(end or now, P.end) - max(start, P.start))`` summed per (org, user, model),
+in integer microseconds inside the database, so a million intervals take one indexed scan and
+intervals crossing a month boundary are split with no Python work at all.
+
+Daily usage uses cumulative sums instead of a join with the days: each interval is a +rate event
+at its (clipped) start and a -rate event at its end; grouping events into 15-minute buckets in SQL
+gives F(D) = sum(rate x (D - t)) exactly at every local midnight D, and day d's usage is
+F(D[d+1]) - F(D[d]). Local midnights are whole 15-minute steps from the month start in every
+modern zone; the bucket size is the gcd anyway, so odd offsets stay exact (just more buckets).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import math
+from datetime import datetime
+
+from sqlalchemy.engine import Engine
+
+from gpuhub.site import Site
+from quota.periods import day_bounds, parse_period, period_bounds, utc, utcnow
+from quota.sqlexpr import OVERLAP_WHERE, Dialect, timed, window
+
+US_PER_HOUR = 3_600_000_000
+BUCKET_US = 900_000_000
+CSV_FIELDS = ("period", "org", "user", "gpu_model", "intervals", "gpu_seconds", "gpu_hours",
+              "weighted_gpu_hours", "rate", "amount", "currency")
+
+
+def _engine(source) -> Engine:
+    return getattr(source, "engine", source)
+
+
+def statement(source, site: Site, period: str, org: str | None = None, now: datetime | None = None) -> list[dict]:
+    """Rows per (org, user, GPU model) for ``period`` (YYYY-MM, site time zone); open intervals up to ``now``."""
+    engine = _engine(source)
+    now = utc(now) if now is not None else utcnow()
+    lo, hi = period_bounds(period, site.tz)
+    d = Dialect(engine.dialect.name)
+    q = timed(
+        f'SELECT org, "user", model, count(*), sum(gpus * dur), sum(gpus * weight * dur) FROM '
+        f'(SELECT org, "user", model, gpus, weight, {d.clipped_us()} AS dur FROM gpuhub_usage_intervals '
+        f'WHERE {OVERLAP_WHERE} AND gpus > 0{" AND org = :org" if org else ""}) t '
+        f'GROUP BY org, "user", model ORDER BY org, "user", model'
+    )
+    params = window(lo, hi, now) | ({"org": org} if org else {})
+    with engine.connect() as conn:
+        result = conn.execute(q, params).all()
+    rows = []
+    for o, user, model, n, gpu_us, w_us in result:
+        gpu_us, w_us = int(gpu_us or 0), float(w_us or 0)
+        row = {"period": period, "org": o or "", "user": user, "gpu_model": model or "", "intervals": int(n),
+               "gpu_seconds": gpu_us / 1e6, "gpu_hours": gpu_us / US_PER_HOUR,
+               "weighted_gpu_hours": w_us / US_PER_HOUR}
+        if model in site.rates:
+            row |= {"rate": site.rates[model], "amount": round(row["weighted_gpu_hours"] * site.rates[model], 2),
+                    "currency": site.currency}
+        rows.append(row)
+    return rows
+
+
+def daily(source, site: Site, period: str, org: str | None = None, now: datetime | None = None) -> dict[str, list]:
+    """Weighted GPU-hours per local day of ``period``, per org: {org: [{date, weighted_gpu_hours}]}."""
+    engine = _engine(source)
+    now = utc(now) if now is not None else utcnow()
+    year, month = parse_period(period)
+    days = day_bounds(year, month, site.tz)
+    lo, hi = days[0][1], days[-1][2]
+    edges = [_us(b[1] - lo) for b in days]
+    edges.append(_us(hi - lo))
+    bucket = math.gcd(BUCKET_US, *edges)
+    d = Dialect(engine.dialect.name)
+    start = f"{d.epoch_us(d.greatest('started_at', ':lo'))} - :lo_us"
+    end = f"{d.epoch_us(d.least('coalesce(ended_at, :now)', ':hi'))} - :lo_us"
+    where = f"{OVERLAP_WHERE} AND gpus > 0 AND org IS NOT NULL" + (" AND org = :org" if org else "")
+    q = timed(
+        f"SELECT org, t / :bucket AS b, sum(r), sum(r * t) FROM ("
+        f"SELECT org, gpus * weight AS r, {start} AS t FROM gpuhub_usage_intervals WHERE {where} "
+        f"UNION ALL SELECT org, -(gpus * weight) AS r, {end} AS t FROM gpuhub_usage_intervals WHERE {where}"
+        f") e GROUP BY org, b"
+    )
+    params = window(lo, hi, now) | {"lo_us": _epoch_us(lo), "bucket": bucket} | ({"org": org} if org else {})
+    with engine.connect() as conn:
+        events = conn.execute(q, params).all()
+    per_org: dict[str, list[tuple[int, float, float]]] = {}
+    for o, b, r, rt in events:
+        per_org.setdefault(o, []).append((int(b), float(r or 0), float(rt or 0)))
+    names = [org] if org else sorted(set(site.organizations) | set(per_org))
+    out = {}
+    for o in names:
+        ev = sorted(per_org.get(o, []))
+        cum = [_cumulative(ev, edge, bucket) for edge in edges]
+        out[o] = [{"date": days[i][0].isoformat(), "weighted_gpu_hours": max(0.0, cum[i + 1] - cum[i]) / US_PER_HOUR}
+                  for i in range(len(days))]
+    return out
+
+
+def _cumulative(events: list[tuple[int, float, float]], edge_us: int, bucket: int) -> float:
+    """F(edge) = sum over events before ``edge`` of rate x (edge - t)."""
+    limit = edge_us // bucket
+    sr = srt = 0.0
+    for b, r, rt in events:
+        if b >= limit:
+            break
+        sr += r
+        srt += rt
+    return edge_us * sr - srt
+
+
+def _us(td) -> int:
+    return (td.days * 86400 + td.seconds) * 1_000_000 + td.microseconds
+
+
+def _epoch_us(dt: datetime) -> int:
+    return _us(utc(dt) - datetime(1970, 1, 1, tzinfo=utc(dt).tzinfo))
+
+
+# ---------------------------------------------------------------- renderers
+
+
+def to_json(rows: list[dict], daily_usage: dict | None = None) -> str:
+    doc = {"rows": rows, **({"daily": daily_usage} if daily_usage is not None else {})}
+    return json.dumps(doc, indent=2, sort_keys=False) + "\n"
+
+
+def to_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6f}" if isinstance(v, float) and k != "amount" else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def to_html(rows: list[dict], daily_usage: dict, period: str) -> str:
+    """A self-contained page: the statement table and one bar chart (inline SVG) of daily hours per org."""
+    e = html.escape
+    head = "".join(f"<th>{e(f)}</th>" for f in CSV_FIELDS)
+    body = "".join("<tr>" + "".join(f"<td>{e(_cell(r.get(f)))}</td>" for f in CSV_FIELDS) + "</tr>" for r in rows)
+    charts = []
+    for org, days in daily_usage.items():
+        top = max((d["weighted_gpu_hours"] for d in days), default=0.0) or 1.0
+        bars = "".join(
+            f'<rect x="{i * 14}" y="{100 - 100 * d["weighted_gpu_hours"] / top:.1f}" width="12" '
+            f'height="{100 * d["weighted_gpu_hours"] / top:.1f}"><title>{e(d["date"])}: '
+            f'{d["weighted_gpu_hours"]:.2f} h</title></rect>' for i, d in enumerate(days))
+        charts.append(f"<h2>{e(org)}: weighted GPU-hours per day (max {top:.2f})</h2>"
+                      f'<svg width="{14 * len(days)}" height="100" role="img" aria-label="daily usage of {e(org)}">'
+                      f"{bars}</svg>")
+    return (f"<!doctype html><meta charset=utf-8><title>gpuhub statement {e(period)}</title>"
+            f"<h1>GPU usage statement {e(period)}</h1><table border=1><tr>{head}</tr>{body}</table>"
+            + "".join(charts) + "\n")
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    return f"{v:.6f}" if isinstance(v, float) else str(v)
+
+
+def render(store, period: str, org: str | None = None, fmt: str = "json", now: datetime | None = None) -> str:
+    """The CLI's entry point: the statement of ``period`` as json, csv or html."""
+    rows = statement(store, store.site, period, org=org, now=now)
+    if fmt == "csv":
+        return to_csv(rows)
+    usage = daily(store, store.site, period, org=org, now=now)
+    if fmt == "html":
+        return to_html(rows, usage, period)
+    if fmt == "json":
+        return to_json(rows, usage)
+    raise ValueError(f"format {fmt!r} is not one of json, csv, html")

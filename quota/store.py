@@ -1,0 +1,406 @@
+"""The quota store: allocation, release and the usage ledger in the hub database (thin adapter).
+
+Every allocation reads the holdings, decides with :func:`quota.policy.decide` and writes the device
+rows plus the open usage interval in ONE transaction, serialised per database: SQLite takes the
+write lock up front (``BEGIN IMMEDIATE``), PostgreSQL locks the single ``gpuhub_alloc_lock`` row
+``FOR UPDATE``. The device primary key is the last line of defence: a duplicate can never commit.
+Transient conflicts (busy, serialisation, deadlock, key clash) are retried; an unreachable database
+raises :class:`QuotaUnavailable` so the spawner fails closed instead of handing out GPUs unrecorded.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from gpuhub.site import Device, Site
+from quota import budget as budget_rules
+from quota.db import make_engine, upgrade
+from quota import policy
+from quota.models import (
+    alloc_lock,
+    allocations,
+    budget_warnings,
+    spawn_refusals,
+    usage_intervals,
+    user_ids,
+)
+from quota.periods import month_bounds_at, month_of, period_key, utc, utcnow
+from quota.policy import AllocationRequest, Holding, Refusal, Snapshot
+from quota.reconcile import Adopt, Plan
+from quota.sqlexpr import OVERLAP_WHERE, Dialect, timed, window
+
+TRANSIENT_PG = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
+IV = usage_intervals.c
+
+
+class QuotaRefused(Exception):
+    """The request breaks a quota rule; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, rule: str, message: str):
+        super().__init__(message)
+        self.status, self.rule, self.message = status, rule, message
+
+    @classmethod
+    def of(cls, r: Refusal) -> QuotaRefused:
+        return cls(r.status, r.rule, r.message)
+
+
+class QuotaUnavailable(Exception):
+    """The quota database cannot be reached; GPU spawns must be refused until it is back."""
+
+
+@dataclass(frozen=True)
+class Grant:
+    server_key: str
+    devices: list[str]
+    model: str | None
+    weight: float
+    interval_id: int
+    started_at: datetime | None = None
+    warnings: tuple[str, ...] = ()  # e.g. "org has used 83 % of its budget" (for the spawn progress page)
+
+
+def as_request(req, groups: Iterable[str] | None = None) -> AllocationRequest:
+    """An :class:`AllocationRequest` from any object with the same fields."""
+    if isinstance(req, AllocationRequest) and groups is None:
+        return req
+    g = frozenset(groups if groups is not None else getattr(req, "groups", ()) or ())
+    return AllocationRequest(user=req.user, server_name=req.server_name, org=req.org, image=req.image,
+                             gpus=req.gpus, gpu_model=getattr(req, "gpu_model", None), groups=g)
+
+
+def _transient(e: DBAPIError) -> bool:
+    if isinstance(e, IntegrityError):
+        return True  # someone committed the same device/server first: re-read and decide again
+    code = getattr(e.orig, "sqlstate", None)
+    if code in TRANSIENT_PG:
+        return True
+    msg = str(e.orig).lower()
+    return "database is locked" in msg or "database is busy" in msg
+
+
+class QuotaStore:
+    """Quota state in ``engine``'s database; ``clock()`` returns an aware UTC datetime."""
+
+    def __init__(self, engine: Engine, site: Site, clock: Callable[[], datetime] = utcnow,
+                 inventory: Callable[[], Iterable[Device]] | Iterable[Device] | None = None,
+                 max_attempts: int = 20):
+        self.engine, self.site, self.clock = engine, site, clock
+        self._inventory = inventory
+        self.max_attempts = max_attempts
+        self.sql = Dialect(engine.dialect.name)
+
+    @classmethod
+    def from_site(cls, site: Site, clock: Callable[[], datetime] = utcnow, **kw) -> QuotaStore:
+        """The store on the hub database of ``site``, migrated to the latest schema."""
+        url = site.hub.database_url
+        if url.startswith("sqlite") and site.hub.db_url is None:
+            site.hub.state_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(url)
+        upgrade(engine)
+        return cls(engine, site, clock, **kw)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def now(self) -> datetime:
+        return utc(self.clock())
+
+    def inventory(self) -> tuple[Device, ...]:
+        inv = self._inventory
+        if inv is None:
+            return self.site.gpus.devices
+        return tuple(inv() if callable(inv) else inv)
+
+    def _unavailable(self, e: Exception) -> QuotaUnavailable:
+        url = self.engine.url.render_as_string(hide_password=True)
+        detail = str(getattr(e, "orig", e) or e).strip().splitlines()[0][:200]
+        return QuotaUnavailable(
+            f"quota database {url} is unavailable ({type(e).__name__}: {detail}); GPU servers cannot be "
+            "started or recorded until it is back; check that the database is running (hub.db_url)")
+
+    def _write(self, fn: Callable[[Connection], object], *, lock: bool = False):
+        """Run ``fn(conn)`` in one write transaction, retrying transient conflicts."""
+        for attempt in range(self.max_attempts):
+            try:
+                with self.engine.connect() as conn:
+                    conn.execution_options(quota_write=True)
+                    with conn.begin():
+                        if lock and self.sql.name == "postgresql":
+                            conn.execute(select(alloc_lock.c.id).where(alloc_lock.c.id == 1).with_for_update())
+                        return fn(conn)
+            except DBAPIError as e:
+                if _transient(e) and attempt + 1 < self.max_attempts:
+                    time.sleep(min(0.2, 0.002 * 2 ** attempt) * random.random())
+                    continue
+                if isinstance(e, IntegrityError):
+                    raise
+                raise self._unavailable(e) from e
+            except PoolTimeout as e:
+                raise self._unavailable(e) from e
+        raise AssertionError("unreachable")
+
+    def _read(self, fn: Callable[[Connection], object]):
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                return fn(conn)
+        except (DBAPIError, PoolTimeout) as e:
+            raise self._unavailable(e) from e
+
+    # ------------------------------------------------------------------ allocation
+
+    def allocate(self, req, groups: Iterable[str] | None = None) -> Grant:
+        """Take devices for ``req`` and open its usage interval, or raise :class:`QuotaRefused`.
+
+        ``req`` is an :class:`AllocationRequest` or anything with its fields (the spawner's SpawnRequest);
+        ``groups`` are the user's IdP groups, needed when membership comes from ``idp_groups``.
+        """
+        req = as_request(req, groups)
+        out = self._write(lambda conn: self._allocate(conn, req), lock=True)
+        if isinstance(out, Refusal):
+            raise QuotaRefused.of(out)
+        return out
+
+    def _allocate(self, conn: Connection, req: AllocationRequest) -> Grant | Refusal:
+        now = self.now()
+        holdings = tuple(Holding(r.device_uuid, r.server_key, r.user, r.org, r.model)
+                         for r in conn.execute(select(allocations)))
+        is_open = conn.execute(select(IV.id).where(IV.server_key == req.server_key, IV.ended_at.is_(None))).first()
+        used = 0.0
+        if req.org and isinstance(req.gpus, int) and req.gpus > 0:
+            used = self._usage(conn, now, org=req.org).get(req.org, 0.0)
+        snap = Snapshot(holdings, used, frozenset({req.server_key}) if is_open else frozenset(), self.inventory())
+        decision = policy.decide(self.site, req, snap)
+        if isinstance(decision, Refusal):
+            self._bump_refusal(conn, req.org or "", decision.rule)
+            return decision
+        interval_id = conn.execute(insert(usage_intervals).values(
+            server_key=req.server_key, user=req.user, server_name=req.server_name, org=req.org, image=req.image,
+            device_uuids=",".join(decision.devices), gpus=len(decision.devices), model=decision.model,
+            weight=decision.weight, started_at=now, heartbeat_at=now,
+        )).inserted_primary_key[0]
+        if decision.devices:
+            conn.execute(insert(allocations), [
+                dict(device_uuid=d, server_key=req.server_key, user=req.user, org=req.org, model=decision.model,
+                     interval_id=interval_id, allocated_at=now) for d in decision.devices])
+        note = ()
+        if decision.devices:
+            org = self.site.organizations[req.org]
+            msg = budget_rules.admission_note(org.key, org.gpu_hours_per_month, used, self.site.quota.warn_fractions)
+            note = (msg,) if msg else ()
+        return Grant(req.server_key, list(decision.devices), decision.model, decision.weight, interval_id, now, note)
+
+    def record_refusal(self, org: str | None, rule: str) -> None:
+        """Count a refusal decided outside the store (e.g. the spawner's option validation)."""
+        self._write(lambda conn: self._bump_refusal(conn, org or "", rule))
+
+    def _bump_refusal(self, conn: Connection, org: str, rule: str) -> None:
+        ins = (sqlite_insert if self.sql.name == "sqlite" else pg_insert)(spawn_refusals)
+        conn.execute(ins.values(org=org, reason=rule, count=1).on_conflict_do_update(
+            index_elements=["org", "reason"], set_={"count": spawn_refusals.c.count + 1}))
+
+    def adopt(self, a: Adopt) -> Grant:
+        """Record a running container found by the reconciler (``unknown_containers: adopt``)."""
+        def run(conn):
+            held = set(conn.execute(select(allocations.c.device_uuid).where(
+                allocations.c.device_uuid.in_(a.devices))).scalars())
+            key = f"{a.user}/{a.server_name}"
+            if held or conn.execute(select(IV.id).where(IV.server_key == key, IV.ended_at.is_(None))).first():
+                return Refusal(409, "adopt-conflict", f"cannot adopt {a.container}: devices {sorted(held)} or "
+                               f"server {key} are already recorded; stop the container instead")
+            model = a.model if a.devices else None
+            weight = self.site.weight_of(model) if model in self.site.gpus.models else (1.0 if model else 0.0)
+            start = min(utc(a.started_at), self.now())
+            iid = conn.execute(insert(usage_intervals).values(
+                server_key=key, user=a.user, server_name=a.server_name, org=a.org, image=a.image,
+                device_uuids=",".join(a.devices), gpus=len(a.devices), model=model, weight=weight,
+                started_at=start, heartbeat_at=self.now())).inserted_primary_key[0]
+            for d in a.devices:
+                conn.execute(insert(allocations).values(device_uuid=d, server_key=key, user=a.user, org=a.org,
+                                                        model=model or "", interval_id=iid, allocated_at=start))
+            return Grant(key, list(a.devices), model, weight, iid, start)
+        out = self._write(run, lock=True)
+        if isinstance(out, Refusal):
+            raise QuotaRefused.of(out)
+        return out
+
+    # ------------------------------------------------------------------ release / ledger upkeep
+
+    def release(self, server_key: str, at: datetime | None = None, reason: str = "stopped") -> dict | None:
+        """Close ``server_key``'s open interval at ``at`` (default now) and free its devices.
+
+        Idempotent: returns the closed interval as a dict, or None when nothing was open.
+        """
+        at = utc(at) if at is not None else self.now()
+
+        def run(conn):
+            row = conn.execute(select(usage_intervals).where(
+                IV.server_key == server_key, IV.ended_at.is_(None))).mappings().first()
+            conn.execute(delete(allocations).where(allocations.c.server_key == server_key))
+            if row is None:
+                return None
+            end = max(at, row["started_at"])
+            conn.execute(update(usage_intervals).where(IV.id == row["id"], IV.ended_at.is_(None))
+                         .values(ended_at=end, end_reason=reason))
+            return {**row, "ended_at": end, "end_reason": reason}
+        return self._write(run)
+
+    def close_interval_at(self, server_key: str, at: datetime, reason: str) -> dict | None:
+        """For the reconciler: the container ended at ``at`` (e.g. Docker's finish time) while we were away."""
+        return self.release(server_key, at, reason)
+
+    def apply_plan(self, plan: Plan) -> dict:
+        """Apply a reconcile plan's ledger side (closes, adoptions); stopping containers is the caller's job."""
+        closed = [self.close_interval_at(c.server_key, c.at, c.reason) for c in plan.close]
+        adopted, refused = [], []
+        for a in plan.adopt:
+            try:
+                adopted.append(self.adopt(a))
+            except QuotaRefused as e:
+                refused.append((a.container, e.message))
+        return {"closed": [c for c in closed if c], "adopted": adopted, "refused": refused}
+
+    def heartbeat(self, now: datetime | None = None, server_keys: Iterable[str] | None = None) -> int:
+        """Mark open intervals (all, or ``server_keys``) as seen alive at ``now``; returns rows touched."""
+        now = utc(now) if now is not None else self.now()
+        stmt = update(usage_intervals).where(IV.ended_at.is_(None))
+        if server_keys is not None:
+            stmt = stmt.where(IV.server_key.in_(list(server_keys)))
+        return self._write(lambda conn: conn.execute(stmt.values(heartbeat_at=now)).rowcount)
+
+    # ------------------------------------------------------------------ reads
+
+    def open_intervals(self) -> list[dict]:
+        q = select(usage_intervals).where(IV.ended_at.is_(None)).order_by(IV.id)
+        return self._read(lambda conn: [dict(r) for r in conn.execute(q).mappings()])
+
+    def recently_closed(self, since: datetime) -> list[dict]:
+        q = select(usage_intervals).where(IV.ended_at >= utc(since)).order_by(IV.id)
+        return self._read(lambda conn: [dict(r) for r in conn.execute(q).mappings()])
+
+    def holdings(self) -> list[dict]:
+        q = select(allocations).order_by(allocations.c.device_uuid)
+        return self._read(lambda conn: [dict(r) for r in conn.execute(q).mappings()])
+
+    def refusal_counts(self) -> dict[tuple[str, str], int]:
+        q = select(spawn_refusals)
+        return self._read(lambda conn: {(r.org, r.reason): r.count for r in conn.execute(q)})
+
+    def _usage(self, conn: Connection, now: datetime, org: str | None = None,
+               month_at: datetime | None = None) -> dict[str, float]:
+        """Weighted GPU-seconds per org in the month containing ``month_at`` (default ``now``)."""
+        lo, hi = month_bounds_at(month_at or now, self.site.tz)
+        where = OVERLAP_WHERE + " AND gpus > 0 AND org IS NOT NULL" + (" AND org = :org" if org else "")
+        q = timed(f"SELECT org, sum(gpus * weight * ({self.sql.clipped_us()})) FROM gpuhub_usage_intervals "
+                  f"WHERE {where} GROUP BY org")
+        params = window(lo, hi, now) | ({"org": org} if org else {})
+        return {o: float(us or 0) / 1e6 for o, us in conn.execute(q, params)}
+
+    def org_usage(self, org: str, month_of: datetime | None = None) -> float:
+        """Weighted GPU-seconds of ``org`` in the month containing ``month_of`` (default now), open intervals to now."""
+        now = self.now()
+        at = utc(month_of) if month_of is not None else None
+        return self._read(lambda conn: self._usage(conn, now, org=org, month_at=at)).get(org, 0.0)
+
+    def usage_by_org(self, month_of: datetime | None = None) -> dict[str, float]:
+        now = self.now()
+        at = utc(month_of) if month_of is not None else None
+        return self._read(lambda conn: self._usage(conn, now, month_at=at))
+
+    def status(self, now: datetime | None = None) -> dict:
+        """Per org (GPUs in use/limit, budget used/remaining, running servers) and per device (holder)."""
+        now = utc(now) if now is not None else self.now()
+
+        def run(conn):
+            held = [dict(r) for r in conn.execute(select(allocations)).mappings()]
+            running = [dict(r) for r in conn.execute(select(usage_intervals).where(IV.ended_at.is_(None))
+                                                     .order_by(IV.id)).mappings()]
+            return held, running, self._usage(conn, now)
+        held, running, usage = self._read(run)
+        orgs = {}
+        for key, org in self.site.organizations.items():
+            used_h = usage.get(key, 0.0) / 3600.0
+            orgs[key] = {
+                "display_name": org.display_name,
+                "gpus_in_use": sum(1 for h in held if h["org"] == key),
+                "gpu_limit": org.gpu_limit,
+                "budget_gpu_hours": org.gpu_hours_per_month,
+                "used_gpu_hours": round(used_h, 6),
+                "remaining_gpu_hours": round(org.gpu_hours_per_month - used_h, 6),
+                "running_servers": [_server(r, now) for r in running if r["org"] == key],
+            }
+        by_uuid = {h["device_uuid"]: h for h in held}
+        inventory = self.inventory()
+        known = {d.uuid for d in inventory}
+        devices = [{"uuid": d.uuid, "model": d.model, "holder": _holder(by_uuid.get(d.uuid))} for d in inventory]
+        devices += [{"uuid": u, "model": h["model"], "holder": _holder(h), "not_in_inventory": True}
+                    for u, h in sorted(by_uuid.items()) if u not in known]
+        y, m = month_of(now, self.site.tz)
+        return {"period": period_key(y, m), "at": now.isoformat(), "orgs": orgs, "devices": devices,
+                "servers_without_org": [_server(r, now) for r in running if r["org"] not in orgs]}
+
+    # ------------------------------------------------------------------ budgets
+
+    def announced_warnings(self, org: str, now: datetime | None = None) -> frozenset[float]:
+        """Budget fractions already announced for ``org`` in the month containing ``now``."""
+        period = self._period(now)
+        q = select(budget_warnings.c.fraction).where(budget_warnings.c.org == org, budget_warnings.c.period == period)
+        return self._read(lambda conn: frozenset(conn.execute(q).scalars()))
+
+    def announce_warning(self, org: str, fraction: float, now: datetime | None = None, message: str = "") -> bool:
+        """Record that ``fraction`` was announced this month; False when it already was (announce once)."""
+        now = utc(now) if now is not None else self.now()
+        period = self._period(now)
+        used_h = self.org_usage(org, now) / 3600.0
+        budget_h = self.site.organizations[org].gpu_hours_per_month if org in self.site.organizations else 0.0
+
+        def run(conn):
+            ins = (sqlite_insert if self.sql.name == "sqlite" else pg_insert)(budget_warnings)
+            res = conn.execute(ins.values(org=org, period=period, fraction=float(fraction), used_gpu_hours=used_h,
+                                          budget_gpu_hours=budget_h, announced_at=now, message=message[:2000])
+                               .on_conflict_do_nothing().returning(budget_warnings.c.org))
+            return res.first() is not None
+        return self._write(run)
+
+    def _period(self, now: datetime | None) -> str:
+        return period_key(*month_of(utc(now) if now is not None else self.now(), self.site.tz))
+
+    def budget_warnings(self, period: str | None = None) -> list[dict]:
+        q = select(budget_warnings).order_by(budget_warnings.c.org, budget_warnings.c.fraction)
+        if period:
+            q = q.where(budget_warnings.c.period == period)
+        return self._read(lambda conn: [dict(r) for r in conn.execute(q).mappings()])
+
+    # ------------------------------------------------------------------ user ids
+
+    def uid_for(self, user: str, first_uid: int = 20000) -> int:
+        """A stable numeric uid per user, never reused (for file ownership in shared volumes)."""
+        def run(conn):
+            uid = conn.execute(select(user_ids.c.uid).where(user_ids.c.user == user)).scalar()
+            if uid is None:
+                top = conn.execute(text("SELECT max(uid) FROM gpuhub_user_ids")).scalar()
+                uid = max(first_uid, (top or 0) + 1)
+                conn.execute(insert(user_ids).values(user=user, uid=uid, created_at=self.now()))
+            return uid
+        return self._write(run, lock=True)
+
+
+def _server(r: dict, now: datetime) -> dict:
+    return {"server_key": r["server_key"], "user": r["user"], "gpus": r["gpus"], "model": r["model"],
+            "devices": [d for d in r["device_uuids"].split(",") if d], "image": r["image"],
+            "started_at": r["started_at"].isoformat(), "running_seconds": max(0.0, (now - r["started_at"]).total_seconds())}
+
+
+def _holder(h: dict | None) -> dict | None:
+    return None if h is None else {"server_key": h["server_key"], "user": h["user"], "org": h["org"]}
+
