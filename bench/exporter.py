@@ -127,34 +127,37 @@ def main() -> int:
                                                    proc_root=str(proc))
     per_pass = cpu_per_pass(gpu_sampler.sample_once, 200)
 
-    # usage exporter over SQLite
+    # GPU exporter alone (in production each exporter is its own process): background cost, then scrapes
+    gpu_sampler.start()
+    t_cpu, t_wall = time.process_time(), time.perf_counter()
+    time.sleep(args.window)
+    bg_gpu = (time.process_time() - t_cpu) / (time.perf_counter() - t_wall)
+    server = serve(gpu_registry, "127.0.0.1:0")
+    gpu_lat = scrape_latency(server.url, args.scrapes)
+    gpu_bytes = len(requests.get(server.url, timeout=10).content)
+    server.close()
+    gpu_sampler.stop()
+
+    # usage exporter over SQLite; during the scrapes it refreshes every second (5x its default rate)
     t = time.perf_counter()
     engine = create_engine(f"sqlite:///{tmp / 'ledger.sqlite'}")
     fill_ledger(engine, args.servers, args.closed, args.orgs, args.gpus)
     fill_s = time.perf_counter() - t
     usage_registry, usage_sampler = build_usage_exporter(site, engine, registry=CollectorRegistry())
-    usage_sampler.refresh()
-    refresh_cpu = cpu_per_pass(usage_sampler.refresh, 10)
+    t = time.perf_counter()
+    usage_sampler.refresh()  # the first read also sums the frozen closed intervals (once per 6 h)
+    first_refresh = time.perf_counter() - t
+    refresh_cpu = cpu_per_pass(usage_sampler.refresh, 20)
     t = time.perf_counter()
     usage_sampler.refresh()
     refresh_wall = time.perf_counter() - t
-
-    # background sampling cost, measured as process CPU while the main thread sleeps
-    gpu_sampler.start()
-    t_cpu, t_wall = time.process_time(), time.perf_counter()
-    time.sleep(args.window)
-    bg_gpu = (time.process_time() - t_cpu) / (time.perf_counter() - t_wall)
+    default_interval = usage_sampler.interval
+    usage_sampler.interval = 1.0
     usage_sampler.start()
-
-    gpu_server = serve(gpu_registry, "127.0.0.1:0")
-    usage_server = serve(usage_registry, "127.0.0.1:0")
-    gpu_lat = scrape_latency(gpu_server.url, args.scrapes)
-    usage_lat = scrape_latency(usage_server.url, args.scrapes)
-    gpu_bytes = len(requests.get(gpu_server.url, timeout=10).content)
-    usage_bytes = len(requests.get(usage_server.url, timeout=10).content)
-    for s in (gpu_server, usage_server):
-        s.close()
-    gpu_sampler.stop()
+    server = serve(usage_registry, "127.0.0.1:0")
+    usage_lat = scrape_latency(server.url, args.scrapes)
+    usage_bytes = len(requests.get(server.url, timeout=10).content)
+    server.close()
     usage_sampler.stop()
 
     ms = lambda x: f"{x * 1e3:.2f} ms"  # noqa: E731
@@ -167,8 +170,8 @@ def main() -> int:
           f"p99 {ms(percentile(usage_lat, 0.99))}  max {ms(max(usage_lat))}  (n={len(usage_lat)})")
     print(f"gpu sampling: {ms(per_pass)} CPU per pass -> {per_pass * 100:.3f} % of a core at 1 pass/s; "
           f"measured in the background: {bg_gpu * 100:.3f} % of a core over {args.window:.0f} s")
-    print(f"usage ledger refresh: {ms(refresh_wall)} wall, {ms(refresh_cpu)} CPU -> "
-          f"{refresh_cpu / usage_sampler.interval * 100:.2f} % of a core at 1 refresh per {usage_sampler.interval:g} s")
+    print(f"usage ledger refresh: first {ms(first_refresh)}; then {ms(refresh_wall)} wall, {ms(refresh_cpu)} CPU -> "
+          f"{refresh_cpu / default_interval * 100:.2f} % of a core at 1 refresh per {default_interval:g} s")
     p99 = max(percentile(gpu_lat, 0.99), percentile(usage_lat, 0.99))
     verdict = [("scrape p99 <= 20 ms", p99 <= 0.020), ("gpu sampling <= 1 % of a core", max(per_pass, bg_gpu) <= 0.01)]
     for name, good in verdict:

@@ -39,9 +39,11 @@ BENCH_LABEL = "gpuhub.bench"  # never gpuhub.managed: the quota reconciler owns 
 
 
 class FakeHubAPI(BaseHTTPRequestHandler):
-    """Just enough of /hub/api for a single-user server to start: version + activity."""
+    """Just enough of /hub/api for a single-user server: the version check at start, activity
+    posts, and ``GET /hub/api/user`` so requests carrying a registered token are authorized."""
 
     requests: list[str] = []
+    tokens: dict[str, str] = {}  # API token -> user name
 
     def _reply(self, body: dict) -> None:
         data = json.dumps(body).encode()
@@ -54,6 +56,19 @@ class FakeHubAPI(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         FakeHubAPI.requests.append(f"GET {self.path}")
+        if self.path.split("?")[0].rstrip("/") == "/hub/api/user":
+            auth = self.headers.get("Authorization", "")
+            token = auth.split(None, 1)[1] if auth.lower().startswith(("token ", "bearer ")) else ""
+            user = FakeHubAPI.tokens.get(token)
+            if user is None:
+                self.send_response(403)
+                self.send_header("X-JupyterHub-Version", HUB_VERSION)
+                self.end_headers()
+                return
+            scopes = [f"access:servers!user={user}", f"access:servers!server={user}/", f"read:users!user={user}"]
+            self._reply({"kind": "user", "name": user, "admin": False, "groups": [], "scopes": scopes,
+                         "session_id": None})
+            return
         self._reply({"version": HUB_VERSION})
 
     def do_POST(self) -> None:  # noqa: N802
@@ -85,7 +100,8 @@ def start_fake_hub(ip: str) -> tuple[ThreadingHTTPServer, str]:
 def spawn_env(hub_url: str, user: str) -> dict[str, str]:
     """The environment DockerSpawner gives a single-user server (jupyterhub 6.1 Spawner.get_env)."""
     prefix = f"/user/{user}/"
-    token = "bench-token-" + os.urandom(8).hex()
+    token = "fake-" + os.urandom(12).hex()
+    FakeHubAPI.tokens[token] = user
     scopes = json.dumps([f"access:servers!server={user}/", f"access:servers!user={user}"])
     return {
         "JUPYTERHUB_API_TOKEN": token,
@@ -113,43 +129,59 @@ def cpu_seconds(container_id: str) -> float:
     return int((CGROUP_CPUACCT / container_id / "cpuacct.usage").read_text()) / 1e9
 
 
-def one_start(client, image: str, hub_url: str, uid: int, settle: float, timeout: float) -> dict:
-    user = f"bench{uid}"
-    home = Path(tempfile.mkdtemp(prefix="gpuhub-bench-home-"))
-    os.chown(home, uid, uid)
-    container = client.containers.create(
+def create_like_spawner(client, image: str, hub_url: str, uid: int, home: Path, *, read_only: bool = True,
+                        user: str | None = None, labels: dict | None = None):
+    """A created (not started) container configured the way gpuhub's spawner runs one."""
+    user = user or f"bench{uid}"
+    return client.containers.create(
         image,
         user=f"{uid}:{uid}",
         environment=spawn_env(hub_url, user),
-        read_only=True,
+        read_only=read_only,
         tmpfs={"/tmp": "rw,nosuid,nodev,size=256m"},
         volumes={str(home): {"bind": "/home/jovyan", "mode": "rw"}},
         cap_drop=["ALL"],
         security_opt=["no-new-privileges"],
         pids_limit=512,
         mem_limit="4g",
-        labels={BENCH_LABEL: "1"},
+        labels={BENCH_LABEL: "1", **(labels or {})},
         detach=True,
     )
+
+
+def server_url(container) -> str:
+    """``http://<ip>:8888/user/<name>/`` of a started container."""
+    container.reload()
+    env = dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])
+    return f"http://{container.attrs['NetworkSettings']['IPAddress']}:8888{env['JUPYTERHUB_SERVICE_PREFIX']}"
+
+
+def wait_ready(container, timeout: float, t0: float | None = None) -> float:
+    """Poll ``<prefix>api`` until it answers 200; returns seconds since t0."""
+    t0 = time.monotonic() if t0 is None else t0
+    url = server_url(container) + "api"
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return time.monotonic() - t0
+        except (urllib.error.URLError, ConnectionError, OSError):
+            pass
+        if time.monotonic() - t0 > timeout:
+            container.reload()
+            logs = container.logs(tail=30).decode(errors="replace")
+            raise RuntimeError(f"{container.image.tags} not ready in {timeout} s (status {container.status}):\n{logs}")
+        time.sleep(0.02)
+
+
+def one_start(client, image: str, hub_url: str, uid: int, settle: float, timeout: float) -> dict:
+    home = Path(tempfile.mkdtemp(prefix="gpuhub-bench-home-"))
+    os.chown(home, uid, uid)
+    container = create_like_spawner(client, image, hub_url, uid, home)
     try:
         t0 = time.monotonic()
         container.start()
-        container.reload()
-        ip = container.attrs["NetworkSettings"]["IPAddress"]
-        url = f"http://{ip}:8888/user/{user}/api"
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
-            if time.monotonic() - t0 > timeout:
-                container.reload()
-                logs = container.logs(tail=30).decode(errors="replace")
-                raise RuntimeError(f"{image} not ready in {timeout} s (status {container.status}):\n{logs}")
-            time.sleep(0.02)
-        wall = time.monotonic() - t0
+        wall = wait_ready(container, timeout, t0)
         cpu_ready = cpu_seconds(container.id)
         time.sleep(settle)
         cpu_settled = cpu_seconds(container.id)

@@ -4,7 +4,8 @@ NVML reports host PIDs. Their cgroup path names the container under every layout
 
 - cgroup v1, cgroupfs driver: ``4:memory:/docker/<64 hex>``
 - systemd driver (v1 or v2): ``…/system.slice/docker-<64 hex>.scope`` (possibly with a sub-path)
-- cgroup v2, cgroupfs driver: ``0::/docker/<64 hex>``
+- cgroup v2, cgroupfs driver: ``0::/docker/<64 hex>``; read from inside another container's cgroup
+  namespace (the exporter in a container on cgroup v2): ``0::/../<64 hex>``
 
 Container labels are read from the Docker API once per container id and cached (labels cannot
 change on a running container); lookups that fail are retried after ``retry_seconds``. The
@@ -33,7 +34,9 @@ LABEL_GPUS = "gpuhub.gpus"
 LABEL_MODEL = "gpuhub.gpu-model"
 LABEL_MANAGED = "gpuhub.managed"
 
-_CONTAINER_ID = re.compile(r"(?:^|/)docker[-/]([0-9a-f]{64})(?:\.scope)?(?=/|$)")
+# A path component that is a 64-hex id, bare (``/docker/<id>``, or ``/../<id>`` as seen from inside
+# another container's cgroup namespace) or as a systemd scope (``docker-<id>.scope``).
+_CONTAINER_ID = re.compile(r"(?:^|/)(?:docker-)?([0-9a-f]{64})(?:\.scope)?(?=/|$)")
 
 
 def container_id_from_cgroup(text: str) -> str | None:

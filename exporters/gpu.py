@@ -142,6 +142,7 @@ class GpuSampler:
         self._state = GpuState(nvml_configured=source is not None,
                                inventory=tuple(DeviceInfo(d.uuid, d.model) for d in site.gpus.devices),
                                errors_total=MappingProxyType(dict(self._errors)))
+        self._logged_sources: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -176,6 +177,9 @@ class GpuSampler:
 
     def _run(self) -> None:
         deadline = time.monotonic()
+        if self._state.taken_at is not None:  # already sampled once (run_gpu_exporter does, before serving)
+            deadline += self.interval
+            self._stop.wait(self.interval)
         while not self._stop.is_set():
             try:
                 self.sample_once()
@@ -257,8 +261,10 @@ class GpuSampler:
                 duration_seconds=self.monotonic() - started,
             )
             self._state = state
-        for err in errors:
-            log.debug("sampling error [%s] %s", err.source, err.detail)
+        for err in errors:  # the first error of each source is logged loudly, the rest are in the counter
+            first = err.source not in self._logged_sources
+            self._logged_sources.add(err.source)
+            (log.warning if first else log.debug)("sampling error [%s] %s", err.source, err.detail)
         return state
 
     @staticmethod

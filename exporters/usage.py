@@ -220,7 +220,7 @@ class UsageSampler:
         try:
             reading = self.source.read(now, lo, hi)
         except Exception as e:
-            log.warning("reading the usage ledger failed: %s", e)
+            (log.warning if self._up or self._reading is None else log.debug)("reading the usage ledger failed: %s", e)
             with self._lock:
                 self._errors["ledger"] += 1
                 self._up = False
@@ -250,6 +250,8 @@ class UsageSampler:
             self._thread = None
 
     def _run(self) -> None:
+        if self._reading is not None:  # already read once (run_usage_exporter does, before serving)
+            self._stop.wait(self.interval)
         while not self._stop.is_set():
             try:
                 self.refresh()

@@ -100,12 +100,8 @@ def cmd_billing_statement(args) -> int:
 def cmd_exporter(args) -> int:
     from exporters import server
 
-    site = _site(args)
-    if args.kind == "gpu":
-        server.run_gpu_exporter(site, args.listen)
-    else:
-        server.run_usage_exporter(site, args.listen)
-    return 0
+    argv = ["--listen", args.listen] + (["--site", args.site] if args.site else [])
+    return server.main_gpu(argv) if args.kind == "gpu" else server.main_usage(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:

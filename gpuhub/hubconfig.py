@@ -18,6 +18,7 @@ from .site import Site, load_site, site_config_path
 
 QUOTA_SERVICE = "gpuhub-quota"
 AUTOMATION_SERVICE = "gpuhub-automation"
+METRICS_SERVICE = "gpuhub-metrics"
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class HubFacts:
     admin_password: str | None
     admin_token: str | None
     quota_service_token: str
+    crypt_key: str  # encrypts auth_state (OIDC tokens) in the hub database
+    hub_metrics_token: str  # Prometheus reads /hub/metrics with it (state/hub-metrics-token)
     metrics_token: str | None
     proxy_command: str
     service_env: dict = field(default_factory=dict)  # passed to managed services (e.g. PGPASSFILE)
@@ -44,6 +47,15 @@ def _state_secret(state_dir: Path, name: str, nbytes: int = 24) -> str:
     path.write_text(value + "\n")
     path.chmod(0o600)
     return value
+
+
+def _state_hex_key(state_dir: Path, name: str) -> str:
+    """A 32-byte hex key kept in the state directory (JupyterHub's CryptKeeper format)."""
+    path = state_dir / name
+    if not path.exists():
+        path.write_text(secrets.token_hex(32) + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
 
 
 def prepare(environ: dict | None = None, *, docker_client=None, log=print) -> tuple[Site, HubFacts]:
@@ -74,6 +86,8 @@ def prepare(environ: dict | None = None, *, docker_client=None, log=print) -> tu
         admin_password=admin_password,
         admin_token=env.get("GPUHUB_ADMIN_TOKEN") or None,
         quota_service_token=_state_secret(state, "quota-service-token", 32),
+        hub_metrics_token=_state_secret(state, "hub-metrics-token", 32),
+        crypt_key=env.get("JUPYTERHUB_CRYPT_KEY") or _state_hex_key(state, "crypt-key"),
         metrics_token=env.get(site.metrics_token_env) if site.metrics_token_env else None,
         proxy_command=str(chp) if chp.exists() else "configurable-http-proxy",
         service_env={k: env[k] for k in ("PGPASSFILE", "PGPASSWORD", "DOCKER_HOST") if k in env},
@@ -112,6 +126,7 @@ def apply_auth(c, site: Site, facts: HubFacts) -> None:
     from .auth import apply_auth as apply_auth_kind
 
     apply_auth_kind(c, site, demo_password=facts.demo_password, admin_password=facts.admin_password)
+    c.CryptKeeper.keys = [facts.crypt_key]
 
 
 def apply_spawner(c, site: Site, facts: HubFacts) -> None:
@@ -156,6 +171,8 @@ def apply_services(c, site: Site, facts: HubFacts) -> None:
             "services": [QUOTA_SERVICE],
         }
     ]
+    services.append({"name": METRICS_SERVICE, "api_token": facts.hub_metrics_token, "display": False})
+    roles.append({"name": METRICS_SERVICE, "scopes": ["read:metrics"], "services": [METRICS_SERVICE]})
     if facts.admin_token:
         services.append({"name": AUTOMATION_SERVICE, "api_token": facts.admin_token})
         roles.append({"name": "admin", "services": [AUTOMATION_SERVICE]})

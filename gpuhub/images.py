@@ -38,6 +38,8 @@ from typing import Callable, Iterable
 Log = Callable[[str], None]
 
 IMAGE_PREFIX = "gpuhub/"
+#: the checkout's Python packages that go into the gpuhub wheel (pyproject's packages.find)
+GPUHUB_PACKAGES = ("gpuhub", "quota", "exporters")
 BUILD_HINT = "make images"
 
 # The one target the locks are resolved for: the images' Debian bookworm python3 (3.11) on x86_64.
@@ -236,6 +238,13 @@ def lock(name: str, root: Path | None = None, log: Log = print) -> Path:
     out = lock_path(root, name)
     out.write_text(render_lock(name, entries, d.lock_base, d.exclude))
     log(f"    wrote {out.relative_to(root)}: {len(entries)} wheels ({time.monotonic() - t0:.0f} s)")
+    if d.npm:
+        log(f"==> resolving images/{name}/package.json with npm (package-lock.json)")
+        proc = subprocess.run(["npm", "install", "--package-lock-only", "--no-audit", "--no-fund",
+                               "--omit-lockfile-registry-resolved=false"],
+                              cwd=image_dir(root, name), capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ImageBuildError(f"npm install --package-lock-only failed for {name}:\n{proc.stderr[-3000:]}")
     return out
 
 
@@ -289,7 +298,8 @@ def _source_date(root: Path, name: str) -> str:
     else:
         files = [p for p in image_dir(root, name).rglob("*") if p.is_file()]
         if IMAGES[name].gpuhub_wheel:
-            files += [root / "pyproject.toml", *(root / "gpuhub").rglob("*.py")]
+            files += [root / "pyproject.toml"] + [p for pkg in GPUHUB_PACKAGES for p in (root / pkg).rglob("*")
+                                                  if p.is_file() and "__pycache__" not in p.parts]
         ts = max(p.stat().st_mtime for p in files)
     return datetime.fromtimestamp(int(ts), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -340,8 +350,25 @@ def prepare_context(root: Path, name: str, log: Log = print) -> Path:
         out = ctx / "local-wheels"
         out.mkdir()
         log("==> building the gpuhub wheel from this checkout (pip wheel --no-deps)")
-        _run_logged([*_pip(), "wheel", "--no-deps", "--disable-pip-version-check", "-w", str(out), str(root)],
-                    rd / "build" / f"{name}-gpuhub-wheel.log", log)
+        # SOURCE_DATE_EPOCH makes the wheel's bytes depend only on its sources, so an unchanged
+        # checkout hits Docker's cache at the COPY of local-wheels/.
+        epoch = str(int(datetime.strptime(_source_date(root, name), "%Y-%m-%dT%H:%M:%SZ")
+                        .replace(tzinfo=timezone.utc).timestamp()))
+        # Build from a copy of the sources: an in-tree build would leave build/ in the checkout.
+        src = rd / "build" / f"{name}-gpuhub-src"
+        if src.exists():
+            shutil.rmtree(src)
+        src.mkdir(parents=True)
+        for f in ("pyproject.toml", "README.md", "LICENSE"):
+            if (root / f).is_file():
+                shutil.copy2(root / f, src / f)
+        if not (src / "README.md").exists():  # pyproject names it; the lead's checkout may lack it yet
+            (src / "README.md").write_text("gpuhub\n")
+        for pkg in GPUHUB_PACKAGES:
+            if (root / pkg).is_dir():
+                shutil.copytree(root / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        _run_logged([*_pip(), "wheel", "--no-deps", "--disable-pip-version-check", "-w", str(out), str(src)],
+                    rd / "build" / f"{name}-gpuhub-wheel.log", log, env={**os.environ, "SOURCE_DATE_EPOCH": epoch})
         note = ", ".join(p.name for p in out.glob("*.whl"))
         log(f"    {note}")
     if d.npm:

@@ -132,7 +132,8 @@ class GpuhubSpawner(DockerSpawner):
 
     @default("options_from_form")
     def _default_options_from_form(self):
-        return lambda spawner, formdata: options_from_form(formdata)
+        # JupyterHub calls options_from_form(formdata, spawner=...)
+        return lambda formdata, spawner=None: options_from_form(formdata)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -251,7 +252,9 @@ class GpuhubSpawner(DockerSpawner):
         )
         box = await self.docker(
             "create_container", image=self.image, user="0", host_config=host,
-            command=["chown", "-R", f"{uid}:{uid}", self.notebook_dir],
+            # The marker file keeps the volume non-empty: Docker copies the image's folder (and its
+            # owner) into an EMPTY volume at every mount, which would undo the chown.
+            command=["sh", "-c", f'touch "$0/.gpuhub-home" && chown -R {uid}:{uid} "$0"', self.notebook_dir],
             labels={"gpuhub.hub": self.hub_instance, "gpuhub.init": "1"},
         )
         try:

@@ -43,19 +43,24 @@ def statement(source, site: Site, period: str, org: str | None = None, now: date
     now = utc(now) if now is not None else utcnow()
     lo, hi = period_bounds(period, site.tz)
     d = Dialect(engine.dialect.name)
+    # Grouped by weight too, so each row's duration is computed once (an integer sum per weight);
+    # a model's weight only differs between rows if the operator changed it mid-month.
     q = timed(
-        f'SELECT org, "user", model, count(*), sum(gpus * dur), sum(gpus * weight * dur) FROM '
-        f'(SELECT org, "user", model, gpus, weight, {d.clipped_us()} AS dur FROM gpuhub_usage_intervals '
-        f'WHERE {OVERLAP_WHERE} AND gpus > 0{" AND org = :org" if org else ""}) t '
-        f'GROUP BY org, "user", model ORDER BY org, "user", model'
+        f'SELECT org, "user", model, weight, count(*), sum(gpus * {d.clipped_us()}) FROM gpuhub_usage_intervals '
+        f'WHERE {OVERLAP_WHERE} AND gpus > 0{" AND org = :org" if org else ""} GROUP BY org, "user", model, weight'
     )
     params = window(lo, hi, now) | ({"org": org} if org else {})
     with engine.connect() as conn:
         result = conn.execute(q, params).all()
+    groups: dict[tuple, list] = {}
+    for o, user, model, weight, n, gpu_us in result:
+        g = groups.setdefault((o or "", user, model or ""), [0, 0, 0.0])
+        g[0] += int(n)
+        g[1] += int(gpu_us or 0)
+        g[2] += float(weight) * int(gpu_us or 0)
     rows = []
-    for o, user, model, n, gpu_us, w_us in result:
-        gpu_us, w_us = int(gpu_us or 0), float(w_us or 0)
-        row = {"period": period, "org": o or "", "user": user, "gpu_model": model or "", "intervals": int(n),
+    for (o, user, model), (n, gpu_us, w_us) in sorted(groups.items()):
+        row = {"period": period, "org": o, "user": user, "gpu_model": model, "intervals": n,
                "gpu_seconds": gpu_us / 1e6, "gpu_hours": gpu_us / US_PER_HOUR,
                "weighted_gpu_hours": w_us / US_PER_HOUR}
         if model in site.rates:
@@ -76,8 +81,8 @@ def daily(source, site: Site, period: str, org: str | None = None, now: datetime
     edges.append(_us(hi - lo))
     bucket = math.gcd(BUCKET_US, *edges)
     d = Dialect(engine.dialect.name)
-    start = f"{d.epoch_us(d.greatest('started_at', ':lo'))} - :lo_us"
-    end = f"{d.epoch_us(d.least('coalesce(ended_at, :now)', ':hi'))} - :lo_us"
+    start = f"{d.greatest('started_us', ':lo_us')} - :lo_us"
+    end = f"{d.least('coalesce(ended_us, :now_us)', ':hi_us')} - :lo_us"
     where = f"{OVERLAP_WHERE} AND gpus > 0 AND org IS NOT NULL" + (" AND org = :org" if org else "")
     q = timed(
         f"SELECT org, t / :bucket AS b, sum(r), sum(r * t) FROM ("
@@ -85,7 +90,7 @@ def daily(source, site: Site, period: str, org: str | None = None, now: datetime
         f"UNION ALL SELECT org, -(gpus * weight) AS r, {end} AS t FROM gpuhub_usage_intervals WHERE {where}"
         f") e GROUP BY org, b"
     )
-    params = window(lo, hi, now) | {"lo_us": _epoch_us(lo), "bucket": bucket} | ({"org": org} if org else {})
+    params = window(lo, hi, now) | {"bucket": bucket} | ({"org": org} if org else {})
     with engine.connect() as conn:
         events = conn.execute(q, params).all()
     per_org: dict[str, list[tuple[int, float, float]]] = {}
@@ -115,10 +120,6 @@ def _cumulative(events: list[tuple[int, float, float]], edge_us: int, bucket: in
 
 def _us(td) -> int:
     return (td.days * 86400 + td.seconds) * 1_000_000 + td.microseconds
-
-
-def _epoch_us(dt: datetime) -> int:
-    return _us(utc(dt) - datetime(1970, 1, 1, tzinfo=utc(dt).tzinfo))
 
 
 # ---------------------------------------------------------------- renderers

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone, tzinfo
 
 UTC = timezone.utc
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 PERIOD_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 
 
@@ -132,6 +133,12 @@ def overlap(start: datetime, end: datetime, lo: datetime, hi: datetime) -> timed
 def seconds(td: timedelta) -> float:
     """timedelta -> seconds, exact to the microsecond (integer arithmetic before the one division)."""
     return (td.days * 86400 + td.seconds) + td.microseconds / 1_000_000
+
+
+def epoch_us(dt: datetime) -> int:
+    """Integer microseconds since 1970-01-01 UTC (what the ledger's ``*_us`` columns hold)."""
+    d = utc(dt) - EPOCH
+    return (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds
 
 
 def charge(gpus: int, weight: float, duration: timedelta | float) -> float:

@@ -1,10 +1,12 @@
 """SQL fragments that do interval arithmetic inside the database, exactly, on SQLite and PostgreSQL.
 
 Aggregating a million intervals in Python is too slow, so the clipped duration
-``min(end or now, hi) - max(start, lo)`` is computed in SQL as integer epoch microseconds:
-PostgreSQL's ``extract(epoch ...)`` is numeric (exact); on SQLite the fixed-width UTC text is
-split into whole seconds (``strftime('%s')``) and the six microsecond digits, because SQLite's own
-date functions keep only milliseconds.
+``min(end or now, hi) - max(start, lo)`` is computed in SQL on integer epoch microseconds. The
+ledger keeps them in generated columns (``started_us``/``ended_us``, computed by the database from
+``started_at``/``ended_at`` so no writer can forget them): parsing dates per row per query was most of
+the cost of a statement. On PostgreSQL the epoch comes from an interval (exact numeric); on SQLite
+the fixed-width UTC text is split into whole seconds (``julianday``, rounded: exact) and the six
+microsecond digits, because SQLite's own date functions keep only milliseconds.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.sql.elements import TextClause
 
 from quota.models import UtcDateTime
+from quota.periods import epoch_us
 
 TIME_PARAMS = ("lo", "hi", "now")
 
@@ -32,21 +35,22 @@ class Dialect:
         return f"max({a}, {b})" if self.name == "sqlite" else f"greatest({a}, {b})"
 
     def epoch_us(self, x: str) -> str:
-        """Integer microseconds since the epoch of the UTC timestamp expression ``x``."""
+        """Integer microseconds since the epoch of the UTC timestamp expression ``x`` (immutable SQL)."""
         if self.name == "sqlite":
-            return (f"(CAST(strftime('%s', substr({x}, 1, 19)) AS INTEGER) * 1000000"
+            return (f"(CAST(round((julianday(substr({x}, 1, 19)) - 2440587.5) * 86400) AS INTEGER) * 1000000"
                     f" + CAST(substr({x}, 21, 6) AS INTEGER))")
-        return f"CAST(extract(epoch FROM {x}) * 1000000 AS bigint)"
+        return f"CAST(extract(epoch FROM ({x} - timestamptz '1970-01-01 00:00:00+00')) * 1000000 AS bigint)"
 
     def clipped_us(self) -> str:
         """Microseconds of each row's interval inside [:lo, :hi), open intervals charged to :now."""
-        end = self.epoch_us(self.least("coalesce(ended_at, :now)", ":hi"))
-        start = self.epoch_us(self.greatest("started_at", ":lo"))
+        end = self.least("coalesce(ended_us, :now_us)", ":hi_us")
+        start = self.greatest("started_us", ":lo_us")
         return self.greatest(f"{end} - {start}", "0")
 
 
 # Rows that can overlap [:lo, :hi); the indexes on started_at / ended_at serve it.
-OVERLAP_WHERE = "started_at < :hi AND (ended_at IS NULL OR ended_at > :lo) AND started_at < :now"
+OVERLAP_WHERE = ("started_at < :hi AND started_at < :now AND (ended_at IS NULL OR ended_at > :lo)"
+                 " AND coalesce(ended_at, :now) > :lo")
 
 
 def timed(sql: str) -> TextClause:
@@ -57,4 +61,5 @@ def timed(sql: str) -> TextClause:
 
 
 def window(lo: datetime, hi: datetime, now: datetime) -> dict:
-    return {"lo": lo, "hi": hi, "now": now}
+    """Parameters for OVERLAP_WHERE and clipped_us(): the bounds as datetimes and as epoch microseconds."""
+    return {"lo": lo, "hi": hi, "now": now, "lo_us": epoch_us(lo), "hi_us": epoch_us(hi), "now_us": epoch_us(now)}

@@ -7,7 +7,7 @@ cd "$GPUHUB_ROOT"
 
 # 1. System packages. Test-only ones (PostgreSQL, Prometheus, Chromium) only for `test`.
 pkgs=(docker.io debootstrap iproute2 nodejs npm git)
-[ "$mode" = test ] && pkgs+=(postgresql prometheus chromium)
+[ "$mode" = test ] && pkgs+=(postgresql prometheus chromium docker-compose)
 apt_need "${pkgs[@]}"
 
 # 2. Docker engine (started only when `docker info` fails).

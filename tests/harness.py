@@ -274,3 +274,14 @@ class HubProcess:
         finally:
             ws.close()
             requests.delete(f"{prefix}api/kernels/{kid}", headers=h, timeout=10)
+
+
+def login(hub: HubProcess, user: str, password: str | None = None) -> requests.Session:
+    """A browser-like session logged in through the hub's login form (shared password)."""
+    s = requests.Session()
+    r = s.get(f"{hub.url}/hub/login", timeout=10)
+    xsrf = s.cookies.get("_xsrf", path="/hub/") or s.cookies.get("_xsrf")
+    r = s.post(f"{hub.url}/hub/login", data={"username": user, "password": password or hub.password, "_xsrf": xsrf},
+               timeout=30, allow_redirects=True)
+    assert r.ok and "/hub/login" not in r.url, (r.status_code, r.url)
+    return s

@@ -6,6 +6,7 @@ Each test uses its own IdP accounts, so they share one hub (`auth_hub`).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import requests
 
@@ -14,7 +15,7 @@ from gpuhub.site import parse_site
 from tests.auth.hubproc import idp_login, tamper_state
 from tests.auth.sites import site_dict
 
-SITE = parse_site(site_dict(), __import__("pathlib").Path("/tmp/site.yaml"))  # orgs as in the hub's site
+SITE = parse_site(site_dict(), Path("site.yaml"))  # the organizations of the hub under test
 
 
 def orgs(hub, name):

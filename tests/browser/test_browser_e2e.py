@@ -8,11 +8,10 @@ tests/artifacts/browser/. A missing chromium, node or npm fails the test; nothin
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import secrets
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -199,7 +198,10 @@ def test_login_spawn_gpu_run_cell_stop_and_second_user_sees_fewer_free(e2e, brow
     page.click("#stop")
     page.wait_for_selector("#start", state="visible", timeout=60_000)
     page.screenshot(path=shots / "11-home-stopped.png")
-    assert hub.containers(user="minji") == []
+    deadline = time.monotonic() + 30
+    while hub.containers(all=True, user="minji") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert hub.containers(all=True, user="minji") == []
 
     # --- the GPU is back for the second user
     page2.reload()

@@ -28,6 +28,9 @@ CID2 = "a1" * 32
         (f"0::/user.slice/user-1000.slice/user@1000.service/docker-{CID}.scope\n", CID),
         # hybrid: v2 line is "/", v1 lines carry the id
         (f"0::/\n5:cpu,cpuacct:/docker/{CID}\n", CID),
+        # cgroup v2 seen from inside another container's cgroup namespace
+        (f"0::/../{CID}\n", CID),
+        (f"0::/../../system.slice/docker-{CID}.scope\n", CID),
         # nested (docker-in-docker): the innermost container
         (f"0::/docker/{CID}/docker/{CID2}\n", CID2),
         # host processes and non-Docker cgroups

@@ -220,6 +220,7 @@ def test_real_prometheus_scrapes_ledger_gpu_seconds(prometheus_bin, tmp_path, si
         (sample,) = body["data"]["result"]
         got = float(sample["value"][1])
         ledger_value = closed + (at - start.timestamp())  # 1 GPU open since `start`
+        print(f"prometheus {got:.3f} vs ledger {ledger_value:.3f} GPU-seconds")
         assert abs(got - ledger_value) <= 2.0, (got, ledger_value)
         up = requests.get(f"{api}/query", params={"query": 'up{job="gpuhub-usage"}'}, timeout=5).json()
         assert up["data"]["result"][0]["value"][1] == "1"  # the bearer token worked

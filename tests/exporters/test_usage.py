@@ -194,3 +194,25 @@ def test_sql_sums_match_quota_periods_arithmetic(site, ledger_engine):
     weighted = sum(value(registry, "gpuhub_org_allocated_weighted_gpu_seconds_total", org="gist-ai", model=m)
                    for m in ("H100", "A100"))
     assert weighted == pytest.approx(sum(interval_charge(g, w, s, e, now) for g, w, s, e in rows), abs=1e-6)
+
+
+def test_frozen_sums_are_cached_and_refreshed(ledger_engine):
+    """Rows closed before the frozen bound are summed once; recent closes are read every time."""
+    from exporters.usage import SqlLedgerSource
+
+    now = utc(2026, 11, 20, 12)
+    lo, hi = utc(2026, 10, 31, 15), utc(2026, 11, 30, 15)
+    key = ("gist-ai", "H100")
+    add_interval(ledger_engine, user="old", started_at=utc(2026, 11, 10), ended_at=utc(2026, 11, 10, 1))
+    source = SqlLedgerSource(ledger_engine)
+    assert source.read(now, lo, hi).closed_seconds[key] == 3600
+    add_interval(ledger_engine, user="recent", started_at=now - timedelta(hours=3), ended_at=now - timedelta(hours=1))
+    reading = source.read(now, lo, hi)
+    assert reading.closed_seconds[key] == 3600 + 7200
+    assert reading.month_closed_weighted["gist-ai"] == 3600 + 7200
+    # closed late with an ended_at older than the frozen bound: picked up at the next re-freeze
+    add_interval(ledger_engine, user="late", started_at=utc(2026, 11, 2), ended_at=utc(2026, 11, 3))
+    assert source.read(now, lo, hi).closed_seconds[key] == 3600 + 7200
+    later = source.read(now + timedelta(hours=6), lo, hi)
+    assert later.closed_seconds[key] == 3600 + 7200 + 86400
+    assert later.month_closed_weighted["gist-ai"] == 3600 + 7200 + 86400

@@ -10,7 +10,7 @@ from gpuhub.site import load_site
 SITE = load_site(Path(__file__).resolve().parents[2] / "examples/site.yaml")
 FACTS = hubconfig.HubFacts(
     hub_ip="172.30.0.1", network="gpuhub-users", demo_password="pw-123456789", admin_password="a" * 32, admin_token="adm",
-    quota_service_token="qst", metrics_token=None, proxy_command="/x/configurable-http-proxy",
+    quota_service_token="qst", crypt_key="00" * 32, hub_metrics_token="hmt", metrics_token=None, proxy_command="/x/configurable-http-proxy",
 )
 
 
@@ -41,11 +41,12 @@ def test_admin_token_becomes_an_admin_service_only_when_given():
     c = Config()
     hubconfig.apply_services(c, SITE, FACTS)
     names = [s["name"] for s in c.JupyterHub.services]
-    assert names == ["gpuhub-quota", "gpuhub-automation"]
+    assert names == ["gpuhub-quota", "gpuhub-metrics", "gpuhub-automation"]
     assert {"name": "admin", "services": ["gpuhub-automation"]} in c.JupyterHub.load_roles
     c = Config()
     hubconfig.apply_services(c, SITE, FACTS.__class__(**{**FACTS.__dict__, "admin_token": None}))
-    assert [s["name"] for s in c.JupyterHub.services] == ["gpuhub-quota"]
+    assert [s["name"] for s in c.JupyterHub.services] == ["gpuhub-quota", "gpuhub-metrics"]
+    assert {"name": "gpuhub-metrics", "scopes": ["read:metrics"], "services": ["gpuhub-metrics"]} in c.JupyterHub.load_roles
     quota_role = c.JupyterHub.load_roles[0]
     assert "delete:servers" in quota_role["scopes"] and "admin:users" not in quota_role["scopes"]
 

@@ -16,7 +16,16 @@ depends_on = None
 TS = sa.DateTime(timezone=True)
 
 
+def epoch_us(dialect: str, col: str) -> str:
+    """Immutable SQL for a UTC timestamp column as integer epoch microseconds (frozen copy of quota.sqlexpr)."""
+    if dialect == "sqlite":  # fixed-width 'YYYY-MM-DD HH:MM:SS.ffffff' text
+        return (f"(CAST(round((julianday(substr({col}, 1, 19)) - 2440587.5) * 86400) AS INTEGER) * 1000000"
+                f" + CAST(substr({col}, 21, 6) AS INTEGER))")
+    return f"CAST(extract(epoch FROM ({col} - timestamptz '1970-01-01 00:00:00+00')) * 1000000 AS bigint)"
+
+
 def upgrade() -> None:
+    dialect = op.get_bind().dialect.name
     op.create_table(
         "gpuhub_allocations",
         sa.Column("device_uuid", sa.String(128), primary_key=True),
@@ -45,6 +54,8 @@ def upgrade() -> None:
         sa.Column("ended_at", TS, nullable=True),
         sa.Column("end_reason", sa.String(64), nullable=True),
         sa.Column("heartbeat_at", TS, nullable=True),
+        sa.Column("started_us", sa.BigInteger, sa.Computed(epoch_us(dialect, "started_at"), persisted=True)),
+        sa.Column("ended_us", sa.BigInteger, sa.Computed(epoch_us(dialect, "ended_at"), persisted=True)),
     )
     open_only = sa.text("ended_at IS NULL")
     op.create_index("gpuhub_usage_open_server", "gpuhub_usage_intervals", ["server_key"], unique=True,

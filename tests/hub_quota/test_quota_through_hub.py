@@ -1,0 +1,238 @@
+"""Quota rules through the real hub and Docker: races, restarts, billing, budgets, the form."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.harness import ROOT, HubProcess, default_site, login
+
+pytestmark = pytest.mark.docker
+
+
+def race_site(instance: str, port: int, state: Path) -> dict:
+    site = default_site(instance, port, state)
+    site["organizations"] = {
+        "org-a": {"members": [f"u{i:02d}" for i in range(0, 25)], "gpu_limit": 2, "gpu_hours_per_month": 100,
+                  "max_gpus_per_server": 2},
+        "org-b": {"members": [f"u{i:02d}" for i in range(25, 50)], "gpu_limit": 1, "gpu_hours_per_month": 100,
+                  "max_gpus_per_server": 1},
+    }
+    site["gpus"]["max_gpus_per_user"] = 2
+    return site
+
+
+def _race(hub: HubProcess) -> None:
+    users = [f"u{i:02d}" for i in range(50)]
+    for u in users:
+        hub.ensure_user(u)
+    with ThreadPoolExecutor(50) as pool:
+        responses = list(pool.map(lambda u: (u, hub.spawn(u, {"image": "python", "gpus": 1})), users))
+    ok = [u for u, r in responses if r.status_code in (201, 202)]
+    refused = [(u, r) for u, r in responses if r.status_code not in (201, 202)]
+    # 4 GPUs, but org-a may hold 2 and org-b 1: exactly 3 servers get GPUs.
+    assert len(ok) == 3, [(u, r.status_code, r.text[:200]) for u, r in responses]
+    assert Counter(u < "u25" for u in ok) == {True: 2, False: 1}
+    for u, r in refused:
+        assert r.status_code == 429, (u, r.status_code, r.text[:300])
+        assert "GPUs in use" in r.json()["message"] or "free" in r.json()["message"], r.json()["message"]
+    for u in ok:
+        hub.wait_ready(u)
+    uuids = [c.labels["gpuhub.gpus"] for c in hub.containers()]
+    assert len(uuids) == 3 and all(uuids) and len(set(uuids)) == 3, uuids
+    assert {c.labels["gpuhub.user"] for c in hub.containers()} == set(ok)
+    for u in ok:
+        hub.stop_server(u)
+
+
+def _hub_with(tmp_path, site_fn=race_site, db_url=None) -> HubProcess:
+    instance = f"gpuhubtest{os.urandom(3).hex()}"
+    hub = HubProcess(tmp_path, instance=instance, db_url=db_url)
+    hub.site = site_fn(instance, hub.port, hub.state)
+    if db_url:
+        hub.site["hub"]["db_url"] = db_url
+    hub.site_path.write_text(__import__("yaml").safe_dump(hub.site))
+    return hub
+
+
+@pytest.fixture
+def make_hub(tmp_path, docker_client, request):
+    hubs = []
+
+    def make(**kw):
+        (tmp_path / f"h{len(hubs)}").mkdir(exist_ok=True)
+        hub = _hub_with(tmp_path / f"h{len(hubs)}", **kw)
+        hubs.append(hub)
+        return hub.start()
+
+    yield make
+    for hub in hubs:
+        if getattr(request.node, "rep_call", None) is None or request.node.rep_call.failed:
+            print(hub.dump_logs())
+        hub.cleanup()
+
+
+def test_fifty_concurrent_spawns_sqlite(make_hub):
+    _race(make_hub())
+
+
+def test_fifty_concurrent_spawns_postgres(make_hub, postgres_url, request):
+    import sqlalchemy
+
+    name = f"race_{os.urandom(4).hex()}"
+    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    url = postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    _race(make_hub(db_url=url))
+
+
+def test_hub_kill9_keeps_servers_allocations_and_ledger(make_hub):
+    hub = make_hub(site_fn=default_site)
+    assert hub.spawn("alice", {"image": "python", "gpus": 1, "gpu_model": "H100"}).status_code in (201, 202)
+    hub.wait_ready("alice")
+    assert hub.run_code("alice", "x = 41; print(x + 1)").strip() == "42"
+    before = quota_status(hub)
+    (container,) = hub.containers(user="alice")
+    hub.kill9()  # hub, proxy and quota service: the whole process group
+    time.sleep(1)
+    hub.start()
+    hub.wait_ready("alice", timeout=60)
+    assert hub.run_code("alice", "print('still here')").strip() == "still here"
+    (again,) = hub.containers(user="alice")
+    assert again.id == container.id
+    after = quota_status(hub)
+    assert after["orgs"]["gist-ai"]["gpus_in_use"] == 1
+    held = [d for d in after["devices"] if d["holder"]]
+    assert held == [d for d in before["devices"] if d["holder"]]
+    (server,) = after["orgs"]["gist-ai"]["running_servers"]
+    (server_before,) = before["orgs"]["gist-ai"]["running_servers"]
+    assert server["started_at"] == server_before["started_at"]  # the same open interval, no gap
+    hub.stop_server("alice")
+    rows = statement(hub)
+    assert [r["user"] for r in rows] == ["alice"]  # one interval, not two
+
+
+def quota_status(hub) -> dict:
+    r = requests.get(f"{hub.url}/services/gpuhub-quota/status", headers={"Authorization": f"token {hub.admin_token}"},
+                     timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def statement(hub, *extra) -> list[dict]:
+    period = datetime.now(timezone.utc).astimezone(__import__("zoneinfo").ZoneInfo("Asia/Seoul")).strftime("%Y-%m")
+    out = subprocess.run([sys.executable, "-m", "gpuhub.cli", "billing", "statement", "--period", period,
+                          "--format", "json", *extra], env={**os.environ, "GPUHUB_SITE_CONFIG": str(hub.site_path)},
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    return data["rows"] if isinstance(data, dict) else data
+
+
+def test_statement_charges_gpus_times_weight_times_seconds(make_hub):
+    hub = make_hub(site_fn=default_site)
+    t0 = time.time()
+    assert hub.spawn("alice", {"image": "python", "gpus": 2, "gpu_model": "A100"}).status_code in (201, 202)
+    hub.wait_ready("alice")
+    time.sleep(8)
+    hub.stop_server("alice")
+    elapsed = time.time() - t0
+    (row,) = [r for r in statement(hub) if r["user"] == "alice"]
+    assert row["org"] == "gist-ai" and row["gpu_model"] == "A100"
+    weighted_seconds = row["weighted_gpu_hours"] * 3600
+    assert abs(weighted_seconds - 2 * 0.6 * elapsed) <= 2 * 0.6 * 2, (row, elapsed)
+    assert abs(row["gpu_seconds"] - 2 * elapsed) <= 2 * 2, (row, elapsed)
+
+
+def budget_site(instance, port, state):
+    site = default_site(instance, port, state)
+    site["organizations"]["gist-ai"]["gpu_hours_per_month"] = 0.004  # 14.4 weighted GPU-seconds
+    site["quota"] = {"enforce_interval_seconds": 1, "grace_seconds": 3, "min_remaining_gpu_hours": 0,
+                     "reconcile_interval_seconds": 5}
+    return site
+
+
+def test_budget_enforcer_warns_then_stops_within_the_documented_bound(make_hub):
+    from quota.budget import site_overage_bound
+    from gpuhub.site import load_site
+
+    hub = make_hub(site_fn=budget_site)
+    assert hub.spawn("alice", {"image": "python", "gpus": 1, "gpu_model": "H100"}).status_code in (201, 202)
+    hub.wait_ready("alice")
+    session = login(hub, "alice")
+    deadline = time.monotonic() + 90
+    saw_warning = False
+    while time.monotonic() < deadline:
+        servers = hub.api("GET", "/users/alice").json()["servers"]
+        if not servers:
+            break
+        if not saw_warning:
+            page = session.get(f"{hub.url}/hub/home").text
+            saw_warning = "alert-warning" in page or "alert-danger" in page
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the enforcer did not stop alice's server")
+    assert saw_warning, "no budget warning on the home page before the stop"
+    site = load_site(hub.site_path)
+    used = quota_status(hub)["orgs"]["gist-ai"]["used_gpu_hours"] * 3600
+    overage = used - 0.004 * 3600
+    bound = site_overage_bound(site, "gist-ai")
+    assert 0 <= overage <= bound, (overage, bound)
+    r = hub.spawn("alice", {"image": "python", "gpus": 1})
+    assert r.status_code == 403 and "weighted GPU-hours" in r.json()["message"], r.text
+    assert hub.spawn("alice", {"image": "python", "gpus": 0}).status_code in (201, 202)  # CPU still works
+    hub.wait_ready("alice")
+    hub.stop_server("alice")
+
+
+def test_dead_container_frees_its_gpu_at_dockers_finish_time(make_hub):
+    hub = make_hub(site_fn=default_site)
+    assert hub.spawn("carol", {"image": "python", "gpus": 1}).status_code in (201, 202)
+    hub.wait_ready("carol")
+    (c,) = hub.containers(user="carol")
+    c.kill()
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and quota_status(hub)["orgs"]["cnuh-radiology"]["gpus_in_use"]:
+        time.sleep(0.5)
+    assert quota_status(hub)["orgs"]["cnuh-radiology"]["gpus_in_use"] == 0
+    # the freed GPU can be taken again
+    assert hub.spawn("bob", {"image": "python", "gpus": 1, "org": "cnuh-radiology"}).status_code in (201, 202)
+    hub.wait_ready("bob")
+    hub.stop_server("bob")
+
+
+def test_spawn_form_shows_orgs_budget_and_free_gpus(make_hub):
+    hub = make_hub(site_fn=default_site)
+    assert hub.spawn("alice", {"image": "python", "gpus": 1, "gpu_model": "H100"}).status_code in (201, 202)
+    page = login(hub, "bob").get(f"{hub.url}/hub/spawn/bob/second").text
+    assert "GIST AI Lab" in page and "CNUH Radiology" in page
+    assert "GPUs in use 1 / 2" in page  # alice holds one of gist-ai's two
+    assert "H100 (weight 1.0) &mdash; 1 of 2 free" in page
+    assert "A100 (weight 0.6) &mdash; 2 of 2 free" in page
+    hub.wait_ready("alice")
+    hub.stop_server("alice")
+
+
+@pytest.mark.parametrize("options", [
+    {"image": "python", "gpus": 3},
+    {"image": "python", "gpus": 1, "devices": ["GPU-sim-h100-0"]},
+    {"image": "debian:bookworm-slim"},
+    {"image": "python", "gpus": 1, "gpu_model": "GPU-sim-h100-0"},
+    {"image": "python", "gpus": 2, "org": "cnuh-radiology"},
+])
+def test_tampered_rest_options_cannot_exceed_limits(make_hub, options):
+    hub = make_hub(site_fn=default_site)
+    r = hub.spawn("bob", options)
+    assert 400 <= r.status_code < 500, r.text
+    assert hub.containers(all=True, user="bob") == []

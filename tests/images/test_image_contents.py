@@ -1,0 +1,143 @@
+"""What the built images contain (real Docker; the images must be built: `make images`)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import pytest
+
+from gpuhub import images
+
+from .conftest import run_in
+
+pytestmark = pytest.mark.docker
+ROOT = Path(__file__).resolve().parents[2]
+NAMES = list(images.IMAGES)
+NOTEBOOKS = ["base-notebook", "stock-notebook", "pytorch"]
+
+OCI = ("title", "description", "version", "source", "licenses", "created")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_labels(built, name):
+    labels = built(name).labels
+    for key in OCI:
+        assert labels.get(f"org.opencontainers.image.{key}"), f"{name}: no org.opencontainers.image.{key}"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", labels["org.opencontainers.image.created"])
+    assert labels["org.opencontainers.image.licenses"] == "BSD-3-Clause"
+    assert labels["gpuhub.display-name"]
+    assert labels["gpuhub.gpu"] == ("true" if name == "pytorch" else "false")
+    lock_sha = hashlib.sha256(images.lock_path(ROOT, name).read_bytes()).hexdigest()
+    assert labels["gpuhub.lock-sha256"] == lock_sha, (
+        f"gpuhub/{name} was built from another requirements.lock; rebuild: gpuhub images build {name}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_wheels_or_compilers_in_final_image(built, docker_client, name):
+    built(name)
+    out = run_in(docker_client, images.IMAGES[name].tag, [
+        "sh", "-c",
+        "find / -xdev \\( -name '*.whl' -o -name 'npm-cache' \\) -print 2>/dev/null;"
+        "for c in gcc cc c++ g++ clang make ld as npm; do command -v $c; done;"
+        "ls /usr/lib/gcc 2>/dev/null; ls /tmp; true",
+    ], user="0")
+    assert out.strip() == "", f"{name} contains build leftovers:\n{out}"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_singleuser_version_matches_hub(built, docker_client, name):
+    built(name)
+    out = run_in(docker_client, images.IMAGES[name].tag, ["jupyterhub-singleuser", "--version"])
+    assert out.strip().splitlines()[-1] == "6.1.1"
+
+
+@pytest.mark.parametrize("name", ["base-notebook", "pytorch"])
+def test_default_user_is_not_root(built, name):
+    config = built(name).attrs["Config"]
+    assert config["User"] == "1000:100"
+    assert config["Cmd"] == ["jupyterhub-singleuser"]
+    env = dict(e.split("=", 1) for e in config["Env"])
+    assert env["HOME"] == "/home/jovyan"
+    assert env["JUPYTER_RUNTIME_DIR"].startswith("/tmp/")
+
+
+@pytest.mark.parametrize("name", ["base-notebook", "pytorch"])
+def test_nbgrader_extensions_enabled_and_unused_ones_off(built, docker_client, name):
+    built(name)
+    out = run_in(docker_client, images.IMAGES[name].tag, ["sh", "-c",
+                 "jupyter server extension list 2>&1; jupyter labextension list 2>&1"])
+    out = re.sub(r"\x1b\[[0-9;]*m", "", out)
+    state = dict(re.findall(r"^\s{4}(\S+) (enabled|disabled)$", out, re.M))
+    for ext in ("formgrader", "validate_assignment", "assignment_list", "course_list"):
+        assert state.get(f"nbgrader.server_extensions.{ext}") == "enabled", out
+    for ext in ("jupyterlab", "notebook", "jupyter_server_terminals"):
+        assert state.get(ext) == "enabled", out
+    assert state.get("jupyter_lsp") == "disabled" and state.get("notebook_shim") == "disabled", out
+    assert re.search(r"@jupyter/nbgrader v0\.9\.6 enabled OK", out), out
+
+
+@pytest.mark.parametrize("name", ["base-notebook", "pytorch"])
+def test_korean_language_pack_installed(built, docker_client, name):
+    built(name)
+    out = run_in(docker_client, images.IMAGES[name].tag, ["python", "-c",
+                 "from jupyterlab_server.translation_utils import get_language_packs as g; "
+                 "packs, msg = g(); print(sorted(packs))"])
+    assert "'ko_KR'" in out and "'en'" in out, out
+
+
+@pytest.mark.parametrize("name", ["base-notebook", "pytorch"])
+def test_bytecode_precompiled_and_slow_iri_checker_absent(built, docker_client, name):
+    built(name)
+    out = run_in(docker_client, images.IMAGES[name].tag, ["python", "-c", r"""
+import importlib.util, pathlib, sys
+missing = [str(p) for root in ('/opt/gpuhub/venv/lib/python3.11/site-packages', '/usr/lib/python3.11')
+           for p in pathlib.Path(root).rglob('*.py')
+           if '/torch/testing/_internal/py312_' not in str(p)
+           and not pathlib.Path(importlib.util.cache_from_source(str(p))).exists()]
+print(len(missing), missing[:5])
+print(importlib.util.find_spec('rfc3987_syntax'))
+"""])
+    first, second = out.strip().splitlines()[-2:]
+    assert first.startswith("0 "), f"{name}: .py files without a precompiled .pyc: {first}"
+    assert second == "None"
+
+
+def test_pytorch_imports_torch(built, docker_client):
+    built("pytorch")
+    out = run_in(docker_client, images.IMAGES["pytorch"].tag, ["python", "-c",
+                 "import torch; print(torch.__version__, torch.ones(2, 2).sum().item())"],
+                 user="54321:54321", read_only=True, tmpfs={"/tmp": ""}, cap_drop=["ALL"])
+    assert out.strip().splitlines()[-1] == "2.13.0+cpu 4.0"
+
+
+def test_hub_versions(built, docker_client):
+    built("hub")
+    out = run_in(docker_client, images.IMAGES["hub"].tag, ["sh", "-c",
+                 "jupyterhub --version; configurable-http-proxy --version; "
+                 "python -c 'import dockerspawner, oauthenticator, quota, gpuhub.site; "
+                 "print(dockerspawner.__version__, oauthenticator.__version__)'"])
+    assert out.split() == ["6.1.1", "5.3.0", "14.0.0", "17.4.0"], out
+
+
+def test_hub_proxy_routes_requests(built, docker_client):
+    """configurable-http-proxy (npm, on Debian's node) adds a route and proxies through it."""
+    built("hub")
+    script = r"""
+set -e
+python3 -m http.server 9000 --bind 127.0.0.1 >/dev/null 2>&1 &
+CONFIGPROXY_AUTH_TOKEN=t configurable-http-proxy --ip 127.0.0.1 --port 8000 --api-ip 127.0.0.1 \
+  --api-port 8001 --log-level warn &
+python3 - <<'EOF'
+import json, time, urllib.request
+for _ in range(100):
+    try:
+        req = urllib.request.Request("http://127.0.0.1:8001/api/routes/user/x", method="POST",
+              data=json.dumps({"target": "http://127.0.0.1:9000"}).encode(),
+              headers={"Authorization": "token t"})
+        urllib.request.urlopen(req, timeout=2)
+        break
+    except OSError:
+        time.sleep(0.1)
+print(urllib.request.urlopen("http://127.0.0.1:8000/user/x/", timeout=5).status)
