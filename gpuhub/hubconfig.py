@@ -109,7 +109,6 @@ def apply_hub(c, site: Site, facts: HubFacts) -> None:
     c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
     c.JupyterHub.pid_file = str(state / "jupyterhub.pid")
     c.JupyterHub.cleanup_servers = False  # a hub restart must not stop running research servers
-    c.JupyterHub.cleanup_proxy = False
     c.JupyterHub.authenticate_prometheus = True
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{site.hub.proxy_api_port}"
     c.ConfigurableHTTPProxy.pid_file = str(state / "jupyterhub-proxy.pid")
@@ -145,6 +144,7 @@ def apply_spawner(c, site: Site, facts: HubFacts) -> None:
     c.GpuhubSpawner.notebook_dir = "/home/jovyan"
     c.GpuhubSpawner.volumes = {"{prefix}-home-{username}": "/home/jovyan"}
     c.GpuhubSpawner.default_url = "/lab"
+    c.GpuhubSpawner.poll_interval = 10  # a dead server frees its GPUs within ~10 s (inspect is cheap)
     c.GpuhubSpawner.start_timeout = 120
     c.GpuhubSpawner.http_timeout = 60
     c.GpuhubSpawner.debug = False

@@ -339,13 +339,11 @@ def prepare_context(root: Path, name: str, log: Log = print) -> Path:
     shutil.copytree(image_dir(root, name), ctx)
     (ctx / "wheels").mkdir()
     wheelhouse = rd / "wheels" / name
-    locked = {h for e in parse_lock(lock_path(root, name).read_text()) for h in e.hashes}
-    n = 0
-    for whl in sorted(wheelhouse.glob("*.whl")):
+    wheels = sorted(wheelhouse.glob("*.whl"))
+    if len(wheels) != len(parse_lock(lock_path(root, name).read_text())):
+        raise ImageBuildError(f"wheelhouse {wheelhouse} does not match the lock; run scripts/wheelhouse.sh {name}")
+    for whl in wheels:
         _link_or_copy(whl, ctx / "wheels" / whl.name)
-        n += 1
-    if n < len(parse_lock(lock_path(root, name).read_text())) or not locked:
-        raise ImageBuildError(f"wheelhouse {wheelhouse} is incomplete; run scripts/wheelhouse.sh {name}")
     if d.gpuhub_wheel:
         out = ctx / "local-wheels"
         out.mkdir()
@@ -403,9 +401,10 @@ def _docker_build_line(line: str) -> bool:
     return line.startswith("Step ") or line.startswith("Successfully") or " ERROR" in line or line.startswith("E: ")
 
 
-def build(names: list[str], root: Path, log: Log = print) -> None:
+def build(names: list[str], root: Path, log: Log = print, *, no_cache: bool = False) -> None:
     """Build gpuhub's images (all when ``names`` is empty), in dependency order: make sure the
-    engine and the base image exist, fill each wheelhouse, then ``docker build``."""
+    engine and the base image exist, fill each wheelhouse, then ``docker build``
+    (``no_cache``: ``docker build --no-cache``, e.g. to pick up Debian security updates)."""
     root = Path(root)
     order = build_order(names)
     # images built FROM a local image that is neither requested nor built yet: build that first
@@ -423,7 +422,7 @@ def build(names: list[str], root: Path, log: Log = print) -> None:
                     show=lambda _l: True)
         log(f"==> [{name}] build context")
         ctx = prepare_context(root, name, log)
-        cmd = ["docker", "build", "--network", "host", "-t", d.tag]
+        cmd = ["docker", "build", "--network", "host", "-t", d.tag] + (["--no-cache"] if no_cache else [])
         for k, v in build_args(root, name).items():
             cmd += ["--build-arg", f"{k}={v}"]
         cmd.append(str(ctx))
@@ -476,7 +475,7 @@ def check_catalog(site, docker_client) -> list[str]:
 # Command line
 
 
-USAGE = """usage: python -m gpuhub.images build [NAME ...] | lock NAME [NAME ...] | list
+USAGE = """usage: python -m gpuhub.images build [--no-cache] [NAME ...] | lock NAME [NAME ...] | list
 images: """
 
 
@@ -494,7 +493,8 @@ def main(argv: list[str] | None = None, root: Path | None = None) -> int:
 
     try:
         if cmd == "build":
-            build(names, root, log)
+            no_cache = "--no-cache" in names
+            build([n for n in names if n != "--no-cache"], root, log, no_cache=no_cache)
         elif cmd == "lock" and names:
             for n in names:
                 lock(n, root, log)

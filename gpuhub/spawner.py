@@ -210,6 +210,9 @@ class GpuhubSpawner(DockerSpawner):
         self.extra_create_kwargs = {"labels": labels}
         box = site.containers
         host = {
+            # Keep a dead container until we have read its FinishedAt (stop() still removes it):
+            # the ledger closes the interval at Docker's own finish time, even after a hub outage.
+            "auto_remove": False,
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
             "pids_limit": box.pids_limit,

@@ -21,6 +21,7 @@ import json
 import math
 from datetime import datetime
 
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from gpuhub.site import Site
@@ -50,8 +51,7 @@ def statement(source, site: Site, period: str, org: str | None = None, now: date
         f'WHERE {OVERLAP_WHERE} AND gpus > 0{" AND org = :org" if org else ""} GROUP BY org, "user", model, weight'
     )
     params = window(lo, hi, now) | ({"org": org} if org else {})
-    with engine.connect() as conn:
-        result = conn.execute(q, params).all()
+    result = _query(engine, q, params)
     groups: dict[tuple, list] = {}
     for o, user, model, weight, n, gpu_us in result:
         g = groups.setdefault((o or "", user, model or ""), [0, 0, 0.0])
@@ -91,8 +91,7 @@ def daily(source, site: Site, period: str, org: str | None = None, now: datetime
         f") e GROUP BY org, b"
     )
     params = window(lo, hi, now) | {"bucket": bucket} | ({"org": org} if org else {})
-    with engine.connect() as conn:
-        events = conn.execute(q, params).all()
+    events = _query(engine, q, params)
     per_org: dict[str, list[tuple[int, float, float]]] = {}
     for o, b, r, rt in events:
         per_org.setdefault(o, []).append((int(b), float(r or 0), float(rt or 0)))
@@ -104,6 +103,14 @@ def daily(source, site: Site, period: str, org: str | None = None, now: datetime
         out[o] = [{"date": days[i][0].isoformat(), "weighted_gpu_hours": max(0.0, cum[i + 1] - cum[i]) / US_PER_HOUR}
                   for i in range(len(days))]
     return out
+
+
+def _query(engine: Engine, q, params: dict) -> list:
+    with engine.connect() as conn, conn.begin():
+        if engine.dialect.name == "postgresql":
+            # Enough memory to hash-aggregate a million rows; the 4 MB default sorts them on disk (3x slower).
+            conn.execute(text("SET LOCAL work_mem = '32MB'"))
+        return conn.execute(q, params).all()
 
 
 def _cumulative(events: list[tuple[int, float, float]], edge_us: int, bucket: int) -> float:

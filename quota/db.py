@@ -4,7 +4,8 @@
 SQLite gets WAL (readers never block the writer), a busy timeout instead of instant
 "database is locked", and ``BEGIN IMMEDIATE`` for write transactions (so a read-then-write
 transaction never fails half way on lock upgrade). PostgreSQL gets a short connect timeout and
-pre-ping so an unreachable database is reported quickly instead of hanging a spawn.
+no pre-ping (a dropped connection is retried by the store instead of pinging every checkout), so an
+unreachable database is reported within seconds instead of hanging a spawn.
 ``upgrade(url)`` runs the Alembic migrations in-process (no alembic.ini, works installed or editable).
 """
 
@@ -36,7 +37,6 @@ def make_engine(url: str, **kw) -> Engine:
         return engine
     if u.get_backend_name() == "postgresql":
         connect_args.setdefault("connect_timeout", PG_CONNECT_TIMEOUT_S)
-        kw.setdefault("pool_pre_ping", True)
         kw.setdefault("pool_size", 10)
         kw.setdefault("max_overflow", 10)
         kw.setdefault("pool_timeout", 30)

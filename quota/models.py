@@ -113,8 +113,10 @@ Index(
     sqlite_where=usage_intervals.c.ended_at.is_(None),
     postgresql_where=usage_intervals.c.ended_at.is_(None),
 )
-Index("gpuhub_usage_org_started", usage_intervals.c.org, usage_intervals.c.started_at)
-Index("gpuhub_usage_started", usage_intervals.c.started_at)
+# Covering index for billing and usage sums: rows come out grouped by (org, user, model, weight) with
+# everything the arithmetic needs, so a million-row statement is one index scan and no sort.
+Index("gpuhub_usage_billing", *(usage_intervals.c[n] for n in
+                                ("org", "user", "model", "weight", "gpus", "started_us", "ended_us")))
 Index("gpuhub_usage_ended", usage_intervals.c.ended_at)
 
 spawn_refusals = Table(

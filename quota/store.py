@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import bindparam, case, delete, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
@@ -28,6 +28,7 @@ from quota import budget as budget_rules
 from quota.db import make_engine, upgrade
 from quota import policy
 from quota.models import (
+    UtcDateTime,
     alloc_lock,
     allocations,
     budget_warnings,
@@ -42,6 +43,22 @@ from quota.sqlexpr import OVERLAP_WHERE, Dialect, timed, window
 
 TRANSIENT_PG = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
 IV = usage_intervals.c
+
+# Statements of the hot path, built once (construction cost more than the round trips).
+_LOCK = select(alloc_lock.c.id).where(alloc_lock.c.id == 1).with_for_update()
+_HOLDINGS = select(allocations.c.device_uuid, allocations.c.server_key, allocations.c.user, allocations.c.org,
+                   allocations.c.model)
+_INSERT_INTERVAL = insert(usage_intervals)
+_INSERT_ALLOCATIONS = insert(allocations)
+_OPEN_ID = select(IV.id).where(IV.server_key == bindparam("key"), IV.ended_at.is_(None)).scalar_subquery()
+# Close the open interval (never before its start) and return it; closed rows are never touched again.
+_CLOSE = (update(usage_intervals)
+          .where(IV.server_key == bindparam("key"), IV.ended_at.is_(None))
+          .values(ended_at=case((IV.started_at > bindparam("at", type_=UtcDateTime), IV.started_at),
+                                else_=bindparam("at", type_=UtcDateTime)),
+                  end_reason=bindparam("reason"))
+          .returning(*(c for c in usage_intervals.c if c.name not in ("started_us", "ended_us"))))
+_FREE = delete(allocations).where(allocations.c.server_key == bindparam("key"))
 
 
 class QuotaRefused(Exception):
@@ -81,6 +98,8 @@ def as_request(req, groups: Iterable[str] | None = None) -> AllocationRequest:
 
 
 def _transient(e: DBAPIError) -> bool:
+    if e.connection_invalidated:
+        return True  # a pooled connection died (database restart): the retry opens a fresh one
     if isinstance(e, IntegrityError):
         return True  # someone committed the same device/server first: re-read and decide again
     code = getattr(e.orig, "sqlstate", None)
@@ -129,6 +148,11 @@ class QuotaStore:
             f"quota database {url} is unavailable ({type(e).__name__}: {detail}); GPU servers cannot be "
             "started or recorded until it is back; check that the database is running (hub.db_url)")
 
+    def _lock(self, conn: Connection) -> None:
+        """Serialise allocation decisions (SQLite: BEGIN IMMEDIATE already holds the write lock)."""
+        if self.sql.name == "postgresql":
+            conn.execute(_LOCK)
+
     def _write(self, fn: Callable[[Connection], object], *, lock: bool = False):
         """Run ``fn(conn)`` in one write transaction, retrying transient conflicts."""
         for attempt in range(self.max_attempts):
@@ -136,8 +160,8 @@ class QuotaStore:
                 with self.engine.connect() as conn:
                     conn.execution_options(quota_write=True)
                     with conn.begin():
-                        if lock and self.sql.name == "postgresql":
-                            conn.execute(select(alloc_lock.c.id).where(alloc_lock.c.id == 1).with_for_update())
+                        if lock:
+                            self._lock(conn)
                         return fn(conn)
             except DBAPIError as e:
                 if _transient(e) and attempt + 1 < self.max_attempts:
@@ -166,31 +190,33 @@ class QuotaStore:
         ``groups`` are the user's IdP groups, needed when membership comes from ``idp_groups``.
         """
         req = as_request(req, groups)
-        out = self._write(lambda conn: self._allocate(conn, req), lock=True)
+        out = self._write(lambda conn: self._allocate(conn, req))
         if isinstance(out, Refusal):
             raise QuotaRefused.of(out)
         return out
 
     def _allocate(self, conn: Connection, req: AllocationRequest) -> Grant | Refusal:
         now = self.now()
-        holdings = tuple(Holding(r.device_uuid, r.server_key, r.user, r.org, r.model)
-                         for r in conn.execute(select(allocations)))
-        is_open = conn.execute(select(IV.id).where(IV.server_key == req.server_key, IV.ended_at.is_(None))).first()
-        used = 0.0
+        # Read before taking the lock, to keep the serialised part short: a grant committed meanwhile adds
+        # no usage at its start instant, and a second open interval for the key fails the unique index.
         if req.org and isinstance(req.gpus, int) and req.gpus > 0:
-            used = self._usage(conn, now, org=req.org).get(req.org, 0.0)
+            is_open, used = self._open_and_usage(conn, req.server_key, req.org, now)
+        else:
+            is_open, used = conn.execute(select(_OPEN_ID), {"key": req.server_key}).scalar(), 0.0
+        self._lock(conn)
+        holdings = tuple(Holding(*r) for r in conn.execute(_HOLDINGS))
         snap = Snapshot(holdings, used, frozenset({req.server_key}) if is_open else frozenset(), self.inventory())
         decision = policy.decide(self.site, req, snap)
         if isinstance(decision, Refusal):
             self._bump_refusal(conn, req.org or "", decision.rule)
             return decision
-        interval_id = conn.execute(insert(usage_intervals).values(
+        interval_id = conn.execute(_INSERT_INTERVAL, dict(
             server_key=req.server_key, user=req.user, server_name=req.server_name, org=req.org, image=req.image,
             device_uuids=",".join(decision.devices), gpus=len(decision.devices), model=decision.model,
             weight=decision.weight, started_at=now, heartbeat_at=now,
         )).inserted_primary_key[0]
         if decision.devices:
-            conn.execute(insert(allocations), [
+            conn.execute(_INSERT_ALLOCATIONS, [
                 dict(device_uuid=d, server_key=req.server_key, user=req.user, org=req.org, model=decision.model,
                      interval_id=interval_id, allocated_at=now) for d in decision.devices])
         note = ()
@@ -244,15 +270,9 @@ class QuotaStore:
         at = utc(at) if at is not None else self.now()
 
         def run(conn):
-            row = conn.execute(select(usage_intervals).where(
-                IV.server_key == server_key, IV.ended_at.is_(None))).mappings().first()
-            conn.execute(delete(allocations).where(allocations.c.server_key == server_key))
-            if row is None:
-                return None
-            end = max(at, row["started_at"])
-            conn.execute(update(usage_intervals).where(IV.id == row["id"], IV.ended_at.is_(None))
-                         .values(ended_at=end, end_reason=reason))
-            return {**row, "ended_at": end, "end_reason": reason}
+            row = conn.execute(_CLOSE, {"key": server_key, "at": at, "reason": reason}).mappings().first()
+            conn.execute(_FREE, {"key": server_key})
+            return dict(row) if row else None
         return self._write(run)
 
     def close_interval_at(self, server_key: str, at: datetime, reason: str) -> dict | None:
@@ -305,6 +325,15 @@ class QuotaStore:
                   f"WHERE {where} GROUP BY org")
         params = window(lo, hi, now) | ({"org": org} if org else {})
         return {o: float(us or 0) / 1e6 for o, us in conn.execute(q, params)}
+
+    def _open_and_usage(self, conn: Connection, key: str, org: str, now: datetime) -> tuple[bool, float]:
+        """One round trip: is ``key`` open, and ``org``'s weighted GPU-seconds this month."""
+        lo, hi = month_bounds_at(now, self.site.tz)
+        q = timed(f"SELECT (SELECT id FROM gpuhub_usage_intervals WHERE server_key = :key AND ended_at IS NULL), "
+                  f"(SELECT sum(gpus * weight * ({self.sql.clipped_us()})) FROM gpuhub_usage_intervals "
+                  f"WHERE org = :org AND gpus > 0 AND {OVERLAP_WHERE})")
+        is_open, us = conn.execute(q, window(lo, hi, now) | {"key": key, "org": org}).one()
+        return is_open is not None, float(us or 0) / 1e6
 
     def org_usage(self, org: str, month_of: datetime | None = None) -> float:
         """Weighted GPU-seconds of ``org`` in the month containing ``month_of`` (default now), open intervals to now."""

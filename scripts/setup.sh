@@ -6,7 +6,10 @@ mode="${1:-run}"
 cd "$GPUHUB_ROOT"
 
 # 1. System packages. Test-only ones (PostgreSQL, Prometheus, Chromium) only for `test`.
-pkgs=(docker.io debootstrap iproute2 nodejs npm git)
+pkgs=(debootstrap iproute2 git)
+command -v dockerd >/dev/null 2>&1 || pkgs+=(docker.io)
+# node may come from elsewhere (e.g. NodeSource's nodejs, which bundles npm and conflicts with Debian's npm)
+command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm)
 [ "$mode" = test ] && pkgs+=(postgresql prometheus chromium docker-compose)
 apt_need "${pkgs[@]}"
 

@@ -130,6 +130,7 @@ class HubProcess:
         assert self.proc
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
+        self.kill_proxy()
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -140,8 +141,17 @@ class HubProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
 
+    def kill_proxy(self) -> None:
+        """A proxy left by a killed hub (JupyterHub runs it in its own session)."""
+        pid_file = self.state / "jupyterhub-proxy.pid"
+        try:
+            os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
     def cleanup(self) -> None:
         self.stop()
+        self.kill_proxy()
         for c in self.containers(all=True):
             c.remove(force=True)
         for v in self.docker.volumes.list(filters={"name": f"{self.instance}-"}):

@@ -9,7 +9,7 @@ import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -202,10 +202,19 @@ def test_dead_container_frees_its_gpu_at_dockers_finish_time(make_hub):
     hub.wait_ready("carol")
     (c,) = hub.containers(user="carol")
     c.kill()
+    c.reload()
+    from gpuhub.spawner import _docker_time
+    from gpuhub.runtime import quota_store
+
+    finished = _docker_time(c.attrs["State"]["FinishedAt"])
     deadline = time.monotonic() + 40
     while time.monotonic() < deadline and quota_status(hub)["orgs"]["cnuh-radiology"]["gpus_in_use"]:
         time.sleep(0.5)
     assert quota_status(hub)["orgs"]["cnuh-radiology"]["gpus_in_use"] == 0
+    (closed,) = [r for r in quota_store(hub.site_path).recently_closed(finished - timedelta(minutes=5))
+                 if r["user"] == "carol"]
+    assert closed["end_reason"] == "container-exited"
+    assert abs((closed["ended_at"] - finished).total_seconds()) < 0.01, (closed, finished)
     # the freed GPU can be taken again
     assert hub.spawn("bob", {"image": "python", "gpus": 1, "org": "cnuh-radiology"}).status_code in (201, 202)
     hub.wait_ready("bob")
@@ -236,3 +245,47 @@ def test_tampered_rest_options_cannot_exceed_limits(make_hub, options):
     r = hub.spawn("bob", options)
     assert 400 <= r.status_code < 500, r.text
     assert hub.containers(all=True, user="bob") == []
+
+
+def test_container_that_died_while_the_hub_was_down_is_closed_at_its_finish_time(make_hub):
+    from gpuhub.runtime import quota_store
+    from gpuhub.spawner import _docker_time
+
+    hub = make_hub(site_fn=default_site)
+    assert hub.spawn("alice", {"image": "python", "gpus": 1}).status_code in (201, 202)
+    hub.wait_ready("alice")
+    hub.kill9()
+    (c,) = hub.containers(user="alice")
+    c.kill()
+    c.reload()
+    finished = _docker_time(c.attrs["State"]["FinishedAt"])
+    time.sleep(2)
+    hub.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and quota_status(hub)["orgs"]["gist-ai"]["gpus_in_use"]:
+        time.sleep(0.5)
+    (closed,) = [r for r in quota_store(hub.site_path).recently_closed(finished - timedelta(minutes=5))
+                 if r["user"] == "alice"]
+    assert closed["end_reason"] == "container-exited"
+    assert abs((closed["ended_at"] - finished).total_seconds()) < 0.01  # not the restart time
+
+
+def test_unknown_labelled_container_is_stopped_by_the_reconciler(make_hub, docker_client):
+    hub = make_hub(site_fn=default_site)
+    stranger = docker_client.containers.run(
+        "gpuhub/base-notebook:latest", ["sleep", "600"], detach=True, name=f"{hub.instance}-stranger",
+        labels={"gpuhub.managed": "1", "gpuhub.hub": hub.instance, "gpuhub.user": "mallory", "gpuhub.server": "",
+                "gpuhub.gpus": "GPU-sim-h100-0", "gpuhub.org": "gist-ai"},
+    )
+    deadline = time.monotonic() + 30  # reconcile_interval_seconds is 5 in the test site
+    while time.monotonic() < deadline:
+        try:
+            stranger.reload()
+        except Exception:
+            break
+        if stranger.status != "running":
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the reconciler left an unknown labelled container running")
+    assert quota_status(hub)["orgs"]["gist-ai"]["gpus_in_use"] == 0

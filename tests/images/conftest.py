@@ -63,10 +63,15 @@ def fake_hub(bench, docker_client):
     server.shutdown()
 
 
-def run_in(docker_client, image: str, command, **kwargs) -> str:
-    """Run a one-off command in image, return its output (stdout+stderr)."""
-    out = docker_client.containers.run(image, command, remove=True, stdout=True, stderr=True, **kwargs)
-    return out.decode(errors="replace")
+@pytest.fixture(scope="session")
+def run_in(docker_client):
+    """run_in(image, command, **run_kwargs) -> output (stdout+stderr) of a one-off container."""
+
+    def run(image: str, command, **kwargs) -> str:
+        out = docker_client.containers.run(image, command, remove=True, stdout=True, stderr=True, **kwargs)
+        return out.decode(errors="replace")
+
+    return run
 
 
 class Spawned:

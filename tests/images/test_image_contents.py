@@ -10,8 +10,6 @@ import pytest
 
 from gpuhub import images
 
-from .conftest import run_in
-
 pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = list(images.IMAGES)
@@ -35,9 +33,9 @@ def test_labels(built, name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_no_wheels_or_compilers_in_final_image(built, docker_client, name):
+def test_no_wheels_or_compilers_in_final_image(built, run_in, name):
     built(name)
-    out = run_in(docker_client, images.IMAGES[name].tag, [
+    out = run_in(images.IMAGES[name].tag, [
         "sh", "-c",
         "find / -xdev \\( -name '*.whl' -o -name 'npm-cache' \\) -print 2>/dev/null;"
         "for c in gcc cc c++ g++ clang make ld as npm; do command -v $c; done;"
@@ -47,9 +45,9 @@ def test_no_wheels_or_compilers_in_final_image(built, docker_client, name):
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_singleuser_version_matches_hub(built, docker_client, name):
+def test_singleuser_version_matches_hub(built, run_in, name):
     built(name)
-    out = run_in(docker_client, images.IMAGES[name].tag, ["jupyterhub-singleuser", "--version"])
+    out = run_in(images.IMAGES[name].tag, ["jupyterhub-singleuser", "--version"])
     assert out.strip().splitlines()[-1] == "6.1.1"
 
 
@@ -64,9 +62,9 @@ def test_default_user_is_not_root(built, name):
 
 
 @pytest.mark.parametrize("name", ["base-notebook", "pytorch"])
-def test_nbgrader_extensions_enabled_and_unused_ones_off(built, docker_client, name):
+def test_nbgrader_extensions_enabled_and_unused_ones_off(built, run_in, name):
     built(name)
-    out = run_in(docker_client, images.IMAGES[name].tag, ["sh", "-c",
+    out = run_in(images.IMAGES[name].tag, ["sh", "-c",
                  "jupyter server extension list 2>&1; jupyter labextension list 2>&1"])
     out = re.sub(r"\x1b\[[0-9;]*m", "", out)
     state = dict(re.findall(r"^\s{4}(\S+) (enabled|disabled)$", out, re.M))
@@ -79,18 +77,18 @@ def test_nbgrader_extensions_enabled_and_unused_ones_off(built, docker_client, n
 
 
 @pytest.mark.parametrize("name", ["base-notebook", "pytorch"])
-def test_korean_language_pack_installed(built, docker_client, name):
+def test_korean_language_pack_installed(built, run_in, name):
     built(name)
-    out = run_in(docker_client, images.IMAGES[name].tag, ["python", "-c",
+    out = run_in(images.IMAGES[name].tag, ["python", "-c",
                  "from jupyterlab_server.translation_utils import get_language_packs as g; "
                  "packs, msg = g(); print(sorted(packs))"])
     assert "'ko_KR'" in out and "'en'" in out, out
 
 
 @pytest.mark.parametrize("name", ["base-notebook", "pytorch"])
-def test_bytecode_precompiled_and_slow_iri_checker_absent(built, docker_client, name):
+def test_bytecode_precompiled_and_slow_iri_checker_absent(built, run_in, name):
     built(name)
-    out = run_in(docker_client, images.IMAGES[name].tag, ["python", "-c", r"""
+    out = run_in(images.IMAGES[name].tag, ["python", "-c", r"""
 import importlib.util, pathlib, sys
 missing = [str(p) for root in ('/opt/gpuhub/venv/lib/python3.11/site-packages', '/usr/lib/python3.11')
            for p in pathlib.Path(root).rglob('*.py')
@@ -104,29 +102,30 @@ print(importlib.util.find_spec('rfc3987_syntax'))
     assert second == "None"
 
 
-def test_pytorch_imports_torch(built, docker_client):
+def test_pytorch_imports_torch(built, run_in):
     built("pytorch")
-    out = run_in(docker_client, images.IMAGES["pytorch"].tag, ["python", "-c",
+    out = run_in(images.IMAGES["pytorch"].tag, ["python", "-c",
                  "import torch; print(torch.__version__, torch.ones(2, 2).sum().item())"],
                  user="54321:54321", read_only=True, tmpfs={"/tmp": ""}, cap_drop=["ALL"])
     assert out.strip().splitlines()[-1] == "2.13.0+cpu 4.0"
 
 
-def test_hub_versions(built, docker_client):
+def test_hub_versions(built, run_in):
     built("hub")
-    out = run_in(docker_client, images.IMAGES["hub"].tag, ["sh", "-c",
+    out = run_in(images.IMAGES["hub"].tag, ["sh", "-c",
                  "jupyterhub --version; configurable-http-proxy --version; "
                  "python -c 'import dockerspawner, oauthenticator, quota, gpuhub.site; "
                  "print(dockerspawner.__version__, oauthenticator.__version__)'"])
     assert out.split() == ["6.1.1", "5.3.0", "14.0.0", "17.4.0"], out
 
 
-def test_hub_proxy_routes_requests(built, docker_client):
+def test_hub_proxy_routes_requests(built, run_in):
     """configurable-http-proxy (npm, on Debian's node) adds a route and proxies through it."""
     built("hub")
     script = r"""
 set -e
-python3 -m http.server 9000 --bind 127.0.0.1 >/dev/null 2>&1 &
+mkdir -p /tmp/srv/user/x && echo proxied > /tmp/srv/user/x/index.html
+python3 -m http.server 9000 --bind 127.0.0.1 --directory /tmp/srv >/dev/null 2>&1 &
 CONFIGPROXY_AUTH_TOKEN=t configurable-http-proxy --ip 127.0.0.1 --port 8000 --api-ip 127.0.0.1 \
   --api-port 8001 --log-level warn &
 python3 - <<'EOF'
@@ -140,4 +139,8 @@ for _ in range(100):
         break
     except OSError:
         time.sleep(0.1)
-print(urllib.request.urlopen("http://127.0.0.1:8000/user/x/", timeout=5).status)
+print(urllib.request.urlopen("http://127.0.0.1:8000/user/x/", timeout=5).read().decode().strip())
+EOF
+"""
+    out = run_in(images.IMAGES["hub"].tag, ["sh", "-c", script])
+    assert out.strip().splitlines()[-1] == "proxied", out

@@ -60,8 +60,8 @@ def upgrade() -> None:
     open_only = sa.text("ended_at IS NULL")
     op.create_index("gpuhub_usage_open_server", "gpuhub_usage_intervals", ["server_key"], unique=True,
                     sqlite_where=open_only, postgresql_where=open_only)
-    op.create_index("gpuhub_usage_org_started", "gpuhub_usage_intervals", ["org", "started_at"])
-    op.create_index("gpuhub_usage_started", "gpuhub_usage_intervals", ["started_at"])
+    op.create_index("gpuhub_usage_billing", "gpuhub_usage_intervals",
+                    ["org", "user", "model", "weight", "gpus", "started_us", "ended_us"])
     op.create_index("gpuhub_usage_ended", "gpuhub_usage_intervals", ["ended_at"])
 
     op.create_table(
