@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,6 @@ from gpuhub.site import parse_site  # noqa: E402
 from quota import billing, db, periods  # noqa: E402
 from quota.models import to_db_text  # noqa: E402
 
-UTC = timezone.utc
 COLUMNS = ("server_key", "user", "server_name", "org", "image", "device_uuids", "gpus", "model", "weight",
            "started_at", "ended_at", "end_reason", "heartbeat_at")
 

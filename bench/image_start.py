@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import re
 import os
 import shutil
 import statistics
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{s['cpu_ready_s']['p50']:9.2f}s {s['cpu_settled_s']['p50']:8.2f}s")
     finally:
         server.shutdown()
-    hub_calls = sorted(set(r.split("?")[0] for r in FakeHubAPI.requests))
+    hub_calls = sorted(set(re.sub(r"/users/[^/]+/", "/users/<name>/", r.split("?")[0]) for r in FakeHubAPI.requests))
     print(f"hub API calls seen: {', '.join(hub_calls)}")
     if args.json:
         args.json.write_text(json.dumps({"results": results, "hub_calls": hub_calls}, indent=2))

@@ -207,6 +207,13 @@ class GpuhubOIDCAuthenticator(GenericOAuthenticator):
         JupyterHub group gpuhub-org-<org>.""",
     )
     discovery_timeout = Float(10.0, config=True, help="Seconds to wait for the discovery document.")
+    course_groups = Dict(
+        config=True,
+        help="""Course groups added at every login so that manage_groups keeps them:
+        ``{"users": {username: [group, ...]}, "idp_groups": {IdP group: [group, ...]}}`` (the
+        ``formgrade-<course>`` / ``nbgrader-<course>`` groups nbgrader reads). Set by
+        ``gpuhub.hubconfig.apply_courses`` from the site's courses.""",
+    )
 
     @default("login_service")
     def _login_service_default(self):
@@ -337,6 +344,12 @@ class GpuhubOIDCAuthenticator(GenericOAuthenticator):
         org = verified_email_org(user_info, self.trusted_email_domains)
         if org:
             groups.add(f"{ORG_GROUP_PREFIX}{org}")
+        if self.course_groups:
+            from gpuhub.courses import derived_groups
+
+            name = self.user_info_to_username(user_info)
+            groups |= derived_groups(self.course_groups.get("users", {}), self.course_groups.get("idp_groups", {}),
+                                     name, groups)
         return groups
 
     # -- token errors become readable pages (and fail closed)

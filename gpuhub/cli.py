@@ -97,6 +97,99 @@ def cmd_billing_statement(args) -> int:
     return 0
 
 
+def _course(site, key: str):
+    if key not in site.courses:
+        raise SiteConfigError(f"courses.{key}: no such course; courses: {', '.join(site.courses) or '(none)'}")
+    return site.courses[key]
+
+
+def _hub_course_groups(site) -> dict[str, set[str]]:
+    """{course group: usernames} as the hub has them (IdP-derived members appear at their login);
+    empty when the hub database is not there yet."""
+    from sqlalchemy import create_engine, text
+
+    from .courses import managed_groups
+
+    wanted = managed_groups(site)
+    url = site.hub.database_url
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        print("gpuhub: no hub database yet; showing the site config's lists only", file=sys.stderr)
+        return {}  # connecting would create an empty file
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text(
+                "SELECT g.name, u.name FROM groups g JOIN user_group_map m ON m.group_id = g.id "
+                "JOIN users u ON u.id = m.user_id"
+            )).all()
+    except Exception as e:  # no hub database yet (or not reachable): the site lists only
+        print(f"gpuhub: hub database not readable ({type(e).__name__}); showing the site config's lists only",
+              file=sys.stderr)
+        return {}
+    finally:
+        engine.dispose()
+    out: dict[str, set[str]] = {}
+    for group, user in rows:
+        if group in wanted:
+            out.setdefault(group, set()).add(user)
+    return out
+
+
+def cmd_course_list(args) -> int:
+    from .courses import describe
+
+    site = _site(args)
+    rows = [describe(c) for c in site.courses.values()]
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no courses in the site config")
+        return 0
+    print(f"{'course':<16} {'org':<18} {'image':<12} {'instr':>5} {'stud':>5}  idp groups  display name")
+    for r in rows:
+        groups = ",".join(r["instructors_idp_groups"] + r["students_idp_groups"]) or "-"
+        print(f"{r['course']:<16} {r['org']:<18} {r['image']:<12} {len(r['instructors']):>5} {len(r['students']):>5}  "
+              f"{groups}  {r['display_name']}")
+    return 0
+
+
+def cmd_course_members(args) -> int:
+    from .courses import members
+
+    site = _site(args)
+    _course(site, args.course)
+    rows = members(site, args.course, _hub_course_groups(site))
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(f"{r['user']:<32} {r['role']:<11} {'site config' if r['source'] == 'site' else 'IdP group (hub)'}")
+    return 0
+
+
+def cmd_course_servers(args) -> int:
+    from .courses import course_servers, members
+    from .runtime import quota_store
+
+    site = _site(args)
+    _course(site, args.course)
+    status = quota_store(site.path).status(datetime.now(timezone.utc))
+    report = course_servers(site, args.course, status, members(site, args.course, _hub_course_groups(site)))
+    if args.format == "json":
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    print(f"course {report['course']} (org {report['org']}, {report['period']}): {report['course_gpus_in_use']} GPUs "
+          f"in use by the course; org {report['org_gpus_in_use']}/{report['org_gpu_limit']} GPUs, "
+          f"{report['org_used_gpu_hours']:.2f}/{report['org_budget_gpu_hours']:.0f} GPU-hours this month")
+    if not report["servers"]:
+        print("no running servers")
+    for s in report["servers"]:
+        print(f"{s['server_key']:<40} {s['role']:<10} {s['gpus']} x {s['model'] or '-':<6} "
+              f"{s['running_seconds'] / 3600:6.2f} h  {','.join(s['devices']) or '-'}")
+    return 0
+
+
 def cmd_exporter(args) -> int:
     from exporters import server
 
@@ -137,6 +230,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=("json", "csv", "html"), default="json")
     s.add_argument("--output", "-o")
     s.set_defaults(func=cmd_billing_statement)
+
+    co = sub.add_parser("course", help="nbgrader courses").add_subparsers(dest="course_cmd", required=True)
+    s = co.add_parser("list", help="courses, their org, image and member counts")
+    s.add_argument("--format", choices=("table", "json"), default="table")
+    s.set_defaults(func=cmd_course_list)
+    s = co.add_parser("members", help="a course's instructors and students (site config + IdP groups)")
+    s.add_argument("course")
+    s.add_argument("--format", choices=("table", "json"), default="table")
+    s.set_defaults(func=cmd_course_members)
+    s = co.add_parser("servers", help="a course's members' running servers and GPU use")
+    s.add_argument("course")
+    s.add_argument("--format", choices=("table", "json"), default="table")
+    s.set_defaults(func=cmd_course_servers)
 
     e = sub.add_parser("exporter", help="Prometheus exporters").add_subparsers(dest="kind", required=True)
     for kind in ("gpu", "usage"):

@@ -178,3 +178,31 @@ def apply_services(c, site: Site, facts: HubFacts) -> None:
         roles.append({"name": "admin", "services": [AUTOMATION_SERVICE]})
     c.JupyterHub.services = services
     c.JupyterHub.load_roles = roles
+
+
+def apply_courses(c, site: Site, facts: HubFacts) -> None:
+    """nbgrader courses (see :mod:`gpuhub.courses`): the hub groups ``formgrade-<course>`` /
+    ``nbgrader-<course>`` from the site and the IdP, the scopes nbgrader's JupyterHub plugin
+    needs on the server token, and each course's instructors' view of its students' servers.
+    Call after :func:`apply_auth` and :func:`apply_services` (it extends what they set)."""
+    from . import courses
+
+    if not site.courses:
+        return
+    courses.check_usernames(site)
+    c.GpuhubSpawner.server_token_scopes = list(courses.SERVER_TOKEN_SCOPES)
+    roles = list(c.JupyterHub.load_roles) if "load_roles" in c.JupyterHub else []
+    c.JupyterHub.load_roles = roles + courses.roles(site)
+    members = {name for course in site.courses.values() for name in course.instructors + course.students}
+    idp_groups = {g for course in site.courses.values()
+                  for g in course.instructors_idp_groups + course.students_idp_groups}
+    if site.hub.auth.type == "oidc":
+        # the authenticator manages groups (load_groups is refused then): it adds the derived
+        # groups at every login, and course members may log in
+        cfg = c.GpuhubOIDCAuthenticator
+        cfg.course_groups = {"users": courses.groups_by_user(site), "idp_groups": courses.groups_by_idp_group(site)}
+        cfg.allowed_users = set(cfg.allowed_users if "allowed_users" in cfg else ()) | members
+        cfg.allowed_groups = set(cfg.allowed_groups if "allowed_groups" in cfg else ()) | idp_groups
+    else:
+        groups = dict(c.JupyterHub.load_groups) if "load_groups" in c.JupyterHub else {}
+        c.JupyterHub.load_groups = {**groups, **courses.load_groups(site)}

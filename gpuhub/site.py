@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import zlib
 import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,10 @@ import yaml
 DEFAULT_SITE_CONFIG = "examples/site.yaml"
 ORG_GROUP_PREFIX = "gpuhub-org-"
 KEY_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,38}$")
+# Course GIDs (the group a course's instructors share on its volumes) are derived from the course
+# key into this range, far above the user UIDs (20000 + one per user, never reused).
+COURSE_GID_BASE = 1_900_000_000
+COURSE_GID_SPAN = 100_000_000
 
 
 class SiteConfigError(ValueError):
@@ -99,6 +104,41 @@ class Organization:
     images: tuple[str, ...] = ()
 
 
+def course_gid(key: str) -> int:
+    """The stable numeric group of a course's instructors (see :mod:`gpuhub.courses`)."""
+    return COURSE_GID_BASE + zlib.crc32(key.encode()) % COURSE_GID_SPAN
+
+
+@dataclass(frozen=True)
+class Course:
+    """An nbgrader course; its GPU use is charged to ``org`` (members may spawn for it)."""
+
+    key: str
+    display_name: str
+    org: str
+    image: str  # catalog key the course's notebooks expect
+    instructors: tuple[str, ...] = ()
+    students: tuple[str, ...] = ()
+    instructors_idp_groups: tuple[str, ...] = ()
+    students_idp_groups: tuple[str, ...] = ()
+
+    @property
+    def gid(self) -> int:
+        return course_gid(self.key)
+
+    def role_of(self, username: str, groups: frozenset[str] = frozenset()) -> str | None:
+        """``"instructor"``, ``"student"`` or None: listed by name or in one of the IdP groups.
+
+        Instructor wins when both apply. The JupyterHub groups ``formgrade-<key>`` and
+        ``nbgrader-<key>`` are derived from this, never read back (see gpuhub.courses).
+        """
+        if username in self.instructors or groups & set(self.instructors_idp_groups):
+            return "instructor"
+        if username in self.students or groups & set(self.students_idp_groups):
+            return "student"
+        return None
+
+
 @dataclass(frozen=True)
 class QuotaSettings:
     min_remaining_gpu_hours: float = 0.1
@@ -131,6 +171,7 @@ class Site:
     rates: dict[str, float] = field(default_factory=dict)
     currency: str = "KRW"
     metrics_token_env: str | None = None
+    courses: dict[str, Course] = field(default_factory=dict)
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -140,14 +181,21 @@ class Site:
     def orgs_of(self, username: str, groups: frozenset[str] = frozenset()) -> list[str]:
         """Organizations a user belongs to: listed in ``members``, in one of the org's
         ``idp_groups``, or in the JupyterHub group ``gpuhub-org-<key>`` (which the login
-        layer grants, e.g. for a verified email in a trusted domain)."""
+        layer grants, e.g. for a verified email in a trusted domain), or an instructor or
+        student of a course charged to the org."""
         return [
             key
             for key, org in self.organizations.items()
             if username in org.members
             or groups & set(org.idp_groups)
             or f"{ORG_GROUP_PREFIX}{key}" in groups
+            or any(c.org == key and c.role_of(username, groups) for c in self.courses.values())
         ]
+
+    def courses_of(self, username: str, groups: frozenset[str] = frozenset()) -> dict[str, str]:
+        """{course key: "instructor" | "student"} for the courses a user belongs to."""
+        roles = {key: c.role_of(username, groups) for key, c in self.courses.items()}
+        return {key: role for key, role in roles.items() if role}
 
     def weight_of(self, model: str) -> float:
         return self.gpus.models[model].weight
@@ -355,6 +403,51 @@ def _orgs(data, images: dict, gpus: GpuSettings) -> dict[str, Organization]:
     return out
 
 
+def _courses(data, images: dict, orgs: dict[str, Organization]) -> dict[str, Course]:
+    r = _Reader(data, "courses")
+    out: dict[str, Course] = {}
+    gids: dict[int, str] = {}
+    for key, spec in r.data.items():
+        _key_ok("courses", key)
+        r.seen.add(key)
+        where = f"courses.{key}"
+        c = _Reader(spec, where)
+        org = c.get("org", str, allowed=f"the organization charged for the course's GPUs; declared: "
+                                        f"{', '.join(orgs) or '(none)'}")
+        if org not in orgs:
+            raise SiteConfigError(f"{where}.org: {org!r} is not an organization key; "
+                                  f"declared: {', '.join(orgs) or '(none)'}")
+        allowed_images = orgs[org].images
+        image = c.get("image", str, allowed_images[0] if allowed_images else next(iter(images)))
+        if image not in images:
+            raise SiteConfigError(f"{where}.image: {image!r} is not in the image catalog; "
+                                  f"catalog keys: {', '.join(images)}")
+        if image not in allowed_images:
+            raise SiteConfigError(f"{where}.image: {image!r} is not allowed for organization {org!r}; "
+                                  f"allowed: {', '.join(allowed_images)}")
+        course = Course(
+            key=key,
+            display_name=c.get("display_name", str, key),
+            org=org,
+            image=image,
+            instructors=c.str_list("instructors"),
+            students=c.str_list("students"),
+            instructors_idp_groups=c.str_list("instructors_idp_groups"),
+            students_idp_groups=c.str_list("students_idp_groups"),
+        )
+        c.done()
+        both = sorted(set(course.instructors) & set(course.students))
+        if both:
+            raise SiteConfigError(f"{where}.students: {both[0]!r} is also listed under {where}.instructors; "
+                                  "list each person once (instructors can do everything students can)")
+        if course.gid in gids:
+            raise SiteConfigError(f"{where}: its group id {course.gid} collides with course {gids[course.gid]!r}; "
+                                  "rename one of the two courses")
+        gids[course.gid] = key
+        out[key] = course
+    return out
+
+
 def _quota(data) -> QuotaSettings:
     r = _Reader(data, "quota")
     q = QuotaSettings(
@@ -399,21 +492,24 @@ def parse_site(data: Any, path: Path) -> Site:
     for model, price in rates.items():
         if model not in gpus.models or not isinstance(price, (int, float)) or price < 0:
             raise SiteConfigError(f"rates.{model}: expected a declared GPU model with a price >= 0, got {price!r}")
+    hub = _hub(r.get("hub", dict, {}), base)
+    organizations = _orgs(r.get("organizations", dict, {}), images, gpus)
     site = Site(
         path=path.resolve(),
         timezone=tz,
-        hub=_hub(r.get("hub", dict, {}), base),
+        hub=hub,
         gpus=gpus,
         images=images,
-        organizations=_orgs(r.get("organizations", dict, {}), images, gpus),
+        organizations=organizations,
         quota=_quota(r.get("quota", dict, {})),
         containers=_containers(r.get("containers", dict, {})),
         rates={k: float(v) for k, v in rates.items()},
         currency=r.get("currency", str, "KRW"),
         metrics_token_env=r.get("metrics_token_env", str, None),
+        courses=_courses(r.get("courses", dict, {}, allowed="a mapping of course id: {org, instructors, students, ...}"),
+                         images, organizations),
         raw=dict(data or {}),
     )
-    r.seen.update({"courses"})  # reserved for the courses issue
     r.done()
     return site
 

@@ -155,6 +155,7 @@ class GpuhubSpawner(DockerSpawner):
         env.pop("CUDA_VISIBLE_DEVICES", None)
         env["GPUHUB_GPUS"] = ",".join(uuids)
         env["GPUHUB_ORG"] = self._request.org or "" if getattr(self, "_request", None) else ""
+        env.update(getattr(self, "_course_env", {}))  # courses hook: JUPYTER_CONFIG_PATH, GPUHUB_COURSES
         return env
 
     async def start(self):
@@ -184,6 +185,7 @@ class GpuhubSpawner(DockerSpawner):
             uid = await self._quota_call(self.quota.uid_for, self.user.name)
             self.extra_create_kwargs["user"] = f"{uid}:{uid}"
             await self._ensure_home(uid)
+            await self._prepare_courses(uid)  # courses hook (gpuhub.courses)
             self._emit(35, f"Creating and starting container from {spec.display_name}")
             ip, port = await super().start()
             if self.wait_ready:
@@ -265,6 +267,59 @@ class GpuhubSpawner(DockerSpawner):
             result = await self.docker("wait", box["Id"], timeout=120)
             if result.get("StatusCode") != 0:
                 raise web.HTTPError(500, f"could not prepare the home volume {volume} for UID {uid}")
+        finally:
+            await self.docker("remove_container", box["Id"], force=True)
+
+    # ------------------------------------------------------------ courses hook (gpuhub.courses)
+
+    async def _prepare_courses(self, uid: int) -> None:
+        """nbgrader courses: sync the user's course groups, mount the course volumes, add the
+        instructors' course GIDs, and prepare the volumes (:meth:`_ensure_course_volumes`)."""
+        from . import courses
+
+        site = self.site
+        self._course_env = {}
+        if not site.courses:
+            return
+        added, removed = courses.sync_hub_groups(self.user, site, self._groups())
+        if added or removed:
+            self.log.info("%s: course groups +%s -%s", self._log_name, sorted(added), sorted(removed))
+        plan = courses.container_plan(site, self.user.name, uid, self._groups(), self.hub_instance)
+        if plan is None:
+            return
+        self.extra_host_config.setdefault("binds", {}).update(plan.binds)  # merged with the home bind
+        if plan.group_add:
+            self.extra_host_config["group_add"] = plan.group_add
+        self._course_env = dict(plan.env)
+        await self._ensure_course_volumes(plan)
+
+    async def _ensure_course_volumes(self, plan) -> None:
+        """One-shot root container (no network; CHOWN, FOWNER, DAC_OVERRIDE, FSETID only) that lays
+        out the course volumes with their owners and modes, registers the user's UID in each
+        exchange and writes the nbgrader config. Idempotent; runs at every course member's start."""
+        from .courses import INIT_CAPS
+
+        self._emit(32, f"Preparing course files ({', '.join(sorted(plan.courses))})")
+        for volume, labels in plan.volume_labels.items():
+            try:
+                await self.docker("create_volume", volume, labels=labels)
+            except docker.errors.APIError:
+                pass  # exists
+        host = self.client.create_host_config(
+            binds=plan.init_binds, network_mode="none", cap_drop=["ALL"], cap_add=INIT_CAPS,
+            security_opt=["no-new-privileges"],
+        )
+        box = await self.docker(
+            "create_container", image=self.image, user="0", host_config=host, command=plan.init_command,
+            environment=plan.init_env, labels={"gpuhub.hub": self.hub_instance, "gpuhub.init": "1"},
+        )
+        try:
+            await self.docker("start", box["Id"])
+            result = await self.docker("wait", box["Id"], timeout=120)
+            if result.get("StatusCode") != 0:
+                logs = (await self.docker("logs", box["Id"], tail=20)).decode(errors="replace")
+                self.log.error("%s: course volume preparation failed: %s", self._log_name, logs)
+                raise web.HTTPError(500, f"could not prepare the course volumes for {', '.join(sorted(plan.courses))}")
         finally:
             await self.docker("remove_container", box["Id"], force=True)
 

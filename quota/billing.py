@@ -132,9 +132,9 @@ def _us(td) -> int:
 # ---------------------------------------------------------------- renderers
 
 
-def to_json(rows: list[dict], daily_usage: dict | None = None) -> str:
-    doc = {"rows": rows, **({"daily": daily_usage} if daily_usage is not None else {})}
-    return json.dumps(doc, indent=2, sort_keys=False) + "\n"
+def to_json(rows: list[dict]) -> str:
+    """The statement as a JSON list of row objects (org, user, gpu_model, gpu_seconds, weighted_gpu_hours, ...)."""
+    return json.dumps(rows, indent=2, sort_keys=False) + "\n"
 
 
 def to_csv(rows: list[dict]) -> str:
@@ -177,9 +177,8 @@ def render(store, period: str, org: str | None = None, fmt: str = "json", now: d
     rows = statement(store, store.site, period, org=org, now=now)
     if fmt == "csv":
         return to_csv(rows)
-    usage = daily(store, store.site, period, org=org, now=now)
-    if fmt == "html":
-        return to_html(rows, usage, period)
     if fmt == "json":
-        return to_json(rows, usage)
+        return to_json(rows)
+    if fmt == "html":
+        return to_html(rows, daily(store, store.site, period, org=org, now=now), period)
     raise ValueError(f"format {fmt!r} is not one of json, csv, html")

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from urllib.parse import quote, urlparse
 
 from tornado import web
@@ -104,10 +104,13 @@ class QuotaService:
         containers = await asyncio.to_thread(docker_view, self.docker, self.site.hub.instance)
         rows = await asyncio.to_thread(self.store.open_intervals)
         now = self.clock()
+        since = now - timedelta(seconds=2 * self.site.quota.reconcile_interval_seconds + 60)
+        closed = await asyncio.to_thread(self.store.recently_closed, since)
         plan = reconcile.plan(
             containers, [reconcile.IntervalView.from_row(r) for r in rows], now,
             unknown=self.site.quota.unknown_containers, hub_id=self.site.hub.instance,
             pending_grace_seconds=max(120.0, 2 * self.site.quota.reconcile_interval_seconds),
+            recently_closed=[reconcile.IntervalView.from_row(r) for r in closed],
             held_devices=[r_dev for r in rows for r_dev in (r.get("device_uuids") or "").split(",") if r_dev],
         )
         for c in plan.close:

@@ -3,14 +3,16 @@
 Every allocation reads the holdings, decides with :func:`quota.policy.decide` and writes the device
 rows plus the open usage interval in ONE transaction, serialised per database: SQLite takes the
 write lock up front (``BEGIN IMMEDIATE``), PostgreSQL locks the single ``gpuhub_alloc_lock`` row
-``FOR UPDATE``. The device primary key is the last line of defence: a duplicate can never commit.
+``FOR UPDATE`` before it reads the holdings (the month's usage is read just before the lock). The device primary key is the last line of defence: a duplicate can never commit.
 Transient conflicts (busy, serialisation, deadlock, key clash) are retried; an unreachable database
 raises :class:`QuotaUnavailable` so the spawner fails closed instead of handing out GPUs unrecorded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,8 +27,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from gpuhub.site import Device, Site
 from quota import budget as budget_rules
-from quota.db import make_engine, upgrade
 from quota import policy
+from quota.db import make_engine, upgrade
 from quota.models import (
     UtcDateTime,
     alloc_lock,
@@ -51,13 +53,14 @@ _HOLDINGS = select(allocations.c.device_uuid, allocations.c.server_key, allocati
 _INSERT_INTERVAL = insert(usage_intervals)
 _INSERT_ALLOCATIONS = insert(allocations)
 _OPEN_ID = select(IV.id).where(IV.server_key == bindparam("key"), IV.ended_at.is_(None)).scalar_subquery()
+_PUBLIC = [c for c in usage_intervals.c if c.name not in ("started_us", "ended_us")]  # the contract's columns
 # Close the open interval (never before its start) and return it; closed rows are never touched again.
 _CLOSE = (update(usage_intervals)
           .where(IV.server_key == bindparam("key"), IV.ended_at.is_(None))
           .values(ended_at=case((IV.started_at > bindparam("at", type_=UtcDateTime), IV.started_at),
                                 else_=bindparam("at", type_=UtcDateTime)),
                   end_reason=bindparam("reason"))
-          .returning(*(c for c in usage_intervals.c if c.name not in ("started_us", "ended_us"))))
+          .returning(*_PUBLIC))
 _FREE = delete(allocations).where(allocations.c.server_key == bindparam("key"))
 
 
@@ -114,11 +117,14 @@ class QuotaStore:
 
     def __init__(self, engine: Engine, site: Site, clock: Callable[[], datetime] = utcnow,
                  inventory: Callable[[], Iterable[Device]] | Iterable[Device] | None = None,
-                 max_attempts: int = 20):
+                 max_attempts: int = 20, retry_seconds: float = 30.0):
         self.engine, self.site, self.clock = engine, site, clock
         self._inventory = inventory
-        self.max_attempts = max_attempts
+        self.max_attempts, self.retry_seconds = max_attempts, retry_seconds
         self.sql = Dialect(engine.dialect.name)
+        # SQLite's busy handler polls with sleeps of up to 100 ms; queueing this process's writers on a
+        # lock first keeps the tail latency low (other processes still wait through the busy timeout).
+        self._gate = threading.Lock() if self.sql.name == "sqlite" else contextlib.nullcontext()
 
     @classmethod
     def from_site(cls, site: Site, clock: Callable[[], datetime] = utcnow, **kw) -> QuotaStore:
@@ -154,17 +160,18 @@ class QuotaStore:
             conn.execute(_LOCK)
 
     def _write(self, fn: Callable[[Connection], object], *, lock: bool = False):
-        """Run ``fn(conn)`` in one write transaction, retrying transient conflicts."""
+        """Run ``fn(conn)`` in one write transaction, retrying transient conflicts for a bounded time."""
+        give_up = time.monotonic() + self.retry_seconds
         for attempt in range(self.max_attempts):
             try:
-                with self.engine.connect() as conn:
+                with self._gate, self.engine.connect() as conn:
                     conn.execution_options(quota_write=True)
                     with conn.begin():
                         if lock:
                             self._lock(conn)
                         return fn(conn)
             except DBAPIError as e:
-                if _transient(e) and attempt + 1 < self.max_attempts:
+                if _transient(e) and attempt + 1 < self.max_attempts and time.monotonic() < give_up:
                     time.sleep(min(0.2, 0.002 * 2 ** attempt) * random.random())
                     continue
                 if isinstance(e, IntegrityError):
@@ -301,11 +308,11 @@ class QuotaStore:
     # ------------------------------------------------------------------ reads
 
     def open_intervals(self) -> list[dict]:
-        q = select(usage_intervals).where(IV.ended_at.is_(None)).order_by(IV.id)
+        q = select(*_PUBLIC).where(IV.ended_at.is_(None)).order_by(IV.id)
         return self._read(lambda conn: [dict(r) for r in conn.execute(q).mappings()])
 
     def recently_closed(self, since: datetime) -> list[dict]:
-        q = select(usage_intervals).where(IV.ended_at >= utc(since)).order_by(IV.id)
+        q = select(*_PUBLIC).where(IV.ended_at >= utc(since)).order_by(IV.id)
         return self._read(lambda conn: [dict(r) for r in conn.execute(q).mappings()])
 
     def holdings(self) -> list[dict]:
@@ -352,7 +359,7 @@ class QuotaStore:
 
         def run(conn):
             held = [dict(r) for r in conn.execute(select(allocations)).mappings()]
-            running = [dict(r) for r in conn.execute(select(usage_intervals).where(IV.ended_at.is_(None))
+            running = [dict(r) for r in conn.execute(select(*_PUBLIC).where(IV.ended_at.is_(None))
                                                      .order_by(IV.id)).mappings()]
             return held, running, self._usage(conn, now)
         held, running, usage = self._read(run)

@@ -136,8 +136,7 @@ def statement(hub, *extra) -> list[dict]:
                           "--format", "json", *extra], env={**os.environ, "GPUHUB_SITE_CONFIG": str(hub.site_path)},
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    data = json.loads(out.stdout)
-    return data["rows"] if isinstance(data, dict) else data
+    return json.loads(out.stdout)
 
 
 def test_statement_charges_gpus_times_weight_times_seconds(make_hub):

@@ -102,7 +102,8 @@ def test_renderers(store, site, clock):
     store.allocate(AllocationRequest("alice", "", "lab-a", "python", 1, "H100"))
     clock.advance(3600)
     out = json.loads(billing.render(store, "2026-11", fmt="json", now=clock.now))
-    assert out["rows"][0]["weighted_gpu_hours"] == pytest.approx(1.0) and "lab-a" in out["daily"]
+    assert isinstance(out, list) and out[0]["weighted_gpu_hours"] == pytest.approx(1.0)
+    assert {"org", "user", "gpu_model", "gpu_seconds", "weighted_gpu_hours"} <= set(out[0])
     rows = list(csv.DictReader(io.StringIO(billing.render(store, "2026-11", fmt="csv", now=clock.now))))
     assert rows[0]["org"] == "lab-a" and float(rows[0]["weighted_gpu_hours"]) == pytest.approx(1.0)
     assert rows[0]["amount"] == "4000.0" and rows[0]["currency"] == "KRW"

@@ -1,5 +1,7 @@
 """Migrations: from empty, twice, beside JupyterHub's own tables and alembic_version."""
 
+import threading
+
 from sqlalchemy import inspect, text
 
 from quota import db
@@ -23,6 +25,36 @@ def test_upgrade_from_empty_twice_and_leave_jupyterhub_alone(db_url):
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "4621fec11365"
         assert conn.execute(text("SELECT count(*) FROM gpuhub_alloc_lock")).scalar() == 1
     eng.dispose()
+
+
+def test_concurrent_upgrades_from_empty(db_url):
+    """Hub, quota service and CLI may all migrate at start; they must not trip over each other."""
+    errors = []
+
+    def up():
+        try:
+            db.upgrade(db_url)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=up) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    eng = db.make_engine(db_url)
+    assert db.current_revision(eng) == "0001"
+    eng.dispose()
+
+
+def test_store_from_site_creates_and_migrates_the_default_sqlite(tmp_path):
+    from quota.store import QuotaStore
+    from quotakit import make_site
+
+    store = QuotaStore.from_site(make_site(hub={"state_dir": str(tmp_path / "state")}))
+    assert (tmp_path / "state" / "jupyterhub.sqlite").exists() and store.holdings() == []
+    store.engine.dispose()
 
 
 def test_sqlite_engines_use_wal_and_a_busy_timeout(tmp_path):
