@@ -152,9 +152,11 @@ class GpuhubSpawner(DockerSpawner):
         uuids = list(getattr(self, "gpu_uuids", []))
         # Ours alone: the container env overrides any image ENV, and users cannot pass env.
         env["NVIDIA_VISIBLE_DEVICES"] = ",".join(uuids) if uuids else "void"
-        env.pop("CUDA_VISIBLE_DEVICES", None)
+        # Inside the container the granted GPUs are numbered 0..n-1; an image's own value is replaced.
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(len(uuids)))
         env["GPUHUB_GPUS"] = ",".join(uuids)
-        env["GPUHUB_ORG"] = self._request.org or "" if getattr(self, "_request", None) else ""
+        request = getattr(self, "_request", None)
+        env["GPUHUB_ORG"] = (request.org or "") if request else ""
         env.update(getattr(self, "_course_env", {}))  # courses hook: JUPYTER_CONFIG_PATH, GPUHUB_COURSES
         return env
 

@@ -14,6 +14,9 @@ the exchange relies on those UIDs (see gpuhub.courses). So:
   entry ``user:<student's UID>:r``, so only that student (and the instructors) can open it,
   even knowing its name; where the file system has no ACLs it stays nbgrader's 0644 in the
   0711 folder (then its unguessable name is what protects it).
+- a server extension (``gpuhub_nbgrader``, in place of nbgrader's ``course_list``) whose
+  course list finds the local formgrader without fetching the server's own public URL,
+  which a container cannot reach (the hub's proxy listens on the host's loopback).
 - ``GpuhubAuthPlugin``: nbgrader's JupyterHub plugin (courses from the hub groups
   ``formgrade-<course>`` / ``nbgrader-<course>``); the hub derives those groups from its site
   config, so formgrader's "add student" does not try to edit hub groups.
@@ -187,3 +190,37 @@ class ExchangeCollect(_Collect):
                 ordered = self._sort_by_timestamp(v)
                 before = [r for r in ordered if r["timestamp"] <= self.duedate]
                 self.src_records.append(before[0] if before else ordered[0])
+
+
+# ---------------------------------------------------------------- server extension (course list)
+
+
+def _jupyter_server_extension_points():
+    return [{"module": "gpuhub_nbgrader"}]
+
+
+def _load_jupyter_server_extension(serverapp):
+    """nbgrader's course list, except that the local formgrader is found in-process."""
+    from jupyter_server.utils import url_path_join
+    from nbgrader.coursedir import CourseDirectory
+    from nbgrader.server_extensions.course_list.handlers import CourseListHandler, NbGraderVersionHandler
+    from tornado import gen
+
+    class LocalCourseListHandler(CourseListHandler):
+        @gen.coroutine
+        def check_for_local_formgrader(self, config):
+            coursedir = CourseDirectory(config=config)
+            if not coursedir.course_id or "nbgrader.server_extensions.formgrader" not in enabled:
+                return []
+            base = self.get_base_url() + "/" + self.base_url.strip("/")
+            return [{"course_id": coursedir.course_id, "url": base + "/formgrader", "kind": "local"}]
+
+    enabled = {name for name, on in serverapp.jpserver_extensions.items() if on}
+    webapp = serverapp.web_app
+    webapp.settings["assignment_dir"] = serverapp.root_dir
+    base_url = webapp.settings["base_url"]
+    webapp.add_handlers(".*$", [
+        (url_path_join(base_url, "formgraders"), LocalCourseListHandler),
+        (url_path_join(base_url, "nbgrader_version"), NbGraderVersionHandler),
+    ])
+    serverapp.log.info("gpuhub: nbgrader course list (local formgrader found in-process)")
