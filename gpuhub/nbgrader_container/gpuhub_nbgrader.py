@@ -210,12 +210,12 @@ def _load_jupyter_server_extension(serverapp):
         @gen.coroutine
         def check_for_local_formgrader(self, config):
             coursedir = CourseDirectory(config=config)
-            if not coursedir.course_id or "nbgrader.server_extensions.formgrader" not in enabled:
+            if not coursedir.course_id or "nbgrader.server_extensions.formgrader" not in extensions:
                 return []
             base = self.get_base_url() + "/" + self.base_url.strip("/")
             return [{"course_id": coursedir.course_id, "url": base + "/formgrader", "kind": "local"}]
 
-    enabled = {name for name, on in serverapp.jpserver_extensions.items() if on}
+    extensions = serverapp.extension_manager.extensions  # the enabled ones, filled before requests come
     webapp = serverapp.web_app
     webapp.settings["assignment_dir"] = serverapp.root_dir
     base_url = webapp.settings["base_url"]
