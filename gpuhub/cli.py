@@ -25,7 +25,8 @@ def _site(args):
 def cmd_check_config(args) -> int:
     site = _site(args)
     print(f"{site.path}: ok — {len(site.organizations)} organizations, {len(site.gpus.devices)} GPUs "
-          f"({', '.join(site.gpus.models)}), {len(site.images)} images, runtime {site.gpus.runtime}")
+          f"({', '.join(site.gpus.models)}), {len(site.images)} images, runtime {site.gpus.runtime}"
+          + (f", {len(site.courses)} courses" if site.courses else ""))
     return 0
 
 
@@ -64,7 +65,26 @@ def cmd_images_build(args) -> int:
         if not names:
             print("gpuhub: images up to date")
             return 0
-    build(names, root)
+    from .images import ImageBuildError
+
+    try:
+        build(names, root, no_cache=args.no_cache)
+    except ImageBuildError as e:
+        print(f"gpuhub: image build failed: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_images_lock(args) -> int:
+    from .images import ImageBuildError, lock
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        for name in args.names:
+            lock(name, root)
+    except ImageBuildError as e:
+        print(f"gpuhub: lock failed: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -216,7 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--missing", action="store_true", help="only those not built yet")
     s.add_argument("--catalog", action="store_true", help="the images the site config's catalog names")
     s.add_argument("--all", action="store_true", help="every curated image (also the bench baseline)")
+    s.add_argument("--no-cache", action="store_true", help="rebuild every layer")
     s.set_defaults(func=cmd_images_build)
+    s = img.add_parser("lock", help="regenerate images/NAME/requirements.lock (needs PyPI)")
+    s.add_argument("names", nargs="+")
+    s.set_defaults(func=cmd_images_lock)
 
     q = sub.add_parser("quota", help="organizations' GPU use").add_subparsers(dest="quota_cmd", required=True)
     s = q.add_parser("status", help="per org: GPUs in use/limit, budget; per device: holder")

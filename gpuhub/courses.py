@@ -13,7 +13,8 @@ JupyterHub groups (what nbgrader's ``JupyterHubAuthPlugin`` reads)
     ``course_groups``, so ``manage_groups`` keeps them) and brought in line at every spawn
     (:func:`sync_hub_groups`, which also removes people taken off the list).
 
-Volumes (one Docker volume each; only course members' containers mount them)
+Volumes (one Docker volume each, mounted only in course members' servers charged to the
+course's org, so course work lands on the course's cap and budget)
     ``<instance>-exchange-<id>`` at ``/srv/nbgrader/exchange/<id>`` for every member: nbgrader's
     standard exchange layout, so the stock ``release/fetch/submit/collect/feedback`` commands work.
     ``<instance>-course-<id>`` at ``/home/jovyan/<id>`` for instructors only: the course
@@ -26,20 +27,22 @@ Volumes (one Docker volume each; only course members' containers mount them)
     ``GPUHUB_COURSES``. A member of course A never has course B's volumes, so B's files do not
     exist in A's container, and the course lists show A only.
 
-Permission model (UIDs: every user runs as their own UID:UID; instructors also get the
-course's GID, :func:`gpuhub.site.course_gid`, through ``group_add``)
+Permission model (every user runs as their own UID:UID; a course's instructors also get the
+course's GID, :func:`gpuhub.site.course_gid`, through ``group_add``; students never do)
     ``<id>/`` and ``outbound/`` are ``root:GID 2775`` (instructors release, students read);
-    ``inbound/`` is ``root:GID 3773``: students may create entries but not list them (-wx),
-    and the sticky bit stops anyone but the author from renaming or deleting an entry;
-    nbgrader's submission folder (``<user>+<assignment>+<time>+<random>``) is made ``0750``
-    by its author's UID (group GID, inherited from ``inbound``), so only the author and the
-    course's instructors can read it. ``feedback/`` is ``root:GID 2771``: instructors write,
-    students can open only a file whose name they know, which is an md5 over the
-    ``submission_secret.txt`` (512 random bits) inside their own submission. Collect accepts a
-    submission only when its folder's owner UID is the UID the hub gave the student it names
-    (``.gpuhub/uids/<uid>``, written as root at each member's spawn), so a student cannot
-    submit in someone else's name. The init container (root with CHOWN, FOWNER,
-    DAC_OVERRIDE, FSETID only, no network) sets this up again at every member's spawn.
+    ``inbound/`` is ``root:GID 3773``: students may create entries but not list them (-wx), and
+    the sticky bit stops anyone but an entry's author from renaming or deleting it; a
+    submission folder (``<user>+<assignment>+<time>+<random>``) is made ``0750`` by its
+    author's UID, group GID (inherited from ``inbound``), so only the author and the course's
+    instructors can enter it. ``feedback/`` is ``root:GID 2771``: instructors write, nobody
+    else can list or create; each released file is ``0640`` plus a POSIX ACL entry
+    ``user:<student UID>:r`` (where the file system has ACLs; else nbgrader's 0644, protected
+    by its name, an md5 over the 512-bit ``submission_secret.txt`` inside the 0750 submission).
+    Collect accepts a submission only when its folder's owner UID is the UID the hub gave the
+    student it names (``.gpuhub/uids/<uid>``, root-owned, written at each member's spawn), so
+    nobody can submit in someone else's name. A one-shot init container (root with CHOWN,
+    FOWNER, DAC_OVERRIDE, FSETID only, no network) lays this out again at every member's spawn
+    (about 0.4 s), so a tampered mode does not survive a restart.
 
 Gradebook
     ``/home/jovyan/<id>/gradebook.db``: SQLite on the local course volume (so POSIX locks work
@@ -249,9 +252,12 @@ def courses_env(courses: dict[str, str]) -> str:
 
 
 def container_plan(site: Site, username: str, uid: int, groups: frozenset[str] = frozenset(),
-                   instance: str = "gpuhub") -> ContainerPlan | None:
-    """The plan for one server of ``username`` (running as ``uid``); None when in no course."""
-    courses = site.courses_of(username, groups)
+                   instance: str = "gpuhub", org: str | None = None) -> ContainerPlan | None:
+    """The plan for one server of ``username`` (running as ``uid``) charged to ``org``; None when
+    the user is in no course of that org. Course work happens in servers charged to the course's
+    org, so its GPU use lands on the course's cap and budget (``org=None``: every course)."""
+    courses = {key: role for key, role in site.courses_of(username, groups).items()
+               if org is None or site.courses[key].org == org}
     if not courses:
         return None
     binds: dict[str, dict] = {config_volume(instance): {"bind": CONFIG_DIR, "mode": "ro"}}

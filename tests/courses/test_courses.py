@@ -149,6 +149,9 @@ def test_container_plan_mounts_only_the_members_courses():
     assert prof.env == {"JUPYTER_CONFIG_PATH": "/srv/nbgrader/config", "GPUHUB_COURSES": "ml101:instructor"}
     ann = courses.container_plan(s, "ann", 20003, instance="hub1")
     assert set(ann.binds) == {"hub1-nbgrader-config", "hub1-exchange-ml101"} and ann.group_add == []
+    # course work happens in servers charged to the course's org
+    assert courses.container_plan(s, "ann", 20003, instance="hub1", org="gist-ai") is None
+    assert set(courses.container_plan(s, "ann", 20003, instance="hub1", org="ai-academy").binds) == set(ann.binds)
     dave = courses.container_plan(s, "dave", 20004, instance="hub1")
     assert set(dave.binds) == {"hub1-nbgrader-config", "hub1-exchange-cs50"}
     assert dave.env["GPUHUB_COURSES"] == "cs50:student"
