@@ -24,3 +24,6 @@ c.DockerSpawner.pull_policy = "never"
 c.JupyterHub.authenticator_class = "dummy"
 c.JupyterHub.services = [{"name": "bench", "api_token": os.environ["BENCH_TOKEN"]}]
 c.JupyterHub.load_roles = [{"name": "admin", "services": ["bench"]}]
+# same patience as gpuhub's spawner, so a busy 2-core host does not abort slow starts
+c.DockerSpawner.start_timeout = 300
+c.DockerSpawner.http_timeout = 120

@@ -145,8 +145,8 @@ def apply_spawner(c, site: Site, facts: HubFacts) -> None:
     c.GpuhubSpawner.volumes = {"{prefix}-home-{username}": "/home/jovyan"}
     c.GpuhubSpawner.default_url = "/lab"
     c.GpuhubSpawner.poll_interval = 10  # a dead server frees its GPUs within ~10 s (inspect is cheap)
-    c.GpuhubSpawner.start_timeout = 120
-    c.GpuhubSpawner.http_timeout = 60
+    c.GpuhubSpawner.start_timeout = 300  # a class of 50 starting at once on 2 cores needs minutes
+    c.GpuhubSpawner.http_timeout = 120
     c.GpuhubSpawner.debug = False
     c.JupyterHub.allow_named_servers = True
     c.JupyterHub.named_server_limit_per_user = 4

@@ -171,6 +171,13 @@ class HubProcess:
         except OSError:
             return "(no hub log)"
 
+    def log_lines(self, needle: str, n: int = 40) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no hub log)"
+        return "\n".join([line for line in lines if needle in line][-n:])
+
     def dump_logs(self) -> str:
         parts = [f"--- hub log ({self.log_path})", self.log_tail(200)]
         for c in self.containers(all=True):
@@ -226,7 +233,7 @@ class HubProcess:
             if srv and srv.get("ready"):
                 return srv
             if srv is None and model.get("pending") is None and time.monotonic() > deadline - timeout + 2:
-                raise AssertionError(f"{user}'s server vanished while starting:\n{self.log_tail()}")
+                raise AssertionError(f"{user}'s server vanished while starting: {model}\n{self.log_lines(user)}")
             time.sleep(0.2)
         raise AssertionError(f"{user}'s server not ready in {timeout} s:\n{self.log_tail()}")
 
