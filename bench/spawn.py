@@ -104,6 +104,9 @@ def main() -> int:
             else:
                 hub = HubProcess(d, instance=f"benchgpuhub{os.getpid()}")
                 hub.site["images"]["python"]["image"] = args.image
+                # production defaults, not the test harness's fast enforcer/reconciler and small limits
+                hub.site.pop("quota", None)
+                hub.site.pop("containers", None)
                 hub.site_path.write_text(__import__("yaml").safe_dump(hub.site))
             try:
                 hub.start()
