@@ -7,7 +7,7 @@ GPUHUB_TEST_PG_URL="$(bash scripts/postgres.sh | tail -n 1)"
 export GPUHUB_TEST_PG_URL
 note "$GPUHUB_TEST_PG_URL"
 # Leftovers of an interrupted earlier run (test hubs label everything gpuhubtest*).
-docker ps -aq --filter label=gpuhub.managed=1 --format '{{.ID}} {{.Label "gpuhub.hub"}}' \
+docker ps -a --filter label=gpuhub.managed=1 --format '{{.ID}} {{.Label "gpuhub.hub"}}' \
   | awk '$2 ~ /^gpuhubtest/ {print $1}' | xargs -r docker rm -f >/dev/null
 step "running the test suite"
 set +e

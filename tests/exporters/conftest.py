@@ -6,9 +6,7 @@ A test that needs promtool, prometheus or the Docker engine fails (never skips) 
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import create_engine
 
-from quota import models as ledger
 from tests.exporters.helpers import TEST_LABEL, TEST_LABEL_VALUE, TINY_IMAGE, make_site, need_binary, tiny_image_tar
 
 
@@ -19,9 +17,11 @@ def site(tmp_path):
 
 @pytest.fixture
 def ledger_engine(tmp_path):
-    """A temporary SQLite database with the quota schema (docs/CONTRACTS.md)."""
-    engine = create_engine(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
-    ledger.metadata.create_all(engine)
+    """A temporary SQLite database migrated to the quota schema exactly as the hub does it."""
+    from quota.db import make_engine, upgrade
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    upgrade(engine)
     yield engine
     engine.dispose()
 

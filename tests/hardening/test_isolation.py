@@ -6,10 +6,9 @@ import io
 import json
 import tarfile
 
-import docker
 import pytest
 
-from tests.harness import BASE_IMAGE, HubProcess, default_site
+from tests.harness import BASE_IMAGE, HubProcess
 
 pytestmark = pytest.mark.docker
 EVIL_IMAGE = "gpuhub-test/evil-env:latest"

@@ -5,7 +5,6 @@ capabilities dropped, the JUPYTERHUB_* environment of a spawn (a fake hub API an
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 
