@@ -36,5 +36,11 @@ def quota_store(path: str | Path):
         if store is None:
             from quota.store import QuotaStore
 
-            store = _stores[key] = QuotaStore.from_site(site(key))
+            the_site = site(key)
+            inventory = None
+            if the_site.gpus.inventory == "nvml":
+                from quota.inventory import nvml_inventory
+
+                inventory = nvml_inventory(the_site)
+            store = _stores[key] = QuotaStore.from_site(the_site, inventory=inventory)
         return store

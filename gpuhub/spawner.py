@@ -210,7 +210,16 @@ class GpuhubSpawner(DockerSpawner):
             await self._take_start_slot()
             try:
                 self._emit(35, f"Creating and starting container from {spec.display_name}")
-                ip, port = await super().start()
+                try:
+                    ip, port = await super().start()
+                except docker.errors.APIError as e:
+                    if site.gpus.runtime == "nvidia" and grant.devices:
+                        raise web.HTTPError(
+                            503, f"Docker could not hand GPUs {', '.join(grant.devices)} to the container "
+                            f"({e.explanation or e}); this host needs the NVIDIA container toolkit for "
+                            "gpus.runtime: nvidia — ask an operator (or use runtime: none for simulated GPUs)",
+                        ) from None
+                    raise
                 if self.wait_ready:
                     self._emit(70, "Waiting for JupyterLab to answer")
                     await self._wait_until_ready(ip, port)
@@ -219,6 +228,7 @@ class GpuhubSpawner(DockerSpawner):
             self._emit(90, "Server is ready")
             return ip, port
         except BaseException:
+            await self._remove_failed_container()
             await self._release("spawn-failed")
             raise
 
@@ -422,6 +432,17 @@ class GpuhubSpawner(DockerSpawner):
         finally:
             await self._release("stopped")
             self.gpu_uuids = []
+
+    async def _remove_failed_container(self) -> None:
+        """A container that was created but never ran is not "running", so JupyterHub's stop
+        path (which polls first) would leave it behind; remove it here (dockerspawner#182)."""
+        if not self.object_id:
+            return
+        try:
+            await self.docker("remove_container", self.object_id, v=True, force=True)
+        except docker.errors.APIError as e:
+            self.log.warning("could not remove failed container %s: %s", self.object_name, e)
+        self.object_id = ""
 
     async def _release(self, reason: str, at: datetime | None = None) -> None:
         try:

@@ -288,3 +288,29 @@ def test_unknown_labelled_container_is_stopped_by_the_reconciler(make_hub, docke
     else:
         raise AssertionError("the reconciler left an unknown labelled container running")
     assert quota_status(hub)["orgs"]["gist-ai"]["gpus_in_use"] == 0
+
+
+def nvidia_site(instance, port, state):
+    site = default_site(instance, port, state)
+    site["gpus"]["runtime"] = "nvidia"
+    return site
+
+
+def test_runtime_nvidia_hands_devices_to_docker_and_fails_closed_without_the_toolkit(make_hub):
+    """No GPU here: Docker refuses the device request, which proves it was made; the GPU is freed."""
+    from gpuhub.runtime import quota_store
+
+    hub = make_hub(site_fn=nvidia_site)
+    r = hub.spawn("alice", {"image": "python", "gpus": 1, "gpu_model": "H100"})
+    assert r.status_code == 503, r.text
+    message = r.json()["message"]
+    assert "GPU-sim-h100-0" in message and "NVIDIA container toolkit" in message, message
+    assert "gpu" in message.lower()
+    hub.wait_containers_gone(user="alice")
+    assert quota_status(hub)["orgs"]["gist-ai"]["gpus_in_use"] == 0
+    (closed,) = quota_store(hub.site_path).recently_closed(datetime.now(timezone.utc) - timedelta(minutes=5))
+    assert closed["end_reason"] == "spawn-failed"
+    # a CPU server still starts: the failed GPU request does not poison later spawns
+    assert hub.spawn("alice", {"image": "python", "gpus": 0}).status_code in (201, 202)
+    hub.wait_ready("alice")
+    hub.stop_server("alice")

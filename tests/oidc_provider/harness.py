@@ -43,14 +43,11 @@ def ensure_installed() -> None:
 
 
 def proxy_command() -> str:
-    """configurable-http-proxy: on PATH, or the one the setup installs under .run/node."""
-    local = ROOT / ".run" / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
-    found = shutil.which("configurable-http-proxy") or (str(local) if local.exists() else None)
+    """configurable-http-proxy: the one scripts/setup.sh links into .venv/bin, else on PATH."""
+    local = ROOT / ".venv" / "bin" / "configurable-http-proxy"
+    found = str(local) if local.exists() else shutil.which("configurable-http-proxy")
     if not found:
-        raise ProviderError(
-            "configurable-http-proxy not found; run "
-            "`npm install --prefix .run/node configurable-http-proxy@5.3.0` (the setup does this)"
-        )
+        raise ProviderError("configurable-http-proxy not found in .venv/bin or on PATH; run `make setup-test`")
     return found
 
 

@@ -27,6 +27,8 @@ def test_compose_config_is_accepted_and_only_the_hub_gets_docker_sock():
     assert rw_sock == ["hub"], rw_sock
     assert services["hub"]["build"]["dockerfile"].endswith("images/hub/Dockerfile")
     assert doc["networks"]["users"]["name"] == "gpuhub-users"
+    assert doc["networks"]["users"]["driver_opts"]["com.docker.network.bridge.enable_icc"] == "false"
+    assert services["hub"]["network_mode"] == "host" and "ports" not in services["hub"]
     assert all(p.startswith("127.0.0.1:") for p in services["prometheus"]["ports"] + services["grafana"]["ports"])
 
 

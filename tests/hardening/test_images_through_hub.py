@@ -1,0 +1,40 @@
+"""Each curated single-user image, spawned through the hub: code runs, the Korean pack is there."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.harness import HubProcess
+
+pytestmark = pytest.mark.docker
+
+IMAGES = {
+    "python": ("gpuhub/base-notebook:latest", "import numpy, pandas, sklearn, matplotlib; print('stack ok')", "stack ok"),
+    "pytorch": ("gpuhub/pytorch:latest", "import torch; print('torch', torch.ones(2, 2).sum().item())", "torch 4.0"),
+}
+
+
+@pytest.fixture(scope="module")
+def hub(request, tmp_path_factory, docker_client):
+    h = HubProcess(tmp_path_factory.mktemp("images"))
+    h.site["images"] = {key: {"image": ref, "display_name": key} for key, (ref, _, _) in IMAGES.items()}
+    h.site_path.write_text(__import__("yaml").safe_dump(h.site))
+    try:
+        yield h.start()
+    finally:
+        if any(getattr(i, "rep_call", None) and i.rep_call.failed for i in request.session.items
+               if i.module.__name__ == request.module.__name__):
+            print(h.dump_logs())
+        h.cleanup()
+
+
+@pytest.mark.parametrize("key", list(IMAGES))
+def test_image_spawns_runs_code_and_has_the_korean_language_pack(hub, key):
+    _, code, expected = IMAGES[key]
+    assert hub.spawn("alice", {"image": key}).status_code in (201, 202)
+    hub.wait_ready("alice")
+    assert hub.run_code("alice", code).strip() == expected
+    out = hub.run_code("alice", "import importlib.metadata as m; print(m.version('jupyterlab-language-pack-ko-kr'))")
+    assert out.strip()[:1].isdigit(), out
+    hub.stop_server("alice")
+    hub.wait_containers_gone(user="alice")
