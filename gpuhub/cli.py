@@ -33,15 +33,7 @@ def cmd_check_config(args) -> int:
 def cmd_run(args) -> int:
     site = _site(args)
     os.environ["GPUHUB_SITE_CONFIG"] = str(site.path)
-    config = Path(args.config).resolve()
-    from .images import check_catalog
-    from .dockerenv import docker_client
-
-    problems = check_catalog(site, docker_client())
-    if problems:
-        for p in problems:
-            print(f"gpuhub: {p}", file=sys.stderr)
-        return 2
+    config = Path(args.config).resolve()  # its prepare() checks the image catalog and Docker
     jupyterhub = shutil.which("jupyterhub", path=str(Path(sys.prefix) / "bin")) or "jupyterhub"
     print(f"gpuhub: serving {site.hub.bind_url} (site config {site.path}); Ctrl-C stops the hub, "
           "user servers keep running", flush=True)

@@ -21,6 +21,10 @@ AUTOMATION_SERVICE = "gpuhub-automation"
 METRICS_SERVICE = "gpuhub-metrics"
 
 
+class CatalogError(RuntimeError):
+    """A catalog image is missing from the local engine; the message names the build command."""
+
+
 @dataclass(frozen=True)
 class HubFacts:
     """What the hub config needs from the world outside the site file."""
@@ -67,7 +71,13 @@ def prepare(environ: dict | None = None, *, docker_client=None, log=print) -> tu
     site = load_site(site_config_path(env))
     state = site.hub.state_dir
     state.mkdir(parents=True, exist_ok=True)
-    net = ensure_user_network(docker_client or make_client(), site.hub.network)
+    client = docker_client or make_client()
+    from .images import check_catalog
+
+    problems = check_catalog(site, client)
+    if problems:  # refuse to start a hub whose catalog would fail every spawn
+        raise CatalogError("the site's image catalog is not available locally:\n  " + "\n  ".join(problems))
+    net = ensure_user_network(client, site.hub.network)
     password = admin_password = None
     if site.hub.auth.type == "shared-password":
         password = env.get("GPUHUB_DEMO_PASSWORD") or _state_secret(state, "demo-password", 9)

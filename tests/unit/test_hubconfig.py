@@ -51,15 +51,39 @@ def test_admin_token_becomes_an_admin_service_only_when_given():
     assert "delete:servers" in quota_role["scopes"] and "admin:users" not in quota_role["scopes"]
 
 
-def test_prepare_keeps_a_generated_demo_password(tmp_path):
-    class FakeDocker:  # prepare only asks Docker for the user network
-        class networks:
-            @staticmethod
-            def get(name):
-                class N:
-                    attrs = {"IPAM": {"Config": [{"Subnet": "172.30.0.0/16"}]}}
-                return N
+class FakeDocker:  # prepare only asks Docker for the user network and the catalog images
+    missing: set = set()
 
+    class networks:
+        @staticmethod
+        def get(name):
+            class N:
+                attrs = {"IPAM": {"Config": [{"Subnet": "172.30.0.0/16"}]}}
+            return N
+
+    class images:
+        @staticmethod
+        def get(ref):
+            import docker
+
+            if ref in FakeDocker.missing:
+                raise docker.errors.ImageNotFound(ref)
+
+
+def test_prepare_refuses_a_catalog_image_that_is_not_built(tmp_path):
+    import pytest
+
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text((Path(SITE.path)).read_text().replace("state_dir: ../state", "state_dir: st"))
+    FakeDocker.missing = {"gpuhub/base-notebook:latest"}
+    try:
+        with pytest.raises(hubconfig.CatalogError, match="gpuhub images build base-notebook"):
+            hubconfig.prepare({"GPUHUB_SITE_CONFIG": str(site_file)}, docker_client=FakeDocker, log=print)
+    finally:
+        FakeDocker.missing = set()
+
+
+def test_prepare_keeps_a_generated_demo_password(tmp_path):
     site_file = tmp_path / "site.yaml"
     site_file.write_text((Path(SITE.path)).read_text().replace("state_dir: ../state", "state_dir: st"))
     printed = []
