@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import itertools
 import json
 import math
 from datetime import datetime
@@ -146,21 +147,37 @@ def to_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def to_html(rows: list[dict], daily_usage: dict, period: str) -> str:
-    """A self-contained page: the statement table and one bar chart (inline SVG) of daily hours per org."""
+def to_html(rows: list[dict], daily_usage: dict, period: str, budgets: dict[str, float] | None = None) -> str:
+    """A self-contained page: the statement table and, per org, an inline-SVG chart of weighted GPU-hours per
+    day (bars) with the month's running total (line) against the org's monthly budget (dashed line)."""
     e = html.escape
+    budgets = budgets or {}
     head = "".join(f"<th>{e(f)}</th>" for f in CSV_FIELDS)
     body = "".join("<tr>" + "".join(f"<td>{e(_cell(r.get(f)))}</td>" for f in CSV_FIELDS) + "</tr>" for r in rows)
     charts = []
     for org, days in daily_usage.items():
-        top = max((d["weighted_gpu_hours"] for d in days), default=0.0) or 1.0
+        hours = [d["weighted_gpu_hours"] for d in days]
+        running = list(itertools.accumulate(hours))
+        budget = float(budgets.get(org, 0.0))
+        top = max([*running, budget, max(hours, default=0.0)]) or 1.0
+        w, h = 14 * len(days), 120
+
+        def y(v: float) -> float:
+            return h - h * v / top
+
         bars = "".join(
-            f'<rect x="{i * 14}" y="{100 - 100 * d["weighted_gpu_hours"] / top:.1f}" width="12" '
-            f'height="{100 * d["weighted_gpu_hours"] / top:.1f}"><title>{e(d["date"])}: '
-            f'{d["weighted_gpu_hours"]:.2f} h</title></rect>' for i, d in enumerate(days))
-        charts.append(f"<h2>{e(org)}: weighted GPU-hours per day (max {top:.2f})</h2>"
-                      f'<svg width="{14 * len(days)}" height="100" role="img" aria-label="daily usage of {e(org)}">'
-                      f"{bars}</svg>")
+            f'<rect x="{i * 14}" y="{y(v):.1f}" width="12" height="{h - y(v):.1f}" fill="#4a90d9">'
+            f"<title>{e(d['date'])}: {v:.2f} h</title></rect>" for i, (d, v) in enumerate(zip(days, hours)))
+        line = " ".join(f"{i * 14 + 6},{y(v):.1f}" for i, v in enumerate(running))
+        budget_svg = (f'<line x1="0" x2="{w}" y1="{y(budget):.1f}" y2="{y(budget):.1f}" stroke="#c0392b" '
+                      f'stroke-dasharray="4 3"><title>budget {budget:g} h</title></line>') if budget else ""
+        used = running[-1] if running else 0.0
+        pct = f", {100 * used / budget:.0f} % of its {budget:g} h budget" if budget else ""
+        charts.append(
+            f"<h2>{e(org)}: {used:.2f} weighted GPU-hours this month{e(pct)}</h2>"
+            f'<svg width="{w}" height="{h}" role="img" aria-label="daily usage of {e(org)} against its budget">'
+            f'{bars}<polyline points="{line}" fill="none" stroke="#2c3e50" stroke-width="2"/>{budget_svg}</svg>'
+            "<p>bars: GPU-hours per day; line: running total; dashed: monthly budget</p>")
     return (f"<!doctype html><meta charset=utf-8><title>gpuhub statement {e(period)}</title>"
             f"<h1>GPU usage statement {e(period)}</h1><table border=1><tr>{head}</tr>{body}</table>"
             + "".join(charts) + "\n")
@@ -180,5 +197,6 @@ def render(store, period: str, org: str | None = None, fmt: str = "json", now: d
     if fmt == "json":
         return to_json(rows)
     if fmt == "html":
-        return to_html(rows, daily(store, store.site, period, org=org, now=now), period)
+        budgets = {k: o.gpu_hours_per_month for k, o in store.site.organizations.items()}
+        return to_html(rows, daily(store, store.site, period, org=org, now=now), period, budgets)
     raise ValueError(f"format {fmt!r} is not one of json, csv, html")

@@ -109,5 +109,6 @@ def test_renderers(store, site, clock):
     assert rows[0]["amount"] == "4000.0" and rows[0]["currency"] == "KRW"
     page = billing.render(store, "2026-11", fmt="html", now=clock.now)
     assert "<svg" in page and "lab-a" in page
+    assert "stroke-dasharray" in page and "% of its" in page  # the budget line and the share used
     with pytest.raises(ValueError, match="json, csv, html"):
         billing.render(store, "2026-11", fmt="xml")
