@@ -278,16 +278,32 @@ def container_plan(site: Site, username: str, uid: int, groups: frozenset[str] =
             init_binds[vol] = {"bind": f"/gpuhub/course/{key}", "mode": "rw"}
             script.append(_course_dir_script(f"/gpuhub/course/{key}", course.gid))
     files = container_files()
+    script.append(_student_labconfig_script("/gpuhub/config"))
+    teaches = any(role == "instructor" for role in courses.values())
+    config_path = CONFIG_DIR if teaches else f"{CONFIG_DIR}/student:{CONFIG_DIR}"
     return ContainerPlan(
         courses=courses,
         binds=binds,
-        env={"JUPYTER_CONFIG_PATH": CONFIG_DIR, "GPUHUB_COURSES": courses_env(courses)},
+        env={"JUPYTER_CONFIG_PATH": config_path, "GPUHUB_COURSES": courses_env(courses)},
         group_add=[str(site.courses[key].gid) for key, role in sorted(courses.items()) if role == "instructor"],
         volume_labels=labels,
         init_binds=init_binds,
         init_command=["sh", "-c", "set -eu\numask 022\n" + "\n".join(script)],
         init_env={f"GPUHUB_FILE_{i}": text for i, text in enumerate(files.values())},
     )
+
+
+# What students have no use for: JupyterLab leaves these nbgrader plugins out for them (instructors keep them).
+STUDENT_DISABLED_PLUGINS = ("@jupyter/nbgrader:formgrader", "@jupyter/nbgrader:create-assignment",
+                            "@jupyter/nbgrader:course-list")
+
+
+def _student_labconfig_script(target: str) -> str:
+    """``<config>/student/labconfig/page_config.json``, on students' JUPYTER_CONFIG_PATH only."""
+    page = json.dumps({"disabledExtensions": {p: True for p in STUDENT_DISABLED_PLUGINS}})
+    return (f"mkdir -p {target}/student/labconfig && chmod 0755 {target}/student {target}/student/labconfig && "
+            f"printf '%s' {shlex.quote(page)} > {target}/student/labconfig/page_config.json && "
+            f"chmod 0644 {target}/student/labconfig/page_config.json")
 
 
 def _files_script(target: str) -> str:

@@ -279,3 +279,30 @@ def test_instructor_sees_the_course_students_servers_and_gpus(hub, servers):
     by_user = {s["user"]: s for s in report["servers"]}
     assert set(by_user) == {"prof", "ann", "ben"} and by_user["ann"]["gpus"] == 1, report
     assert report["course_gpus_in_use"] == 1 and report["org"] == "ai-academy"
+
+
+def test_concurrent_graders_do_not_hit_database_is_locked(hub, servers):
+    """Eight gradebook writers at once (z2jh#872): WAL on the local course volume + a busy timeout
+    make them queue instead of failing."""
+    script = ("for i in $(seq 1 8); do (nbgrader db student add load$i --last-name=L$i >/tmp/db$i.log 2>&1; "
+              "echo \"rc=$?\" >>/tmp/db$i.log) & done; wait; cat /tmp/db*.log")
+    out = ok(hub, "prof", script, cwd="/home/jovyan/ml101", timeout=240)
+    assert "database is locked" not in out, out
+    assert out.count("rc=0") == 8, out
+    listed = ok(hub, "prof", "nbgrader db student list", cwd="/home/jovyan/ml101")
+    assert all(f"load{i} " in listed or f"load{i}\n" in listed or f"load{i} (" in listed for i in range(1, 9)), listed
+
+
+def test_students_lab_leaves_out_the_instructor_tools(hub, servers):
+    def page_config(user):
+        token = hub.user_token(user)
+        r = requests.get(f"{hub.url}/user/{user}/lab", headers={"Authorization": f"token {token}"}, timeout=60)
+        assert r.status_code == 200, r.status_code
+        start = r.text.index('id="jupyter-config-data"')
+        blob = r.text[r.text.index(">", start) + 1:r.text.index("</script>", start)]
+        return json.loads(blob)
+
+    student = page_config("ben")["disabledExtensions"]
+    assert {"@jupyter/nbgrader:formgrader", "@jupyter/nbgrader:create-assignment"} <= set(student), student
+    teacher = page_config("prof").get("disabledExtensions", [])
+    assert "@jupyter/nbgrader:formgrader" not in teacher, teacher
