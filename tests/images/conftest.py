@@ -31,19 +31,20 @@ def bench():
 
 @pytest.fixture(scope="session")
 def docker_client():
-    docker = pytest.importorskip("docker")
+    import docker
+
     try:
         client = docker.from_env()
         client.ping()
     except Exception as e:  # noqa: BLE001 - any failure means "no engine here"
-        pytest.skip(f"no Docker engine: {e} (start one with scripts/docker-engine.sh)")
+        pytest.fail(f"no Docker engine: {e} (`make test` starts one with scripts/docker-engine.sh)", pytrace=False)
     yield client
     client.close()
 
 
 @pytest.fixture(scope="session")
 def built(docker_client):
-    """built(name) -> docker Image of gpuhub/<name>:latest, or skip naming the build command."""
+    """built(name) -> docker Image of gpuhub/<name>:latest, or a failure naming the build command."""
     import docker.errors
 
     def get(name: str):
@@ -51,7 +52,8 @@ def built(docker_client):
         try:
             return docker_client.images.get(tag)
         except docker.errors.ImageNotFound:
-            pytest.skip(f"{tag} is not built; build it with `make images` or `gpuhub images build {name}`")
+            pytest.fail(f"{tag} is not built; build it with `make images` or `gpuhub images build {name}`",
+                        pytrace=False)
 
     return get
 

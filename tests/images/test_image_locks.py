@@ -153,7 +153,6 @@ class _Client:
 
 
 def test_check_catalog_names_missing_images_and_the_build_command():
-    pytest.importorskip("docker")
     from gpuhub.site import ImageSpec
 
     class Site:
