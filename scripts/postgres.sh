@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start (idempotently) a private PostgreSQL 15 cluster for tests and benches, and print its URL.
 #
-#   scripts/postgres.sh [DIR]          start; DIR defaults to $GPUHUB_RUN/pg (.run/pg)
+#   scripts/postgres.sh [DIR]          start; DIR defaults to /var/lib/postgresql/gpuhub-test-PORT
 #   scripts/postgres.sh stop [DIR]     stop it
 #
 # The cluster listens on 127.0.0.1:${GPUHUB_PG_PORT:-55432} only, trusts loopback (it is a throwaway
@@ -11,8 +11,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 action=start
 if [ "${1:-}" = stop ] || [ "${1:-}" = start ]; then action=$1; shift; fi
-DIR="${1:-$GPUHUB_RUN/pg}"
 PORT="${GPUHUB_PG_PORT:-55432}"
+# The cluster lives where the postgres user can always reach it: a checkout under a private
+# (mode 700) folder is not traversable by that user, so the default is outside the checkout.
+DIR="${1:-${GPUHUB_PG_DIR:-/var/lib/postgresql/gpuhub-test-$PORT}}"
 DB="${GPUHUB_PG_DB:-gpuhub_test}"
 BIN=/usr/lib/postgresql/15/bin
 URL="postgresql+psycopg://postgres@127.0.0.1:$PORT/$DB"
