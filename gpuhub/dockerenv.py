@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import docker
 
@@ -64,3 +65,12 @@ def ensure_user_network(client: docker.DockerClient, name: str) -> NetworkFacts:
         )
         net.reload()
     return _facts(name, net.attrs)
+
+
+def docker_time(text: str | None) -> datetime | None:
+    """Parse Docker's RFC 3339 nanosecond timestamps; the zero time means 'never'."""
+    if not text or text.startswith("0001-"):
+        return None
+    head, _, frac = text.rstrip("Z").partition(".")
+    micro = (frac + "000000")[:6] if frac else "0"
+    return datetime.fromisoformat(head).replace(microsecond=int(micro), tzinfo=timezone.utc)

@@ -37,28 +37,17 @@ class HubFacts:
     quota_service_token: str
     crypt_key: str  # encrypts auth_state (OIDC tokens) in the hub database
     hub_metrics_token: str  # Prometheus reads /hub/metrics with it (state/hub-metrics-token)
-    metrics_token: str | None
     proxy_command: str
     service_env: dict = field(default_factory=dict)  # passed to managed services (e.g. PGPASSFILE)
 
 
-def _state_secret(state_dir: Path, name: str, nbytes: int = 24) -> str:
-    """A secret kept in the state directory (mode 0600) so it survives restarts."""
-    path = state_dir / name
-    if path.exists():
-        return path.read_text().strip()
-    value = secrets.token_urlsafe(nbytes)
-    path.write_text(value + "\n")
-    path.chmod(0o600)
-    return value
-
-
-def _state_hex_key(state_dir: Path, name: str) -> str:
-    """A 32-byte hex key kept in the state directory (JupyterHub's CryptKeeper format)."""
+def _state_secret(state_dir: Path, name: str, make=lambda: secrets.token_urlsafe(24)) -> str:
+    """A secret kept in the state directory so it survives restarts (created mode 0600, never wider)."""
     path = state_dir / name
     if not path.exists():
-        path.write_text(secrets.token_hex(32) + "\n")
-        path.chmod(0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(make() + "\n")
     return path.read_text().strip()
 
 
@@ -80,8 +69,9 @@ def prepare(environ: dict | None = None, *, docker_client=None, log=print) -> tu
     net = ensure_user_network(client, site.hub.network)
     password = admin_password = None
     if site.hub.auth.type == "shared-password":
-        password = env.get("GPUHUB_DEMO_PASSWORD") or _state_secret(state, "demo-password", 9)
-        admin_password = env.get("GPUHUB_ADMIN_PASSWORD") or _state_secret(state, "admin-password", 24)
+        password = env.get("GPUHUB_DEMO_PASSWORD") or _state_secret(
+            state, "demo-password", lambda: secrets.token_urlsafe(9))
+        admin_password = env.get("GPUHUB_ADMIN_PASSWORD") or _state_secret(state, "admin-password")
         if not env.get("GPUHUB_DEMO_PASSWORD"):
             log(f"gpuhub: shared demo password is {password!r} (kept in {state / 'demo-password'}; "
                 "set GPUHUB_DEMO_PASSWORD to choose one)")
@@ -95,10 +85,9 @@ def prepare(environ: dict | None = None, *, docker_client=None, log=print) -> tu
         demo_password=password,
         admin_password=admin_password,
         admin_token=env.get("GPUHUB_ADMIN_TOKEN") or None,
-        quota_service_token=_state_secret(state, "quota-service-token", 32),
-        hub_metrics_token=_state_secret(state, "hub-metrics-token", 32),
-        crypt_key=env.get("JUPYTERHUB_CRYPT_KEY") or _state_hex_key(state, "crypt-key"),
-        metrics_token=env.get(site.metrics_token_env) if site.metrics_token_env else None,
+        quota_service_token=_state_secret(state, "quota-service-token", lambda: secrets.token_urlsafe(32)),
+        hub_metrics_token=_state_secret(state, "hub-metrics-token", lambda: secrets.token_urlsafe(32)),
+        crypt_key=env.get("JUPYTERHUB_CRYPT_KEY") or _state_secret(state, "crypt-key", lambda: secrets.token_hex(32)),
         proxy_command=str(chp) if chp.exists() else "configurable-http-proxy",
         service_env={k: env[k] for k in ("PGPASSFILE", "PGPASSWORD", "DOCKER_HOST") if k in env},
     )

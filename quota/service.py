@@ -52,14 +52,14 @@ class HubClient:
 
 def docker_view(client, instance: str) -> list[reconcile.ContainerView]:
     """Our labelled containers as the reconciler sees them (read BEFORE the database)."""
-    from gpuhub.spawner import _docker_time
+    from gpuhub.dockerenv import docker_time
 
     out = []
     for c in client.containers.list(all=True, filters={"label": [f"gpuhub.hub={instance}", "gpuhub.managed=1"]}):
         state = c.attrs.get("State", {})
         out.append(reconcile.ContainerView(
             name=c.name, labels=c.labels, running=bool(state.get("Running")),
-            started_at=_docker_time(state.get("StartedAt")), finished_at=_docker_time(state.get("FinishedAt")),
+            started_at=docker_time(state.get("StartedAt")), finished_at=docker_time(state.get("FinishedAt")),
         ))
     return out
 

@@ -18,7 +18,7 @@ from gpuhub.site import SiteConfigError, load_site, parse_site
 ROOT = Path(__file__).resolve().parents[2]
 FACTS = hubconfig.HubFacts(
     hub_ip="172.30.0.1", network="gpuhub-users", demo_password="pw-123456789", admin_password="a" * 32, admin_token="adm",
-    quota_service_token="qst", crypt_key="00" * 32, hub_metrics_token="hmt", metrics_token=None,
+    quota_service_token="qst", crypt_key="00" * 32, hub_metrics_token="hmt",
     proxy_command="/x/configurable-http-proxy",
 )
 

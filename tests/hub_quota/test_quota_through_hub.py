@@ -202,10 +202,10 @@ def test_dead_container_frees_its_gpu_at_dockers_finish_time(make_hub):
     (c,) = hub.containers(user="carol")
     c.kill()
     c.reload()
-    from gpuhub.spawner import _docker_time
+    from gpuhub.dockerenv import docker_time
     from gpuhub.runtime import quota_store
 
-    finished = _docker_time(c.attrs["State"]["FinishedAt"])
+    finished = docker_time(c.attrs["State"]["FinishedAt"])
     deadline = time.monotonic() + 40
     while time.monotonic() < deadline and quota_status(hub)["orgs"]["cnuh-radiology"]["gpus_in_use"]:
         time.sleep(0.5)
@@ -248,7 +248,7 @@ def test_tampered_rest_options_cannot_exceed_limits(make_hub, options):
 
 def test_container_that_died_while_the_hub_was_down_is_closed_at_its_finish_time(make_hub):
     from gpuhub.runtime import quota_store
-    from gpuhub.spawner import _docker_time
+    from gpuhub.dockerenv import docker_time
 
     hub = make_hub(site_fn=default_site)
     assert hub.spawn("alice", {"image": "python", "gpus": 1}).status_code in (201, 202)
@@ -257,7 +257,7 @@ def test_container_that_died_while_the_hub_was_down_is_closed_at_its_finish_time
     (c,) = hub.containers(user="alice")
     c.kill()
     c.reload()
-    finished = _docker_time(c.attrs["State"]["FinishedAt"])
+    finished = docker_time(c.attrs["State"]["FinishedAt"])
     time.sleep(2)
     hub.start()
     deadline = time.monotonic() + 30

@@ -10,7 +10,7 @@ from gpuhub.site import load_site
 SITE = load_site(Path(__file__).resolve().parents[2] / "examples/site.yaml")
 FACTS = hubconfig.HubFacts(
     hub_ip="172.30.0.1", network="gpuhub-users", demo_password="pw-123456789", admin_password="a" * 32, admin_token="adm",
-    quota_service_token="qst", crypt_key="00" * 32, hub_metrics_token="hmt", metrics_token=None, proxy_command="/x/configurable-http-proxy",
+    quota_service_token="qst", crypt_key="00" * 32, hub_metrics_token="hmt", proxy_command="/x/configurable-http-proxy",
 )
 
 
