@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import asyncio
 from pathlib import Path
 
 import jinja2
 
+from . import runtime
+from .pages import org_budget
 from .site import Site
 
 _env = jinja2.Environment(
@@ -24,24 +26,14 @@ def form_context(site: Site, status: dict, user: str, groups: frozenset[str] = f
     my_orgs = site.orgs_of(user, groups)
     orgs = []
     for key in my_orgs:
-        spec, st = site.organizations[key], org_status.get(key, {})
-        in_use = int(st.get("gpus_in_use", 0))
-        used = float(st.get("used_gpu_hours", 0.0))
-        remaining = max(0.0, spec.gpu_hours_per_month - used)
-        reason, warning = "", ""
-        if spec.gpu_hours_per_month and used >= spec.gpu_hours_per_month:
-            reason = "the monthly GPU-hour budget is spent; CPU-only servers still work"
-        elif spec.gpu_hours_per_month:
-            frac = used / spec.gpu_hours_per_month
-            crossed = [f for f in site.quota.warn_fractions if frac >= f]
-            if crossed:
-                warning = f"{100 * frac:.0f} % of this month's budget used"
-        orgs.append({
-            "key": key, "display_name": spec.display_name, "gpus_in_use": in_use, "gpu_limit": spec.gpu_limit,
-            "used_hours": used, "budget_hours": spec.gpu_hours_per_month, "remaining_hours": remaining,
-            "free_for_org": max(0, spec.gpu_limit - in_use), "disabled": False, "reason": reason,
-            "warning": warning, "checked": False,
-        })
+        o = org_budget(site, key, org_status.get(key, {}))
+        exhausted = o["level"] == "exhausted"
+        o.update(
+            free_for_org=max(0, o["gpu_limit"] - o["gpus_in_use"]), disabled=False, checked=False,
+            reason="the monthly GPU-hour budget is spent; CPU-only servers still work" if exhausted else "",
+            warning=f"{100 * o['fraction']:.0f} % of this month's budget used" if o["level"] == "warning" else "",
+        )
+        orgs.append(o)
     if orgs:
         orgs[0]["checked"] = True
 
@@ -85,11 +77,11 @@ def form_context(site: Site, status: dict, user: str, groups: frozenset[str] = f
     return {"orgs": orgs, "images": images, "models": models, "gpu_counts": counts}
 
 
-def render_options_form(spawner) -> str:
-    """DockerSpawner's ``options_form`` hook: render the form for this spawner's user."""
+async def render_options_form(spawner) -> str:
+    """DockerSpawner's ``options_form`` hook (JupyterHub awaits it): the form for this spawner's user."""
     groups = frozenset(g.name for g in getattr(spawner.user, "groups", []) or [])
-    try:
-        status = spawner.quota.status(datetime.now(timezone.utc))
+    try:  # off the event loop; a status at most a couple of seconds old is enough for a form
+        status = await asyncio.to_thread(runtime.quota_status, spawner.site_config)
     except Exception as e:  # the form still renders; the spawn itself fails closed
         spawner.log.warning("quota status unavailable for the spawn form: %s", e)
         status = {}

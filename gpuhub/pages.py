@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from . import runtime
+
+
+def org_budget(site, key: str, org_status: dict) -> dict:
+    """One organization's GPU use and budget as people see it (home banner and spawn form).
+
+    ``level`` is ``ok``, ``warning`` (a ``quota.warn_fractions`` threshold crossed) or ``exhausted``.
+    """
+    spec = site.organizations[key]
+    used = float(org_status.get("used_gpu_hours", 0.0))
+    budget = spec.gpu_hours_per_month
+    frac = used / budget if budget else 0.0
+    crossed = [f for f in site.quota.warn_fractions if frac >= f]
+    level = "exhausted" if budget and frac >= 1 else ("warning" if crossed else "ok")
+    message = ""
+    if level == "exhausted":
+        message = ("The budget is spent: new GPU servers are refused and running ones are stopped after "
+                   f"{site.quota.grace_seconds:g} s. Ask an operator to raise gpu_hours_per_month.")
+    elif level == "warning":
+        message = f"Warning: {100 * max(crossed):.0f} % of this month's GPU-hour budget is used."
+    in_use = int(org_status.get("gpus_in_use", 0))
+    return {"key": key, "display_name": spec.display_name, "gpus_in_use": in_use, "gpu_limit": spec.gpu_limit,
+            "used_hours": used, "budget_hours": budget, "remaining_hours": max(0.0, budget - used),
+            "fraction": frac, "level": level, "message": message}
 
 
 class BudgetBanner:
@@ -22,23 +43,7 @@ class BudgetBanner:
             orgs = site.orgs_of(user.name, groups)
             if not orgs:
                 return {"orgs": []}
-            status = runtime.quota_store(self.site_path).status(datetime.now(timezone.utc)).get("orgs", {})
+            status = runtime.quota_status(self.site_path).get("orgs", {})
         except Exception:  # a page must render even when the database is away
             return {}
-        out = []
-        for key in orgs:
-            spec, st = site.organizations[key], status.get(key, {})
-            used = float(st.get("used_gpu_hours", 0.0))
-            frac = used / spec.gpu_hours_per_month if spec.gpu_hours_per_month else 0.0
-            crossed = [f for f in site.quota.warn_fractions if frac >= f]
-            level = "exhausted" if frac >= 1 else ("warning" if crossed else "ok")
-            message = ""
-            if level == "exhausted":
-                message = ("The budget is spent: new GPU servers are refused and running ones are stopped after "
-                           f"{site.quota.grace_seconds:g} s. Ask an operator to raise gpu_hours_per_month.")
-            elif level == "warning":
-                message = f"Warning: {100 * max(crossed):.0f} % of this month's GPU-hour budget is used."
-            out.append({"key": key, "display_name": spec.display_name, "gpus_in_use": int(st.get("gpus_in_use", 0)),
-                        "gpu_limit": spec.gpu_limit, "used_hours": used, "budget_hours": spec.gpu_hours_per_month,
-                        "fraction": frac, "level": level, "message": message})
-        return {"orgs": out}
+        return {"orgs": [org_budget(site, key, status.get(key, {})) for key in orgs]}

@@ -7,6 +7,8 @@ run several sites in one process.
 from __future__ import annotations
 
 import threading
+import time
+from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
@@ -44,3 +46,27 @@ def quota_store(path: str | Path):
                 inventory = nvml_inventory(the_site)
             store = _stores[key] = QuotaStore.from_site(the_site, inventory=inventory)
         return store
+
+
+_status_cache: dict[str, tuple[float, dict]] = {}
+
+
+def quota_status(path: str | Path, max_age: float = 2.0) -> dict:
+    """The quota store's ``status()``, shared for ``max_age`` seconds.
+
+    Pages (home banner, spawn form) render it for every request; one read every couple of
+    seconds serves them all. The spawner drops it after each allocation and release it makes
+    (:func:`forget_status`), so this hub's own changes show at once. Admission never uses it:
+    it decides inside its transaction.
+    """
+    key = str(Path(path).resolve())
+    hit = _status_cache.get(key)
+    if hit and time.monotonic() - hit[0] < max_age:
+        return hit[1]
+    status = quota_store(key).status(datetime.now(timezone.utc))
+    _status_cache[key] = (time.monotonic(), status)
+    return status
+
+
+def forget_status(path: str | Path) -> None:
+    _status_cache.pop(str(Path(path).resolve()), None)

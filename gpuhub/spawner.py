@@ -21,6 +21,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Bool, Float, Integer, Unicode, default
 
 from . import runtime
+from .dockerenv import docker_time
 from .options import OptionsError, options_from_form, validate_options
 
 LABEL_PREFIX = "gpuhub."
@@ -28,15 +29,6 @@ LABEL_PREFIX = "gpuhub."
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _docker_time(text: str | None) -> datetime | None:
-    """Parse Docker's RFC 3339 nanosecond timestamps; the zero time means 'never'."""
-    if not text or text.startswith("0001-"):
-        return None
-    head, _, frac = text.rstrip("Z").partition(".")
-    micro = (frac + "000000")[:6] if frac else "0"
-    return datetime.fromisoformat(head).replace(microsecond=int(micro), tzinfo=timezone.utc)
 
 
 class GpuhubSpawner(DockerSpawner):
@@ -196,6 +188,7 @@ class GpuhubSpawner(DockerSpawner):
         what = f"{request.gpus} GPU{'s' if request.gpus != 1 else ''}"
         self._emit(15, f"Allocating {what} for {request.org or 'no organization'}")
         grant = await self._quota_call(self.quota.allocate, request, self._groups())
+        runtime.forget_status(self.site_config)
         self.gpu_uuids = list(grant.devices)
         if grant.devices:
             self._emit(25, f"Allocated {grant.model} {', '.join(grant.devices)} to {request.org}")
@@ -420,7 +413,7 @@ class GpuhubSpawner(DockerSpawner):
         state = obj["State"]
         if state["Running"]:
             return None
-        await self._release("container-exited", at=_docker_time(state.get("FinishedAt")))
+        await self._release("container-exited", at=docker_time(state.get("FinishedAt")))
         return f"ExitCode={state.get('ExitCode')}, Error='{state.get('Error', '')}'"
 
     async def stop(self, now=False):
@@ -447,6 +440,7 @@ class GpuhubSpawner(DockerSpawner):
     async def _release(self, reason: str, at: datetime | None = None) -> None:
         try:
             await asyncio.to_thread(self.quota.release, self.server_key, at or _utcnow(), reason)
+            runtime.forget_status(self.site_config)
         except Exception:
             # The reconciler closes it from Docker's own times once the database is back.
             self.log.exception("could not release %s (%s); the reconciler will close it", self.server_key, reason)
