@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -24,10 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import text  # noqa: E402
 
 from gpuhub.site import parse_site  # noqa: E402
 from quota import db  # noqa: E402
+from bench._pg import pg_schema_url  # noqa: E402
 from quota.policy import AllocationRequest  # noqa: E402
 from quota.store import QuotaRefused, QuotaStore  # noqa: E402
 
@@ -125,17 +124,6 @@ def run(backend: str, url: str, args) -> bool:
     return ok and decisions / elapsed >= 500
 
 
-def pg_url() -> str:
-    base = subprocess.run([str(ROOT / "scripts" / "postgres.sh")], check=True, capture_output=True,
-                          text=True).stdout.strip().splitlines()[-1]
-    eng = db.make_engine(base)
-    with eng.begin() as conn:
-        conn.execute(text("DROP SCHEMA IF EXISTS bench_alloc CASCADE"))
-        conn.execute(text("CREATE SCHEMA bench_alloc"))
-    eng.dispose()
-    return f"{base}?options=-csearch_path%3Dbench_alloc"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
@@ -147,7 +135,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d:
             ok &= run("sqlite", f"sqlite:///{d}/bench.sqlite", args)
     if args.backend in ("postgresql", "both"):
-        ok &= run("postgresql", pg_url(), args)
+        ok &= run("postgresql", pg_schema_url("bench_alloc"), args)
     sys.exit(0 if ok else 1)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,10 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import text  # noqa: E402
 
 from gpuhub.site import parse_site  # noqa: E402
 from quota import billing, db, periods  # noqa: E402
+from bench._pg import pg_schema_url  # noqa: E402
 from quota.models import to_db_text  # noqa: E402
 
 COLUMNS = ("server_key", "user", "server_name", "org", "image", "device_uuids", "gpus", "model", "weight",
@@ -134,17 +133,6 @@ def run(backend: str, url: str, args) -> None:
         raise SystemExit(1)
 
 
-def pg_url() -> str:
-    base = subprocess.run([str(ROOT / "scripts" / "postgres.sh")], check=True, capture_output=True,
-                          text=True).stdout.strip().splitlines()[-1]
-    eng = db.make_engine(base)
-    with eng.begin() as conn:
-        conn.execute(text("DROP SCHEMA IF EXISTS bench_billing CASCADE"))
-        conn.execute(text("CREATE SCHEMA bench_billing"))
-    eng.dispose()
-    return f"{base}?options=-csearch_path%3Dbench_billing"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
@@ -158,7 +146,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d:
             run("sqlite", f"sqlite:///{d}/bench.sqlite", args)
     if args.backend in ("postgresql", "both"):
-        run("postgresql", pg_url(), args)
+        run("postgresql", pg_schema_url("bench_billing"), args)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import requests
 import websocket
 import yaml
 
+from tests.procs import stop_group
+
 ROOT = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "gpuhub/base-notebook:latest"
 
@@ -133,13 +135,7 @@ class HubProcess:
         self.kill_proxy()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_group(self.proc, 20)
 
     def kill_proxy(self) -> None:
         """A proxy left by a killed hub (JupyterHub runs it in its own session)."""

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import requests
 
 from tests.auth.sites import write_site
 from tests.oidc_provider.harness import proxy_command
+from tests.procs import stop_group
 
 HERE = Path(__file__).resolve().parent
 SECRET_ENV = "GPUHUB_TEST_OIDC_SECRET"
@@ -103,13 +103,7 @@ class AuthHub:
             return ""
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_group(self.proc, 15)
 
     # -- REST API as the admin service
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
 from pathlib import Path
+
+from tests.procs import stop_group
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -126,10 +127,4 @@ class OIDCProvider:
             return ""
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_group(self.proc, 10)
