@@ -343,12 +343,14 @@ class GpuCollector(Collector):
             yield gauge("gpuhub_gpu_memory_utilization_ratio",
                         "Fraction of the last sample period device memory was read or written (NVML)",
                         "memory_utilization")
-            yield gauge("gpuhub_gpu_memory_used_bytes", "Device memory in use", "memory_used_bytes")
+            yield gauge("gpuhub_gpu_memory_used_bytes", "Device memory held by processes and contexts "
+                        "(without the driver's reservation, as nvidia-smi shows it)", "memory_used_bytes")
             yield gauge("gpuhub_gpu_memory_total_bytes", "Device memory installed", "memory_total_bytes")
             yield gauge("gpuhub_gpu_power_watts", "Board power draw", "power_watts")
             yield gauge("gpuhub_gpu_temperature_celsius", "GPU core temperature", "temperature_celsius")
             energy = CounterMetricFamily("gpuhub_gpu_energy_joules",
-                                         "Energy consumed since the driver loaded (NVML)", labels=["uuid"])
+                                         "Energy consumed since the driver loaded (NVML; read on slow passes)",
+                                         labels=["uuid"])
             for d in s.devices:
                 if d.energy_joules is not None:
                     energy.add_metric([d.uuid], d.energy_joules)
@@ -356,10 +358,10 @@ class GpuCollector(Collector):
 
             plabels = ["uuid", "pid", "user", "org", "server"]
             sm = GaugeMetricFamily("gpuhub_gpu_process_sm_utilization_ratio",
-                                   "Fraction of the GPU's SMs a process kept busy in the last sample period",
+                                   "Fraction of the GPU's SMs a process kept busy, as of the last slow pass",
                                    labels=plabels)
             pmem = GaugeMetricFamily("gpuhub_gpu_process_memory_utilization_ratio",
-                                     "Fraction of the GPU's memory bandwidth a process used in the last sample period",
+                                     "Fraction of the GPU's memory bandwidth a process used, as of the last slow pass",
                                      labels=plabels)
             pused = GaugeMetricFamily("gpuhub_gpu_process_memory_used_bytes",
                                       "Device memory held by a process", labels=plabels)
@@ -441,18 +443,19 @@ def _single(name: str, doc: str, exporter: str, value: float) -> GaugeMetricFami
 
 def build_gpu_exporter(site: Any, docker_client: Any = None, nvml: NvmlSource | None = None, *,
                        registry: CollectorRegistry | None = None, use_nvml: bool | None = None,
-                       docker_factory: Callable[[], Any] | None = None, **sampler_args: Any
-                       ) -> tuple[CollectorRegistry, GpuSampler]:
+                       docker_factory: Callable[[], Any] | None = None, nvml_slow_interval: float = 15.0,
+                       **sampler_args: Any) -> tuple[CollectorRegistry, GpuSampler]:
     """A registry with the GPU collector and its (not yet started) sampler.
 
     ``nvml``: an NVML source; when None, a :class:`~exporters.nvml.PynvmlSource` is created if the
-    site uses NVML (``gpus.runtime: nvidia`` or ``gpus.inventory: nvml``) or ``use_nvml`` is true.
+    site uses NVML (``gpus.runtime: nvidia`` or ``gpus.inventory: nvml``) or ``use_nvml`` is true,
+    reading energy and per-process utilization every ``nvml_slow_interval`` seconds.
     """
     if nvml is None and (use_nvml if use_nvml is not None
                          else site.gpus.runtime == "nvidia" or site.gpus.inventory == "nvml"):
         from .nvml import PynvmlSource
 
-        nvml = PynvmlSource()
+        nvml = PynvmlSource(slow_interval=nvml_slow_interval)
     sampler = GpuSampler(site, nvml, docker_client, docker_factory=docker_factory, **sampler_args)
     registry = registry or CollectorRegistry(auto_describe=False)
     registry.register(GpuCollector(sampler))

@@ -136,8 +136,8 @@ def _wait(stop: threading.Event | None) -> None:
 
 
 def run_gpu_exporter(site: Any, listen: str, docker_client: Any = None, nvml: Any = None, *,
-                     interval: float = 1.0, proc_root: str = "/proc", stop: threading.Event | None = None,
-                     environ: Mapping[str, str] | None = None) -> int:
+                     interval: float = 1.0, slow_interval: float = 15.0, proc_root: str = "/proc",
+                     stop: threading.Event | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Serve the GPU exporter until SIGINT/SIGTERM (or ``stop``). Returns the exit status.
 
     ``docker_client``: default ``docker.from_env()``, created lazily and retried by the sampler.
@@ -153,7 +153,7 @@ def run_gpu_exporter(site: Any, listen: str, docker_client: Any = None, nvml: An
 
             return docker.from_env(timeout=5)
     registry, sampler = build_gpu_exporter(site, docker_client, nvml, docker_factory=factory,
-                                           interval=interval, proc_root=proc_root)
+                                           interval=interval, proc_root=proc_root, nvml_slow_interval=slow_interval)
     try:
         sampler.sample_once()  # first values before the first scrape
     except Exception:
@@ -197,6 +197,9 @@ def _parser(kind: str, default_listen: str) -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO")
     if kind == "gpu":
         p.add_argument("--proc-root", default="/proc", help="the host's /proc (when running in a container)")
+        p.add_argument("--slow-interval", type=float, default=15.0,
+                       help="seconds between NVML's costly reads: energy, per-process utilization, MIG layout "
+                            "(default 15, a usual scrape interval; ~6.8 ms CPU per H100 each time)")
     return p
 
 
@@ -208,7 +211,8 @@ def _main(kind: str, argv: list[str] | None) -> int:
     try:
         site = load_site(args.site)
         if kind == "gpu":
-            return run_gpu_exporter(site, args.listen, interval=args.interval or 1.0, proc_root=args.proc_root)
+            return run_gpu_exporter(site, args.listen, interval=args.interval or 1.0,
+                                    slow_interval=args.slow_interval, proc_root=args.proc_root)
         return run_usage_exporter(site, args.listen, interval=args.interval or 5.0)
     except (SiteConfigError, MetricsConfigError) as e:
         log.error("%s", e)

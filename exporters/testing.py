@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import itertools
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,17 @@ from .nvml import (
 
 NVML_ERROR_UNKNOWN = 999
 NVML_ERROR_LIBRARY_NOT_FOUND = 12
+NVML_ERROR_FUNCTION_NOT_FOUND = 13
+
+
+#: CPU seconds per NVML call on an H100 (driver 580.159.04, nvidia-ml-py 13.610.43), measured on the
+#: device machine by scripts/device_nvml_check.py (mean of 13 calls under a matmul load). The bench
+#: spends them in :class:`FakeNvmlLibrary` so its sampling cost resembles real hardware's.
+H100_CALL_CPU_SECONDS = {
+    "energy": 4.113e-3, "process_utilization": 2.221e-3, "mig": 0.433e-3, "handle": 0.134e-3,
+    "processes": 0.132e-3, "utilization": 0.109e-3, "power": 0.099e-3, "count": 0.032e-3,
+    "memory": 0.027e-3, "uuid": 0.023e-3, "temperature": 0.012e-3, "name": 0.010e-3,
+}
 
 
 class FakeNvmlError(Exception):
@@ -47,7 +59,8 @@ class FakeGpu:
     name: str = "NVIDIA H100 80GB HBM3"
     utilization: int = 0
     memory_utilization: int = 0
-    memory_used: int = 0
+    memory_used: int = 0  # what processes and contexts hold (the v2 call's ``used``)
+    memory_reserved: int = 0  # the driver's reservation: v1 counts it as used, v2 apart
     memory_total: int = 80 * 1024**3
     power_mw: int = 70_000
     energy_mj: int = 1_000_000
@@ -60,17 +73,34 @@ class FakeGpu:
 
 
 class FakeNvmlLibrary:
-    def __init__(self, gpus: list[FakeGpu], *, fail_init: int | None = None):
+    """``memory_v2``: False imitates a driver without ``nvmlDeviceGetMemoryInfo_v2``.
+    ``call_cpu_seconds``: CPU each call burns (e.g. :data:`H100_CALL_CPU_SECONDS`); default none.
+    """
+
+    nvmlMemory_v2 = 0x02000028
+
+    def __init__(self, gpus: list[FakeGpu], *, fail_init: int | None = None, memory_v2: bool = True,
+                 call_cpu_seconds: dict[str, float] | None = None):
         self.gpus = gpus
         self.fail_init = fail_init
+        self.memory_v2 = memory_v2
+        self.call_cpu_seconds = call_cpu_seconds or {}
         self.calls: Counter[str] = Counter()
         self._ts = itertools.count(1_000_000)
         for g in gpus:
             for m in g.migs:
                 m.is_mig = True
 
+    def _spin(self, call: str) -> None:
+        cost = self.call_cpu_seconds.get(call)
+        if cost:
+            end = time.thread_time() + cost
+            while time.thread_time() < end:
+                pass
+
     def _check(self, gpu: FakeGpu, call: str) -> None:
         self.calls[call] += 1
+        self._spin(call)
         if call in gpu.fail:
             raise FakeNvmlError(NVML_ERROR_UNKNOWN)
         if call in gpu.unsupported:
@@ -88,6 +118,7 @@ class FakeNvmlLibrary:
         return "580.00-fake"
 
     def nvmlDeviceGetCount(self):
+        self._spin("count")
         return len(self.gpus)
 
     def nvmlDeviceGetHandleByIndex(self, i):
@@ -123,9 +154,16 @@ class FakeNvmlLibrary:
             raise FakeNvmlError(NVML_ERROR_NOT_SUPPORTED)
         return SimpleNamespace(gpu=h.utilization, memory=h.memory_utilization)
 
-    def nvmlDeviceGetMemoryInfo(self, h):
+    def nvmlDeviceGetMemoryInfo(self, h, version=None):
         self._check(h, "memory")
-        return SimpleNamespace(used=h.memory_used, total=h.memory_total, free=h.memory_total - h.memory_used)
+        free = h.memory_total - h.memory_used - h.memory_reserved
+        if version is None:
+            return SimpleNamespace(used=h.memory_used + h.memory_reserved, total=h.memory_total, free=free)
+        self.calls["memory_v2"] += 1
+        if not self.memory_v2:
+            raise FakeNvmlError(NVML_ERROR_FUNCTION_NOT_FOUND)
+        return SimpleNamespace(version=version, used=h.memory_used, reserved=h.memory_reserved,
+                               total=h.memory_total, free=free)
 
     def nvmlDeviceGetPowerUsage(self, h):
         self._check(h, "power")
@@ -167,10 +205,11 @@ class FakeNvmlLibrary:
 class FakeNvmlSource(PynvmlSource):
     """The real :class:`PynvmlSource` over :class:`FakeNvmlLibrary` (tests and bench only)."""
 
-    def __init__(self, gpus: list[FakeGpu], *, fail_init: int | None = None, retry_init_seconds: float = 0.0):
-        self.library = FakeNvmlLibrary(gpus, fail_init=fail_init)
+    def __init__(self, gpus: list[FakeGpu], *, fail_init: int | None = None, retry_init_seconds: float = 0.0,
+                 call_cpu_seconds: dict[str, float] | None = None, **source_args):
+        self.library = FakeNvmlLibrary(gpus, fail_init=fail_init, call_cpu_seconds=call_cpu_seconds)
         self.gpus = gpus
-        super().__init__(nvml=self.library, retry_init_seconds=retry_init_seconds)
+        super().__init__(nvml=self.library, retry_init_seconds=retry_init_seconds, **source_args)
 
 
 def fake_gpus(n: int, *, prefix: str = "GPU-fake-", procs_per_gpu: int = 0, first_pid: int = 10_000) -> list[FakeGpu]:

@@ -62,7 +62,7 @@ def nvml_inventory(site: Site, source=None, ttl_seconds: float = 60.0,
     if source is None:
         from exporters.nvml import PynvmlSource
 
-        source = PynvmlSource()
+        source = PynvmlSource(slow_interval=0)  # this cache has its own TTL: enumerate on every read
     lock = threading.Lock()
     cache: dict = {"at": None, "devices": ()}
 

@@ -23,8 +23,8 @@ def test_checks_and_scrape_on_fake_nvml(monkeypatch, capsys, promtool):
     gpu = FakeGpu("GPU-dev-0", utilization=3, memory_used=500 * 1024**2)
 
     class Source(FakeNvmlSource):
-        def __init__(self, **_):
-            super().__init__([gpu])
+        def __init__(self, nvml=None, **kw):  # the script's real (timed) binding is replaced by the fake
+            super().__init__([gpu], **kw)
             real = self.library.nvmlDeviceGetTotalEnergyConsumption
 
             def energy(h):  # the board keeps drawing power
@@ -45,4 +45,59 @@ def test_checks_and_scrape_on_fake_nvml(monkeypatch, capsys, promtool):
     assert "PASS  memory used > 0" in out and "PASS  energy counter increasing" in out
     assert "PASS  promtool check metrics" in out
     assert 'gpuhub_gpu_utilization_ratio{uuid="GPU-dev-0"} 0.03' in out
+    assert rc == 0, out
+
+
+FAKE_PYNVML = '''
+"""A pynvml stand-in for the exporter process the device script starts: a busy board."""
+import time
+from exporters.testing import FakeGpu, FakeNvmlLibrary
+
+_lib = FakeNvmlLibrary([FakeGpu("GPU-dev-0", utilization=97, memory_used=3 << 30)])
+for _name in dir(_lib):
+    if _name.startswith("nvml"):
+        globals()[_name] = getattr(_lib, _name)
+
+
+def nvmlDeviceGetTotalEnergyConsumption(handle):  # 300 W, in mJ
+    return int(time.monotonic() * 300_000)
+'''
+
+
+def test_under_load_the_exporter_process_is_scraped_over_http(monkeypatch, capsys, promtool, tmp_path):
+    """The loaded path: the worker's PID and SM use, then `python -m exporters gpu` scraped twice."""
+    from exporters.testing import FakeProcess
+
+    gpu = FakeGpu("GPU-dev-0", utilization=97, memory_used=3 << 30)
+
+    class Source(FakeNvmlSource):
+        def __init__(self, nvml=None, **kw):  # the script's real (timed) binding is replaced by the fake
+            super().__init__([gpu], **kw)
+            real = self.library.nvmlDeviceGetTotalEnergyConsumption
+
+            def energy(h):
+                h.energy_mj += 300_000
+                return real(h)
+
+            self.library.nvmlDeviceGetTotalEnergyConsumption = energy
+
+    (tmp_path / "pynvml.py").write_text(FAKE_PYNVML)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setattr(exporters.nvml, "PynvmlSource", Source)
+    spec = importlib.util.spec_from_file_location("device_nvml_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def worker(seconds):  # stands in for the matmul loop: a process that NVML lists as busy
+        proc = subprocess.Popen(["sleep", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        gpu.processes = [FakeProcess(proc.pid, sm_percent=88)]
+        return proc, "fake"
+
+    monkeypatch.setattr(module, "start_worker", worker)
+    rc = module.main(["--seconds", "8", "--promtool", promtool])
+    out = capsys.readouterr().out
+    for name in ("utilization > 0.5 under load", "worker PID listed by NVML", "worker PID has SM utilization > 0",
+                 "exporter process served /metrics over HTTP", "HTTP scrape: utilization > 0.5 under load",
+                 "HTTP scrape: energy counter increases between scrapes", "HTTP scrape: promtool check metrics"):
+        assert f"PASS  {name}" in out, out
     assert rc == 0, out

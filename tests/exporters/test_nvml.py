@@ -26,6 +26,26 @@ def test_snapshot_is_in_base_units():
     assert (p.pid, p.memory_used_bytes, p.sm_utilization, p.memory_utilization) == (4242, 2 * 1024**3, 0.84, 0.26)
 
 
+def test_memory_used_leaves_out_the_drivers_reservation_as_nvidia_smi_does():
+    """Measured on an H100 (driver 580): v1 reported 480 MiB used on an idle board, nvidia-smi 0 MiB."""
+    idle = FakeGpu("GPU-a", memory_used=0, memory_reserved=480 * 1024**2)
+    source = FakeNvmlSource([idle])
+    assert by_uuid(source.sample())["GPU-a"].memory_used_bytes == 0
+    idle.memory_used = 1139 * 1024**2  # a matmul loop's tensors and context
+    assert by_uuid(source.sample())["GPU-a"].memory_used_bytes == 1139 * 1024**2
+
+
+def test_a_driver_without_the_v2_memory_call_falls_back_to_v1_once():
+    gpu = FakeGpu("GPU-a", memory_used=1024**3, memory_reserved=480 * 1024**2)
+    source = FakeNvmlSource([gpu])
+    source.library.memory_v2 = False
+    for _ in range(3):
+        snap = source.sample()
+        assert snap.errors == ()
+        assert by_uuid(snap)["GPU-a"].memory_used_bytes == 1024**3 + 480 * 1024**2  # v1: all it can say
+    assert source.library.calls["memory_v2"] == 1 and source.library.calls["memory"] == 4
+
+
 def test_one_failing_call_is_recorded_and_isolated():
     gpus = [FakeGpu("GPU-a", fail={"power"}, utilization=10), FakeGpu("GPU-b", utilization=20)]
     snap = FakeNvmlSource(gpus).sample()
@@ -69,7 +89,7 @@ def test_process_utilization_failure_means_unknown_not_zero():
 
 def test_process_utilization_asks_only_for_new_samples():
     gpu = FakeGpu("GPU-a", processes=[FakeProcess(7, sm_percent=30)])
-    source = FakeNvmlSource([gpu])
+    source = FakeNvmlSource([gpu], slow_interval=0)  # every pass reads it
     seen = []
     real = source.library.nvmlDeviceGetProcessUtilization
 
@@ -98,6 +118,63 @@ def test_mig_units_are_their_own_devices_and_processes_are_not_double_counted():
     assert a.utilization is None and a.power_watts is None  # not measurable per MIG unit: absent, not 0
     assert [p.pid for p in a.processes] == [11] and a.processes[0].sm_utilization is None
     assert devs["MIG-b"].index == "0:1"
+
+
+def test_costly_calls_run_only_on_slow_passes_and_their_values_are_carried():
+    """Energy, per-process utilization, MIG mode and enumeration cost ~6.8 ms CPU per H100: every 15 s only."""
+    clock = [0.0]
+    gpu = FakeGpu("GPU-a", utilization=10, processes=[FakeProcess(7, sm_percent=40)])
+    source = FakeNvmlSource([gpu], clock=lambda: clock[0])
+    first = by_uuid(source.sample())["GPU-a"]
+    assert first.energy_joules == 1000.0 and first.processes[0].sm_utilization == 0.4
+    gpu.utilization, gpu.energy_mj, gpu.processes[0].sm_percent = 90, 2_000_000, 80
+    for t in (1.0, 5.0, 14.9):
+        clock[0] = t
+        d = by_uuid(source.sample())["GPU-a"]
+        assert d.utilization == 0.9  # fresh every pass: active GPU-seconds integrate it
+        assert d.energy_joules == 1000.0 and d.processes[0].sm_utilization == 0.4  # carried
+    calls = source.library.calls
+    assert (calls["energy"], calls["process_utilization"], calls["mig"]) == (1, 1, 1)
+    assert calls["utilization"] == 4 and calls["handle"] == 1
+    clock[0] = 15.0
+    d = by_uuid(source.sample())["GPU-a"]
+    assert d.energy_joules == 2000.0 and d.processes[0].sm_utilization == 0.8
+    assert (calls["energy"], calls["handle"]) == (2, 2)
+
+
+def test_a_process_that_starts_between_slow_reads_has_unknown_sm_use_until_the_next():
+    clock = [0.0]
+    gpu = FakeGpu("GPU-a", processes=[FakeProcess(7, sm_percent=40)])
+    source = FakeNvmlSource([gpu], clock=lambda: clock[0])
+    source.sample()
+    gpu.processes.append(FakeProcess(8, sm_percent=60))
+    clock[0] = 2.0
+    procs = {p.pid: p for p in by_uuid(source.sample())["GPU-a"].processes}
+    assert procs[7].sm_utilization == 0.4 and procs[8].sm_utilization is None  # not 0: nobody measured it yet
+    assert procs[8].memory_used_bytes == 1 << 30  # the process list itself is fresh
+    clock[0] = 15.0
+    procs = {p.pid: p for p in by_uuid(source.sample())["GPU-a"].processes}
+    assert procs[8].sm_utilization == 0.6
+
+
+def test_a_lost_gpu_makes_the_next_pass_enumerate_again():
+    clock = [0.0]
+    gpu = FakeGpu("GPU-a")
+    source = FakeNvmlSource([gpu], clock=lambda: clock[0])
+    source.sample()
+    real = source.library.nvmlDeviceGetUtilizationRates
+
+    def lost(h):
+        raise FakeNvmlError(15)
+
+    source.library.nvmlDeviceGetUtilizationRates = lost
+    clock[0] = 1.0
+    snap = source.sample()
+    assert [e.source for e in snap.errors] == ["nvml_utilization"]
+    source.library.nvmlDeviceGetUtilizationRates = real
+    clock[0] = 2.0
+    assert by_uuid(source.sample())["GPU-a"].utilization == 0.0
+    assert source.library.calls["handle"] == 2  # enumerated again before the slow interval ran out
 
 
 def test_init_failure_is_reported_and_retried_later():

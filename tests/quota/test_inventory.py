@@ -38,7 +38,7 @@ def test_gpus_and_declared_mig_profiles_are_units_with_their_model(tmp_path):
 
 def test_inventory_is_cached_and_survives_an_nvml_outage(tmp_path):
     s = site(tmp_path, {"H100": {"weight": 1.0}, "A100": {"weight": 0.6}})
-    source = FakeNvmlSource(gpus()[:1])
+    source = FakeNvmlSource(gpus()[:1], slow_interval=0)  # as nvml_inventory builds its source
     now = [0.0]
     inv = nvml_inventory(s, source, ttl_seconds=60, clock=lambda: now[0])
     assert [d.uuid for d in inv()] == ["GPU-a"]
