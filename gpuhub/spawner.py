@@ -42,10 +42,11 @@ class GpuhubSpawner(DockerSpawner):
     ).tag(config=True)
 
     docker_api_threads = Integer(
-        16,
+        32,
         help="""Threads shared by all spawners for Docker API calls. Stock DockerSpawner uses
-        one, which serialises 20 concurrent stops into ~14 s on a 2-core host; Docker itself
-        handles these calls concurrently.""",
+        one, which serialises a class's concurrent stops and starts; Docker itself handles
+        these calls concurrently. A ``docker stop`` holds its thread until the container has
+        exited, so this is also how many servers can be stopping at once.""",
     ).tag(config=True)
 
     wait_ready = Bool(

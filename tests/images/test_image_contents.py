@@ -55,7 +55,7 @@ def test_singleuser_version_matches_hub(built, run_in, name):
 def test_default_user_is_not_root(built, name):
     config = built(name).attrs["Config"]
     assert config["User"] == "1000:100"
-    assert config["Cmd"] == ["jupyterhub-singleuser"]
+    assert config["Cmd"] == ["gpuhub-singleuser"]
     env = dict(e.split("=", 1) for e in config["Env"])
     assert env["HOME"] == "/home/jovyan"
     assert env["JUPYTER_RUNTIME_DIR"].startswith("/tmp/")

@@ -86,3 +86,28 @@ def test_writes_nothing_outside_home_and_tmp(built, spawn):
     time.sleep(1)
     changes = [c["Path"] for c in s.container.diff() or []]
     assert changes == [], f"files changed outside HOME and /tmp: {changes}"
+
+
+@pytest.mark.parametrize("name", ["base-notebook", "pytorch"])
+def test_docker_stop_shuts_kernels_down_and_exits_0(built, spawn, name):
+    """gpuhub-singleuser skips only CPython's teardown: the server still stops its kernels itself."""
+    built(name)
+    s = spawn(f"gpuhub/{name}:latest", uid=61236, read_only=True)
+    assert _run_code(s, "print(6 * 7)").strip() == "42"
+    s.container.stop(timeout=10)
+    assert s.container.wait(timeout=30)["StatusCode"] == 0  # not 137: it exited on SIGTERM by itself
+    logs = s.logs()
+    assert "received signal 15, stopping" in logs
+    assert "Shutting down 1 kernel" in logs, logs[-3000:]
+    assert "Traceback" not in logs, logs[-3000:]
+
+
+@pytest.mark.parametrize("args, status", [(["--version"], 0), (["--no-such-option"], 2)])
+def test_gpuhub_singleuser_keeps_the_servers_exit_status(built, docker_client, args, status):
+    built("base-notebook")
+    for cmd in ("gpuhub-singleuser", "jupyterhub-singleuser"):
+        c = docker_client.containers.run("gpuhub/base-notebook:latest", [cmd, *args], detach=True)
+        try:
+            assert c.wait(timeout=60)["StatusCode"] == status, (cmd, c.logs().decode(errors="replace")[-2000:])
+        finally:
+            c.remove(force=True)
