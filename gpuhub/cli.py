@@ -203,9 +203,10 @@ def cmd_course_servers(args) -> int:
 
 
 def cmd_exporter(args) -> int:
+    """Hand the rest of the command line to the exporter's own parser (one set of flags and help)."""
     from exporters import server
 
-    argv = ["--listen", args.listen] + (["--site", args.site] if args.site else [])
+    argv = (["--site", args.site] if args.site else []) + args.exporter_args
     return server.main_gpu(argv) if args.kind == "gpu" else server.main_usage(argv)
 
 
@@ -262,14 +263,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("exporter", help="Prometheus exporters").add_subparsers(dest="kind", required=True)
     for kind in ("gpu", "usage"):
-        s = e.add_parser(kind, help=f"serve the {kind} exporter")
-        s.add_argument("--listen", default="127.0.0.1:9835" if kind == "gpu" else "127.0.0.1:9836")
-        s.set_defaults(func=cmd_exporter)
+        s = e.add_parser(kind, help=f"serve the {kind} exporter (`gpuhub exporter {kind} --help` for its flags)",
+                         add_help=False)
+        s.set_defaults(func=cmd_exporter)  # its flags are parsed by exporters.server (see main)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.func is cmd_exporter:
+        args.exporter_args = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.func(args)
     except SiteConfigError as e:

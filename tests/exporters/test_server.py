@@ -116,3 +116,25 @@ def test_main_reports_a_bad_site_config(tmp_path, caplog):
     bad.write_text("timezone: Mars/Olympus\nimages: {python: {image: x}}\n")
     assert main_usage(["--site", str(bad), "--listen", "127.0.0.1:0"]) == 2
     assert "not an IANA time zone" in caplog.text
+
+
+def test_gpuhub_cli_hands_every_exporter_flag_to_the_exporter(capsys, monkeypatch):
+    """`gpuhub exporter gpu ...` takes the same flags as `python -m exporters gpu` (one parser)."""
+    import pytest
+
+    from exporters import server
+    from gpuhub import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["exporter", "gpu", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--listen", "--interval", "--slow-interval", "--proc-root", "--site"):
+        assert flag in out, out
+    seen = {}
+    monkeypatch.setattr(server, "main_usage", lambda argv: seen.setdefault("usage", argv) and 0)
+    assert cli.main(["--site", "s.yaml", "exporter", "usage", "--listen", "127.0.0.1:1", "--interval", "2"]) == 0
+    assert seen["usage"] == ["--site", "s.yaml", "--listen", "127.0.0.1:1", "--interval", "2"]
+    with pytest.raises(SystemExit) as e:
+        cli.main(["quota", "status", "--no-such-flag"])
+    assert e.value.code == 2

@@ -30,6 +30,9 @@ def test_compose_config_is_accepted_and_only_the_hub_gets_docker_sock():
     assert doc["networks"]["users"]["driver_opts"]["com.docker.network.bridge.enable_icc"] == "false"
     assert services["hub"]["network_mode"] == "host" and "ports" not in services["hub"]
     assert all(p.startswith("127.0.0.1:") for p in services["prometheus"]["ports"] + services["grafana"]["ports"])
+    gpu = services["gpu-exporter"]  # NVML inside the container: the toolkit mounts libnvidia-ml for a request
+    (request,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert request["driver"] == "nvidia" and request["capabilities"] == ["utility"] and gpu["pid"] == "host"
 
 
 def test_compose_refuses_to_start_without_the_oidc_secret():
