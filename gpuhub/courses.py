@@ -252,10 +252,12 @@ def courses_env(courses: dict[str, str]) -> str:
 
 
 def container_plan(site: Site, username: str, uid: int, groups: frozenset[str] = frozenset(),
-                   instance: str = "gpuhub", org: str | None = None) -> ContainerPlan | None:
+                   instance: str = "gpuhub", org: str | None = None, server_name: str = "") -> ContainerPlan | None:
     """The plan for one server of ``username`` (running as ``uid``) charged to ``org``; None when
     the user is in no course of that org. Course work happens in servers charged to the course's
-    org, so its GPU use lands on the course's cap and budget (``org=None``: every course)."""
+    org, so its GPU use lands on the course's cap and budget (``org=None``: every course).
+    A server named after a course the user teaches is that course's formgrader
+    (``GPUHUB_SERVER_COURSE``); other servers grade the first course taught."""
     courses = {key: role for key, role in site.courses_of(username, groups).items()
                if org is None or site.courses[key].org == org}
     if not courses:
@@ -284,7 +286,8 @@ def container_plan(site: Site, username: str, uid: int, groups: frozenset[str] =
     return ContainerPlan(
         courses=courses,
         binds=binds,
-        env={"JUPYTER_CONFIG_PATH": config_path, "GPUHUB_COURSES": courses_env(courses)},
+        env={"JUPYTER_CONFIG_PATH": config_path, "GPUHUB_COURSES": courses_env(courses),
+             **({"GPUHUB_SERVER_COURSE": server_name} if courses.get(server_name) == "instructor" else {})},
         group_add=[str(site.courses[key].gid) for key, role in sorted(courses.items()) if role == "instructor"],
         volume_labels=labels,
         init_binds=init_binds,

@@ -324,7 +324,8 @@ class GpuhubSpawner(DockerSpawner):
         added, removed = courses.sync_hub_groups(self.user, site, self._groups())
         if added or removed:
             self.log.info("%s: course groups +%s -%s", self._log_name, sorted(added), sorted(removed))
-        plan = courses.container_plan(site, self.user.name, uid, self._groups(), self.hub_instance, self._request.org)
+        plan = courses.container_plan(site, self.user.name, uid, self._groups(), self.hub_instance, self._request.org,
+                                      server_name=self.name)
         if plan is None:
             return
         self.extra_host_config.setdefault("binds", {}).update(plan.binds)  # merged with the home bind

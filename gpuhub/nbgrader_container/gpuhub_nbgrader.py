@@ -195,6 +195,19 @@ class ExchangeCollect(_Collect):
 # ---------------------------------------------------------------- server extension (course list)
 
 
+def taught_courses() -> list[str]:
+    """The courses this user teaches, from GPUHUB_COURSES (sorted)."""
+    items = (item.split(":", 1) for item in os.environ.get("GPUHUB_COURSES", "").split(",") if ":" in item)
+    return sorted(course for course, role in items if role == "instructor")
+
+
+def formgrader_servers() -> dict[str, str]:
+    """course -> the name of the server whose formgrader grades it: the first course taught in the
+    default server (""), every other one in the server named after it."""
+    taught = taught_courses()
+    return {course: "" if i == 0 else course for i, course in enumerate(taught)}
+
+
 def _jupyter_server_extension_points():
     return [{"module": "gpuhub_nbgrader"}]
 
@@ -214,6 +227,18 @@ def _load_jupyter_server_extension(serverapp):
                 return []
             base = self.get_base_url() + "/" + self.base_url.strip("/")
             return [{"course_id": coursedir.course_id, "url": base + "/formgrader", "kind": "local"}]
+
+        @gen.coroutine
+        def check_for_jupyterhub_formgraders(self, config):
+            """The other courses this user teaches: each is graded in the server named after it."""
+            if "nbgrader.server_extensions.formgrader" not in extensions:
+                return []
+            here = CourseDirectory(config=config).course_id
+            hub_base = os.environ.get("JUPYTERHUB_BASE_URL", "/")
+            user = os.environ.get("JUPYTERHUB_USER", "")
+            return [{"course_id": course, "kind": "jupyterhub",
+                     "url": self.get_base_url() + url_path_join(hub_base, "user", user, server, "formgrader")}
+                    for course, server in formgrader_servers().items() if course != here]
 
     extensions = serverapp.extension_manager.extensions  # the enabled ones, filled before requests come
     webapp = serverapp.web_app

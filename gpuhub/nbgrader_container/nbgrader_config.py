@@ -23,12 +23,15 @@ c.ExchangeFactory.collect = "gpuhub_nbgrader.ExchangeCollect"
 c.ExchangeFactory.release_feedback = "gpuhub_nbgrader.ExchangeReleaseFeedback"
 
 # Instructors: the course directory is /home/jovyan/<course> (a volume shared by the course's
-# instructors). Inside one of them that course is used, elsewhere the first course you teach.
+# instructors). Inside one of them that course is used; elsewhere (formgrader runs in your home)
+# the course this server is named after (GPUHUB_SERVER_COURSE, set by the hub), else the first
+# course you teach. So an instructor of several courses grades each in a server named after it.
 _taught = sorted(k for k, role in _courses.items() if role == "instructor")
 if _taught:
     _cwd = os.path.realpath(os.getcwd())
     _here = [k for k in _taught if _cwd == os.path.join(_home, k) or _cwd.startswith(os.path.join(_home, k) + os.sep)]
-    _course = (_here or _taught)[0]
+    _server = [k for k in _taught if k == os.environ.get("GPUHUB_SERVER_COURSE")]
+    _course = (_here or _server or _taught)[0]
     _root = os.path.join(_home, _course)
     c.CourseDirectory.course_id = _course
     c.CourseDirectory.root = _root

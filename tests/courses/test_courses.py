@@ -157,6 +157,17 @@ def test_container_plan_mounts_only_the_members_courses():
     assert dave.env["GPUHUB_COURSES"] == "cs50:student"
 
 
+def test_a_server_named_after_a_taught_course_grades_that_course():
+    s = site()
+    named = courses.container_plan(s, "prof", 20002, instance="hub1", server_name="ml101")
+    assert named.env["GPUHUB_SERVER_COURSE"] == "ml101"
+    assert "GPUHUB_SERVER_COURSE" not in courses.container_plan(s, "prof", 20002, instance="hub1",
+                                                                server_name="scratch").env
+    # a student's server named after their course is an ordinary server
+    assert "GPUHUB_SERVER_COURSE" not in courses.container_plan(s, "ann", 20003, instance="hub1",
+                                                                server_name="ml101").env
+
+
 def test_init_script_sets_the_permission_model():
     s = site()
     gid = s.courses["ml101"].gid
@@ -205,6 +216,13 @@ def test_container_files_parse_and_configure_nbgrader_per_role(tmp_path):
     assert cfg.CourseDirectory.db_url == f"sqlite:///{tmp_path}/cs50/gradebook.db?timeout=30"
     cfg = _run_config("nbgrader_config.py", {**env, "GPUHUB_COURSES": "ml101:instructor"}, tmp_path / "cs50")
     assert cfg.CourseDirectory.course_id == "ml101"
+    # formgrader runs in the home folder: the server's course, unless the shell is inside another one
+    cfg = _run_config("nbgrader_config.py", {**env, "GPUHUB_SERVER_COURSE": "ml101"}, tmp_path)
+    assert (cfg.CourseDirectory.course_id, cfg.CourseDirectory.root) == ("ml101", str(tmp_path / "ml101"))
+    cfg = _run_config("nbgrader_config.py", {**env, "GPUHUB_SERVER_COURSE": "ml101"}, tmp_path / "cs50")
+    assert cfg.CourseDirectory.course_id == "cs50"
+    cfg = _run_config("nbgrader_config.py", {**env, "GPUHUB_SERVER_COURSE": "x"}, tmp_path)  # not taught
+    assert cfg.CourseDirectory.course_id == "cs50"
     cfg = _run_config("nbgrader_config.py", {**env, "GPUHUB_COURSES": "ml101:student"}, tmp_path)
     assert "course_id" not in cfg.CourseDirectory and cfg.ExchangeFactory.submit == "gpuhub_nbgrader.ExchangeSubmit"
     student = _run_config("jupyter_server_config.py", {"GPUHUB_COURSES": "ml101:student"}, tmp_path)

@@ -54,6 +54,7 @@ def hub(request, tmp_path_factory, docker_client):
     site["courses"] = {
         "ml101": {"display_name": "ML 101", "org": "ai-academy", "instructors": ["prof"], "students": ["ann", "ben"]},
         "cs50": {"org": "ai-academy", "students": ["dave"]},
+        "ml201": {"org": "ai-academy", "instructors": ["prof"]},  # prof teaches two courses
     }
     yield from _hub(request, tmp_path_factory, site=site)
 
@@ -262,7 +263,27 @@ def test_formgrader_loads_through_the_hub_for_the_instructor(hub, servers):
     assert "hw1" in assignments and assignments["hw1"]["num_submissions"] == 2, assignments.get("hw1")
     r = requests.get(f"{hub.url}/user/prof/formgraders", headers=h, timeout=60)
     courses = r.json()
-    assert courses["success"] and [c["course_id"] for c in courses["value"]] == ["ml101"], courses
+    assert courses["success"] and [c["course_id"] for c in courses["value"]] == ["ml101", "ml201"], courses
+    local, other = courses["value"]
+    assert local["kind"] == "local" and other["url"].endswith("/user/prof/ml201/formgrader"), courses
+
+
+def test_an_instructor_of_two_courses_grades_the_second_in_a_server_named_after_it(hub, servers):
+    r = hub.spawn("prof", {"image": "python", "gpus": 0}, server="ml201")
+    assert r.status_code in (201, 202), r.text
+    hub.wait_ready("prof", server="ml201", timeout=120)
+    try:
+        h = {"Authorization": f"token {hub.user_token('prof')}"}
+        r = requests.get(f"{hub.url}/user/prof/ml201/formgraders", headers=h, timeout=60)
+        listed = {c["course_id"]: c for c in r.json()["value"]}
+        assert listed["ml201"]["kind"] == "local", listed
+        assert listed["ml101"]["url"].endswith("/user/prof/formgrader"), listed  # the default server grades ml101
+        r = requests.get(f"{hub.url}/user/prof/ml201/formgrader/api/assignments", headers=h, timeout=60)
+        assert r.status_code == 200 and r.json() == [], r.text  # ml201's gradebook, not ml101's (hw1)
+        r = requests.get(f"{hub.url}/user/prof/formgrader/api/assignments", headers=h, timeout=60)
+        assert "hw1" in {a["name"] for a in r.json()}  # the default server still grades ml101
+    finally:
+        hub.stop_server("prof", server="ml201", timeout=120)
 
 
 def test_instructor_sees_the_course_students_servers_and_gpus(hub, servers):
