@@ -81,7 +81,7 @@ def docker_api(client: Any) -> Any:
 
 
 def _is_not_found(exc: BaseException) -> bool:
-    return getattr(exc, "status_code", None) == 404 or type(exc).__name__ in ("NotFound", "FakeDockerNotFound")
+    return getattr(exc, "status_code", None) == 404 or type(exc).__name__ == "NotFound"
 
 
 class Attributor:

@@ -41,6 +41,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from .attribution import LABEL_GPUS, LABEL_MANAGED, LABEL_MODEL, Attributor, Workload, docker_api
 from .nvml import ERROR_SOURCES, DeviceSample, NvmlSource, ProcessSample, SourceError
+from .periodic import PeriodicSampler
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,6 @@ class AttributedProcess:
     workload: Workload | None
 
 
-
-
 @dataclass(frozen=True)
 class GpuState:
     """Everything one scrape renders. Replaced as a whole after each sampling pass."""
@@ -94,7 +93,7 @@ class GpuState:
     duration_seconds: float | None = None
 
 
-class GpuSampler:
+class GpuSampler(PeriodicSampler):
     """Samples NVML, Docker and ``/proc`` on a background thread and keeps a :class:`GpuState`.
 
     ``source``: an :class:`~exporters.nvml.NvmlSource`, or None when the site has no NVML
@@ -103,6 +102,8 @@ class GpuSampler:
     ``clock`` gives wall time for timestamps, ``monotonic`` measures the intervals that feed the
     GPU-seconds counters; both are injectable for tests.
     """
+
+    thread_name = "gpuhub-gpu-sampler"
 
     def __init__(self, site: Any, source: NvmlSource | None = None, docker_client: Any = None, *,
                  docker_factory: Callable[[], Any] | None = None, attributor: Attributor | None = None,
@@ -143,8 +144,6 @@ class GpuSampler:
                                inventory=tuple(DeviceInfo(d.uuid, d.model) for d in site.gpus.devices),
                                errors_total=MappingProxyType(dict(self._errors)))
         self._logged_sources: set[str] = set()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def _expected_error_sources(self) -> Iterable[str]:
         yield "sampler"
@@ -154,44 +153,21 @@ class GpuSampler:
         if self.docker is not None or self.docker_factory is not None:
             yield "docker"
 
-    # ------------------------------------------------------------ thread
+    # ------------------------------------------------------------ loop (exporters.periodic)
 
     @property
     def state(self) -> GpuState:
         return self._state
 
-    def start(self) -> "GpuSampler":
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="gpuhub-gpu-sampler", daemon=True)
-            self._thread.start()
-        return self
+    def _pass(self) -> GpuState:
+        return self.sample_once()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+    def _has_run(self) -> bool:
+        return self._state.taken_at is not None  # run_gpu_exporter samples once before serving
+
+    def _close(self) -> None:
         if self.source is not None:
             self.source.close()
-
-    def _run(self) -> None:
-        deadline = time.monotonic()
-        if self._state.taken_at is not None:  # already sampled once (run_gpu_exporter does, before serving)
-            deadline += self.interval
-            self._stop.wait(self.interval)
-        while not self._stop.is_set():
-            try:
-                self.sample_once()
-            except Exception:
-                log.exception("GPU sampling pass failed")
-                with self._lock:
-                    self._errors["sampler"] += 1
-            deadline += self.interval
-            delay = deadline - time.monotonic()
-            if delay < 0:  # fell behind (slow NVML or Docker): skip, don't burst
-                deadline, delay = time.monotonic(), 0.0
-            self._stop.wait(delay)
 
     # ------------------------------------------------------------ one pass
 

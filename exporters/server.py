@@ -158,16 +158,8 @@ def run_gpu_exporter(site: Any, listen: str, docker_client: Any = None, nvml: An
         sampler.sample_once()  # first values before the first scrape
     except Exception:
         log.exception("first GPU sampling pass failed")
-    sampler.start()
-    server = serve(registry, listen, token)
-    log.info("gpu exporter on %s (token %s, NVML %s)", server.url, "required" if token else "off",
-             "on" if sampler.source is not None else "off")
-    try:
-        _wait(stop)
-    finally:
-        server.close()
-        sampler.stop()
-    return 0
+    return _serve_until_stopped(registry, sampler, listen, token, stop, "gpu",
+                                f", NVML {'on' if sampler.source is not None else 'off'}")
 
 
 def run_usage_exporter(site: Any, listen: str, engine: Any = None, *, source: Any = None, interval: float = 5.0,
@@ -178,9 +170,15 @@ def run_usage_exporter(site: Any, listen: str, engine: Any = None, *, source: An
     token = metrics_token(site, environ)
     registry, sampler = build_usage_exporter(site, engine, source=source, interval=interval)
     sampler.refresh()  # first values before the first scrape
+    return _serve_until_stopped(registry, sampler, listen, token, stop, "usage")
+
+
+def _serve_until_stopped(registry: CollectorRegistry, sampler: Any, listen: str, token: str | None,
+                         stop: threading.Event | None, kind: str, detail: str = "") -> int:
+    """Start the sampler's loop and the endpoint; on SIGINT/SIGTERM (or ``stop``) close both."""
     sampler.start()
     server = serve(registry, listen, token)
-    log.info("usage exporter on %s (token %s)", server.url, "required" if token else "off")
+    log.info("%s exporter on %s (token %s%s)", kind, server.url, "required" if token else "off", detail)
     try:
         _wait(stop)
     finally:

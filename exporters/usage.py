@@ -45,6 +45,7 @@ from quota.periods import month_bounds_at, utcnow
 from quota.sqlexpr import OVERLAP_WHERE, Dialect, timed, window
 
 from .gpu import self_metrics
+from .periodic import PeriodicSampler
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +193,10 @@ class _OpenSums:
             self.latest_start = max(self.latest_start, r.started_at)
 
 
-class UsageSampler:
+class UsageSampler(PeriodicSampler):
     """Refreshes a :class:`LedgerReading` in the background; renders counters at scrape time."""
+
+    thread_name = "gpuhub-usage-refresh"
 
     def __init__(self, site: Any, source: LedgerSource, *, interval: float = 5.0,
                  clock: Callable[[], datetime] = utcnow, monotonic: Callable[[], float] = time.monotonic):
@@ -210,8 +213,6 @@ class UsageSampler:
         self._last_success: float | None = None
         self._duration: float | None = None
         self._high_water: dict[tuple[str, str, str], float] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def refresh(self) -> LedgerReading | None:
         started = self.monotonic()
@@ -234,32 +235,13 @@ class UsageSampler:
             self._duration = self.monotonic() - started
         return reading
 
-    # ------------------------------------------------------------ thread
+    # ------------------------------------------------------------ loop (exporters.periodic)
 
-    def start(self) -> "UsageSampler":
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="gpuhub-usage-refresh", daemon=True)
-            self._thread.start()
-        return self
+    def _pass(self) -> LedgerReading | None:
+        return self.refresh()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _run(self) -> None:
-        if self._reading is not None:  # already read once (run_usage_exporter does, before serving)
-            self._stop.wait(self.interval)
-        while not self._stop.is_set():
-            try:
-                self.refresh()
-            except Exception:
-                log.exception("usage refresh failed")
-                with self._lock:
-                    self._errors["sampler"] += 1
-            self._stop.wait(self.interval)
+    def _has_run(self) -> bool:
+        return self._reading is not None  # run_usage_exporter reads once before serving
 
     # ------------------------------------------------------------ values at scrape time
 
