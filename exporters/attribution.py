@@ -23,16 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from gpuhub import labels as lb
+
 from .nvml import SourceError
 
 log = logging.getLogger(__name__)
-
-LABEL_USER = "gpuhub.user"
-LABEL_ORG = "gpuhub.org"
-LABEL_SERVER = "gpuhub.server"
-LABEL_GPUS = "gpuhub.gpus"
-LABEL_MODEL = "gpuhub.gpu-model"
-LABEL_MANAGED = "gpuhub.managed"
 
 # A path component that is a 64-hex id, bare (``/docker/<id>``, or ``/../<id>`` as seen from inside
 # another container's cgroup namespace) or as a systemd scope (``docker-<id>.scope``).
@@ -68,10 +63,10 @@ class Workload:
         return cls(
             container_id=container_id,
             container_name=name.lstrip("/"),
-            user=labels.get(LABEL_USER, ""),
-            org=labels.get(LABEL_ORG, ""),
-            server=labels.get(LABEL_SERVER, ""),
-            managed=labels.get(LABEL_MANAGED) == "1",
+            user=labels.get(lb.USER, ""),
+            org=labels.get(lb.ORG, ""),
+            server=labels.get(lb.SERVER, ""),
+            managed=labels.get(lb.MANAGED) == "1",
         )
 
 

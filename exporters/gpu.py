@@ -39,7 +39,9 @@ from typing import Any, Callable, Iterable, Mapping
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from .attribution import LABEL_GPUS, LABEL_MANAGED, LABEL_MODEL, Attributor, Workload, docker_api
+from gpuhub import labels as lb
+
+from .attribution import Attributor, Workload, docker_api
 from .nvml import ERROR_SOURCES, DeviceSample, NvmlSource, ProcessSample, SourceError
 from .periodic import PeriodicSampler
 
@@ -267,7 +269,7 @@ class GpuSampler(PeriodicSampler):
                 self._docker_ok = False
                 return
         try:
-            listed = docker_api(self.docker).containers(filters={"label": [f"{LABEL_MANAGED}=1"]})
+            listed = docker_api(self.docker).containers(filters={"label": [f"{lb.MANAGED}=1"]})
         except Exception as e:
             # Keep the previous holders: containers keep running while the daemon is away.
             errors.append(SourceError("docker", f"list containers: {e}"))
@@ -281,8 +283,8 @@ class GpuSampler(PeriodicSampler):
             name = (c.get("Names") or [""])[0]
             self.attributor.remember(cid, labels, name)
             w = Workload.from_labels(cid, labels, name)
-            for uuid in filter(None, (u.strip() for u in labels.get(LABEL_GPUS, "").split(","))):
-                model = self._site_models.get(uuid) or labels.get(LABEL_MODEL, "")
+            for uuid in lb.split_devices(labels.get(lb.GPUS)):
+                model = self._site_models.get(uuid) or labels.get(lb.GPU_MODEL, "")
                 allocations.append(Allocation(uuid, model, w.org, w.user, w.server, cid))
         self._allocations = tuple(allocations)
 

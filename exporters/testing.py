@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
+from gpuhub import labels as lb
+
 from .nvml import (
     NVML_DEVICE_MIG_ENABLE,
     NVML_ERROR_NOT_FOUND,
@@ -271,8 +273,8 @@ class FakeDocker:
 
 
 def gpuhub_labels(user: str, org: str, gpus: list[str] = (), server: str = "", model: str = "H100") -> dict[str, str]:
-    return {"gpuhub.user": user, "gpuhub.org": org, "gpuhub.server": server, "gpuhub.image": "python",
-            "gpuhub.gpus": ",".join(gpus), "gpuhub.gpu-model": model, "gpuhub.managed": "1", "gpuhub.hub": "test"}
+    return {lb.USER: user, lb.ORG: org, lb.SERVER: server, lb.IMAGE: "python", lb.GPUS: ",".join(gpus),
+            lb.GPU_MODEL: model, lb.MANAGED: "1", lb.HUB: "test"}
 
 
 def make_proc_tree(root: Path, pids: dict[int, str]) -> Path:

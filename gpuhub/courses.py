@@ -66,6 +66,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import labels as lb
 from .site import Course, Site
 
 EXCHANGE_ROOT = "/srv/nbgrader/exchange"
@@ -263,20 +264,20 @@ def container_plan(site: Site, username: str, uid: int, groups: frozenset[str] =
     if not courses:
         return None
     binds: dict[str, dict] = {config_volume(instance): {"bind": CONFIG_DIR, "mode": "ro"}}
-    labels: dict[str, dict] = {config_volume(instance): {"gpuhub.hub": instance, "gpuhub.kind": "nbgrader-config"}}
+    labels: dict[str, dict] = {config_volume(instance): {lb.HUB: instance, lb.KIND: "nbgrader-config"}}
     init_binds: dict[str, dict] = {config_volume(instance): {"bind": "/gpuhub/config", "mode": "rw"}}
     script = [_files_script("/gpuhub/config")]
     for key, role in sorted(courses.items()):
         course = site.courses[key]
         vol = exchange_volume(instance, key)
         binds[vol] = {"bind": exchange_path(key), "mode": "rw"}
-        labels[vol] = {"gpuhub.hub": instance, "gpuhub.kind": "exchange", "gpuhub.course": key}
+        labels[vol] = {lb.HUB: instance, lb.KIND: "exchange", lb.COURSE: key}
         init_binds[vol] = {"bind": f"/gpuhub/exchange/{key}", "mode": "rw"}
         script.append(_exchange_script(f"/gpuhub/exchange/{key}", course.gid, uid, username))
         if role == "instructor":
             vol = course_volume(instance, key)
             binds[vol] = {"bind": course_path(key), "mode": "rw"}
-            labels[vol] = {"gpuhub.hub": instance, "gpuhub.kind": "course", "gpuhub.course": key}
+            labels[vol] = {lb.HUB: instance, lb.KIND: "course", lb.COURSE: key}
             init_binds[vol] = {"bind": f"/gpuhub/course/{key}", "mode": "rw"}
             script.append(_course_dir_script(f"/gpuhub/course/{key}", course.gid))
     files = container_files()

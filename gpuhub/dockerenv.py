@@ -13,6 +13,8 @@ from datetime import datetime, timezone
 
 import docker
 
+from .labels import MANAGED
+
 USER_NETWORK_OPTIONS = {
     # Containers on the user network cannot talk to each other: user A never reaches B's server.
     "com.docker.network.bridge.enable_icc": "false",
@@ -61,7 +63,7 @@ def ensure_user_network(client: docker.DockerClient, name: str) -> NetworkFacts:
             name,
             driver="bridge",
             options=USER_NETWORK_OPTIONS,
-            labels={"gpuhub.managed": "1"},
+            labels={MANAGED: "1"},
         )
         net.reload()
     return _facts(name, net.attrs)

@@ -20,11 +20,11 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Bool, Float, Integer, Unicode, default
 
+from . import labels as lb
 from . import runtime
 from .dockerenv import docker_time
 from .options import OptionsError, options_from_form, validate_options
 
-LABEL_PREFIX = "gpuhub."
 
 
 def _utcnow() -> datetime:
@@ -229,14 +229,14 @@ class GpuhubSpawner(DockerSpawner):
     def _configure_container(self, request, grant) -> None:
         site = self.site
         labels = {
-            LABEL_PREFIX + "managed": "1",
-            LABEL_PREFIX + "hub": self.hub_instance,
-            LABEL_PREFIX + "user": self.user.name,
-            LABEL_PREFIX + "server": self.name,
-            LABEL_PREFIX + "org": request.org or "",
-            LABEL_PREFIX + "image": request.image,
-            LABEL_PREFIX + "gpus": ",".join(grant.devices),
-            LABEL_PREFIX + "gpu-model": grant.model or "",
+            lb.MANAGED: "1",
+            lb.HUB: self.hub_instance,
+            lb.USER: self.user.name,
+            lb.SERVER: self.name,
+            lb.ORG: request.org or "",
+            lb.IMAGE: request.image,
+            lb.GPUS: ",".join(grant.devices),
+            lb.GPU_MODEL: grant.model or "",
         }
         self.extra_create_kwargs = {"labels": labels}
         box = site.containers
@@ -281,14 +281,14 @@ class GpuhubSpawner(DockerSpawner):
             return
         try:
             info = await self.docker("inspect_volume", volume)
-            if (info.get("Labels") or {}).get("gpuhub.uid") == str(uid):
+            if (info.get("Labels") or {}).get(lb.UID) == str(uid):
                 return
         except docker.errors.NotFound:
             pass
         self._emit(30, "Preparing your home folder")
         try:
-            await self.docker("create_volume", volume, labels={"gpuhub.uid": str(uid), "gpuhub.user": self.user.name,
-                                                               "gpuhub.hub": self.hub_instance})
+            await self.docker("create_volume", volume, labels={lb.UID: str(uid), lb.USER: self.user.name,
+                                                               lb.HUB: self.hub_instance})
         except docker.errors.APIError:
             pass  # exists (unlabelled, from an older setup): chown it below all the same
         host = self.client.create_host_config(
@@ -300,7 +300,7 @@ class GpuhubSpawner(DockerSpawner):
             # The marker file keeps the volume non-empty: Docker copies the image's folder (and its
             # owner) into an EMPTY volume at every mount, which would undo the chown.
             command=["sh", "-c", f'touch "$0/.gpuhub-home" && chown -R {uid}:{uid} "$0"', self.notebook_dir],
-            labels={"gpuhub.hub": self.hub_instance, "gpuhub.init": "1"},
+            labels={lb.HUB: self.hub_instance, lb.INIT: "1"},
         )
         try:
             await self.docker("start", box["Id"])
@@ -352,7 +352,7 @@ class GpuhubSpawner(DockerSpawner):
         )
         box = await self.docker(
             "create_container", image=self.image, user="0", host_config=host, command=plan.init_command,
-            environment=plan.init_env, labels={"gpuhub.hub": self.hub_instance, "gpuhub.init": "1"},
+            environment=plan.init_env, labels={lb.HUB: self.hub_instance, lb.INIT: "1"},
         )
         try:
             await self.docker("start", box["Id"])

@@ -23,9 +23,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from gpuhub import labels as lb
 from quota.periods import utc
-
-MANAGED = "gpuhub.managed"
 
 
 @dataclass(frozen=True)
@@ -38,11 +37,11 @@ class ContainerView:
 
     @property
     def server_key(self) -> str:
-        return f"{self.labels.get('gpuhub.user', '')}/{self.labels.get('gpuhub.server', '')}"
+        return f"{self.labels.get(lb.USER, '')}/{self.labels.get(lb.SERVER, '')}"
 
     @property
     def devices(self) -> tuple[str, ...]:
-        return _split(self.labels.get("gpuhub.gpus", ""))
+        return lb.split_devices(self.labels.get(lb.GPUS))
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ class IntervalView:
     def from_row(cls, row: Mapping) -> IntervalView:
         """From a :meth:`quota.store.QuotaStore.open_intervals` dict."""
         return cls(row["id"], row["server_key"], row["started_at"], row.get("heartbeat_at"),
-                   _split(row.get("device_uuids", "")), row.get("ended_at"))
+                   lb.split_devices(row.get("device_uuids")), row.get("ended_at"))
 
 
 @dataclass(frozen=True)
@@ -100,12 +99,8 @@ class Plan:
         return not (self.close or self.stop or self.adopt)
 
 
-def _split(csv: str) -> tuple[str, ...]:
-    return tuple(sorted(p for p in (csv or "").split(",") if p))
-
-
 def _ours(c: ContainerView, hub_id: str | None) -> bool:
-    return c.labels.get(MANAGED) == "1" and (hub_id is None or c.labels.get("gpuhub.hub") == hub_id)
+    return c.labels.get(lb.MANAGED) == "1" and (hub_id is None or c.labels.get(lb.HUB) == hub_id)
 
 
 def _clamp(at: datetime, lo: datetime, hi: datetime) -> datetime:
@@ -168,8 +163,7 @@ def plan(containers: Iterable[ContainerView], open_intervals: Iterable[IntervalV
             else:
                 adopted = True
                 held |= set(c.devices)
-                lb = c.labels
-                adopts.append(Adopt(c.name, lb.get("gpuhub.user", ""), lb.get("gpuhub.server", ""),
-                                    lb.get("gpuhub.org") or None, lb.get("gpuhub.image", ""), c.devices,
-                                    lb.get("gpuhub.gpu-model") or None, start))
+                got = c.labels
+                adopts.append(Adopt(c.name, got.get(lb.USER, ""), got.get(lb.SERVER, ""), got.get(lb.ORG) or None,
+                                    got.get(lb.IMAGE, ""), c.devices, got.get(lb.GPU_MODEL) or None, start))
     return Plan(tuple(closes), tuple(stops), tuple(adopts), tuple(notes))

@@ -25,6 +25,7 @@ from urllib.parse import quote, urlparse
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
+from gpuhub import labels as lb
 from quota import budget, reconcile
 
 log = logging.getLogger("gpuhub.quota")
@@ -55,7 +56,7 @@ def docker_view(client, instance: str) -> list[reconcile.ContainerView]:
     from gpuhub.dockerenv import docker_time
 
     out = []
-    for c in client.containers.list(all=True, filters={"label": [f"gpuhub.hub={instance}", "gpuhub.managed=1"]}):
+    for c in client.containers.list(all=True, filters={"label": [f"{lb.HUB}={instance}", f"{lb.MANAGED}=1"]}):
         state = c.attrs.get("State", {})
         out.append(reconcile.ContainerView(
             name=c.name, labels=c.labels, running=bool(state.get("Running")),
