@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from urllib.parse import quote, urlparse
 
 from tornado import web
@@ -27,12 +27,9 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from gpuhub import labels as lb
 from quota import budget, reconcile
+from quota.periods import utcnow
 
 log = logging.getLogger("gpuhub.quota")
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class HubClient:
@@ -77,13 +74,14 @@ class QuotaService:
         now = self.clock()
         await asyncio.to_thread(self.store.heartbeat, now)
         open_rows = await asyncio.to_thread(self.store.open_intervals)
+        usage = await asyncio.to_thread(self.store.usage_by_org, now)  # one query for every org
         stopped = []
         for key, org in self.site.organizations.items():
             running = [
                 budget.RunningServer(r["server_key"], r["user"], int(r["gpus"] or 0), float(r["weight"] or 0.0))
                 for r in open_rows if r.get("org") == key
             ]
-            used = await asyncio.to_thread(self.store.org_usage, key, now)
+            used = usage.get(key, 0.0)
             announced = await asyncio.to_thread(self.store.announced_warnings, key, now)
             verdict = budget.evaluate(
                 key, org.gpu_hours_per_month, used, running, now, announced=announced,
@@ -116,13 +114,14 @@ class QuotaService:
         )
         for c in plan.close:
             log.info("closing %s at %s (%s)", c.server_key, c.at.isoformat(), c.reason)
-            await asyncio.to_thread(self.store.close_interval_at, c.server_key, c.at, c.reason)
+        for a in plan.adopt:
+            log.warning("adopting container %s as %s/%s", a.container, a.user, a.server_name)
+        applied = await asyncio.to_thread(self.store.apply_plan, plan)  # the ledger side: closes, adoptions
+        for container, why in applied["refused"]:
+            log.warning("not adopting %s: %s", container, why)
         for s in plan.stop:
             log.warning("stopping container %s (%s)", s.container, s.reason)
             await asyncio.to_thread(self._remove_container, s.container)
-        for a in plan.adopt:
-            log.warning("adopting container %s as %s/%s", a.container, a.user, a.server_name)
-            await asyncio.to_thread(self.store.adopt, a)
         for note in plan.notes:
             log.warning("reconcile: %s", note)
         return plan

@@ -282,13 +282,10 @@ class QuotaStore:
             return dict(row) if row else None
         return self._write(run)
 
-    def close_interval_at(self, server_key: str, at: datetime, reason: str) -> dict | None:
-        """For the reconciler: the container ended at ``at`` (e.g. Docker's finish time) while we were away."""
-        return self.release(server_key, at, reason)
-
     def apply_plan(self, plan: Plan) -> dict:
         """Apply a reconcile plan's ledger side (closes, adoptions); stopping containers is the caller's job."""
-        closed = [self.close_interval_at(c.server_key, c.at, c.reason) for c in plan.close]
+        # a container that ended at c.at (Docker's finish time) while nobody was watching
+        closed = [self.release(c.server_key, c.at, c.reason) for c in plan.close]
         adopted, refused = [], []
         for a in plan.adopt:
             try:

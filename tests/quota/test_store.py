@@ -99,7 +99,7 @@ def test_heartbeat_close_at_and_time_roundtrip(store, clock):
     assert rows["alice/"]["heartbeat_at"] == later and rows["alice/"]["started_at"].microsecond == 123456
     assert rows["alice/"]["started_at"].tzinfo is not None
     # the reconciler closes at Docker's finish time; a time before the start is clamped to the start
-    closed = store.close_interval_at("alice/", clock.now - timedelta(days=1), "container-exited")
+    closed = store.release("alice/", clock.now - timedelta(days=1), "container-exited")
     assert closed["ended_at"] == closed["started_at"] and closed["end_reason"] == "container-exited"
     assert [r["server_key"] for r in store.open_intervals()] == ["bob/nb"]
 
