@@ -12,7 +12,7 @@ from pathlib import Path
 import jinja2
 
 from . import runtime
-from .pages import org_budget
+from .pages import group_names, org_budget
 from .site import Site
 
 _env = jinja2.Environment(
@@ -79,11 +79,10 @@ def form_context(site: Site, status: dict, user: str, groups: frozenset[str] = f
 
 async def render_options_form(spawner) -> str:
     """DockerSpawner's ``options_form`` hook (JupyterHub awaits it): the form for this spawner's user."""
-    groups = frozenset(g.name for g in getattr(spawner.user, "groups", []) or [])
     try:  # off the event loop; a status at most a couple of seconds old is enough for a form
         status = await asyncio.to_thread(runtime.quota_status, spawner.site_config)
     except Exception as e:  # the form still renders; the spawn itself fails closed
         spawner.log.warning("quota status unavailable for the spawn form: %s", e)
         status = {}
-    ctx = form_context(spawner.site, status, spawner.user.name, groups)
+    ctx = form_context(spawner.site, status, spawner.user.name, group_names(spawner.user))
     return _env.get_template("gpuhub_form.html").render(**ctx)

@@ -138,7 +138,7 @@ def apply_spawner(c, site: Site, facts: HubFacts) -> None:
     c.GpuhubSpawner.allowed_images = {key: spec.image for key, spec in site.images.items()}
     c.GpuhubSpawner.pull_policy = "never"  # images come from the catalog, built locally
     c.GpuhubSpawner.remove = True
-    c.GpuhubSpawner.prefix = site.hub.instance  # containers: <instance>-<user>[--<server>]
+    c.GpuhubSpawner.prefix = site.hub.instance  # containers: <instance>-<user>[__<server>] (gpuhub.naming)
     c.GpuhubSpawner.hub_instance = site.hub.instance
     c.GpuhubSpawner.notebook_dir = "/home/jovyan"
     c.GpuhubSpawner.volumes = {"{prefix}-home-{username}": "/home/jovyan"}

@@ -150,8 +150,13 @@ def server_slug(server_name: str) -> str:
     return _slug(unicodedata.normalize("NFC", server_name), SERVER_NAME_MAX_LENGTH)
 
 
+def is_name_prefix(prefix: str) -> bool:
+    """A valid ``prefix`` for :func:`container_name` / :func:`volume_name` (the hub instance)."""
+    return isinstance(prefix, str) and bool(_PREFIX_RE.match(prefix))
+
+
 def _check_prefix(prefix: str) -> str:
-    if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix):
+    if not is_name_prefix(prefix):
         raise ValueError(f"name prefix {prefix!r}: use lowercase letters, digits and single '-'")
     return prefix
 

@@ -5,6 +5,11 @@ from __future__ import annotations
 from . import runtime
 
 
+def group_names(user) -> frozenset[str]:
+    """The names of a hub user's groups (IdP-derived and course groups included)."""
+    return frozenset(g.name for g in getattr(user, "groups", None) or ())
+
+
 def org_budget(site, key: str, org_status: dict) -> dict:
     """One organization's GPU use and budget as people see it (home banner and spawn form).
 
@@ -39,8 +44,7 @@ class BudgetBanner:
             return {}
         try:
             site = runtime.site(self.site_path)
-            groups = frozenset(g.name for g in getattr(user, "groups", []) or [])
-            orgs = site.orgs_of(user.name, groups)
+            orgs = site.orgs_of(user.name, group_names(user))
             if not orgs:
                 return {"orgs": []}
             status = runtime.quota_status(self.site_path).get("orgs", {})

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from . import naming
 from .siteconfig_reader import KEY_RE, SiteConfigError, _key_ok, _nonneg, _positive, _Reader
 
 DEFAULT_SITE_CONFIG = "examples/site.yaml"
@@ -234,8 +235,8 @@ def _hub(data, base: Path) -> HubSettings:
         auth=_auth(r.get("auth", dict, {})),
         admin_users=r.str_list("admin_users"),
         network=r.get("network", str, "gpuhub-users"),
-        instance=r.get("instance", str, "gpuhub", check=lambda v: KEY_RE.match(v),
-                       allowed="lowercase letters, digits and '-' (prefix of container and volume names)"),
+        instance=r.get("instance", str, "gpuhub", check=lambda v: KEY_RE.match(v) and naming.is_name_prefix(v),
+                       allowed="lowercase letters, digits and single '-' (prefix of container and volume names)"),
         api_port=r.get("api_port", int, 8081, check=lambda v: 0 < v < 65536, allowed="a TCP port"),
         proxy_api_port=r.get("proxy_api_port", int, 8001, check=lambda v: 0 < v < 65536, allowed="a TCP port"),
         quota_service_port=r.get("quota_service_port", int, 10101, check=lambda v: 0 < v < 65536,

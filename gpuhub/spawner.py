@@ -23,7 +23,9 @@ from traitlets import Bool, Float, Integer, Unicode, default
 from . import labels as lb
 from . import runtime
 from .dockerenv import docker_time
+from .naming import container_name
 from .options import OptionsError, options_from_form, validate_options
+from .pages import group_names
 
 
 
@@ -95,6 +97,13 @@ class GpuhubSpawner(DockerSpawner):
             cls._start_gate = asyncio.Semaphore(self.start_concurrency or 2 * (os.cpu_count() or 1))
         return cls._start_gate
 
+    @default("object_name")
+    def _object_name_default(self):
+        """The container's name from :func:`gpuhub.naming.container_name`: unambiguous for escaped
+        usernames and named servers, where DockerSpawner's ``{prefix}-{username}--{servername}``
+        is not (escaped usernames contain ``--``). DockerSpawner re-renders it through this method."""
+        return container_name(self.user.name, self.name, prefix=self.prefix)
+
     @default("client_kwargs")
     def _default_client_kwargs(self):
         return {"max_pool_size": self.docker_api_threads}
@@ -112,7 +121,7 @@ class GpuhubSpawner(DockerSpawner):
         return f"{self.user.name}/{self.name}"
 
     def _groups(self) -> frozenset[str]:
-        return frozenset(g.name for g in getattr(self.user, "groups", []) or [])
+        return group_names(self.user)
 
     def _emit(self, progress: int, message: str) -> None:
         self.log.info("%s: %s", self._log_name, message)
@@ -193,7 +202,7 @@ class GpuhubSpawner(DockerSpawner):
         self.gpu_uuids = list(grant.devices)
         if grant.devices:
             self._emit(25, f"Allocated {grant.model} {', '.join(grant.devices)} to {request.org}")
-        for warning in getattr(grant, "warnings", ()) or ():
+        for warning in grant.warnings:
             self._emit(27, warning)
         try:
             self._configure_container(request, grant)
@@ -291,22 +300,28 @@ class GpuhubSpawner(DockerSpawner):
                                                                lb.HUB: self.hub_instance})
         except docker.errors.APIError:
             pass  # exists (unlabelled, from an older setup): chown it below all the same
-        host = self.client.create_host_config(
-            binds={volume: {"bind": self.notebook_dir, "mode": "rw"}}, network_mode="none",
-            cap_drop=["ALL"], cap_add=["CHOWN", "FOWNER", "DAC_OVERRIDE"], security_opt=["no-new-privileges"],
-        )
-        box = await self.docker(
-            "create_container", image=self.image, user="0", host_config=host,
-            # The marker file keeps the volume non-empty: Docker copies the image's folder (and its
-            # owner) into an EMPTY volume at every mount, which would undo the chown.
-            command=["sh", "-c", f'touch "$0/.gpuhub-home" && chown -R {uid}:{uid} "$0"', self.notebook_dir],
-            labels={lb.HUB: self.hub_instance, lb.INIT: "1"},
-        )
+        # The marker file keeps the volume non-empty: Docker copies the image's folder (and its
+        # owner) into an EMPTY volume at every mount, which would undo the chown.
+        await self._run_as_root(
+            ["sh", "-c", f'touch "$0/.gpuhub-home" && chown -R {uid}:{uid} "$0"', self.notebook_dir],
+            binds={volume: {"bind": self.notebook_dir, "mode": "rw"}}, cap_add=["CHOWN", "FOWNER", "DAC_OVERRIDE"],
+            what=f"the home volume {volume} for UID {uid}")
+
+    async def _run_as_root(self, command: list[str], *, binds: dict, cap_add: list[str], what: str,
+                           environment: dict | None = None) -> None:
+        """A one-shot root container of the server's image that prepares volumes: no network, only
+        the capabilities named, removed afterwards. Its failure fails the spawn with its log."""
+        host = self.client.create_host_config(binds=binds, network_mode="none", cap_drop=["ALL"], cap_add=cap_add,
+                                              security_opt=["no-new-privileges"])
+        box = await self.docker("create_container", image=self.image, user="0", host_config=host, command=command,
+                                environment=environment, labels={lb.HUB: self.hub_instance, lb.INIT: "1"})
         try:
             await self.docker("start", box["Id"])
             result = await self.docker("wait", box["Id"], timeout=120)
             if result.get("StatusCode") != 0:
-                raise web.HTTPError(500, f"could not prepare the home volume {volume} for UID {uid}")
+                logs = (await self.docker("logs", box["Id"], tail=20)).decode(errors="replace")
+                self.log.error("%s: preparing %s failed: %s", self._log_name, what, logs)
+                raise web.HTTPError(500, f"could not prepare {what}")
         finally:
             await self.docker("remove_container", box["Id"], force=True)
 
@@ -346,23 +361,9 @@ class GpuhubSpawner(DockerSpawner):
                 await self.docker("create_volume", volume, labels=labels)
             except docker.errors.APIError:
                 pass  # exists
-        host = self.client.create_host_config(
-            binds=plan.init_binds, network_mode="none", cap_drop=["ALL"], cap_add=INIT_CAPS,
-            security_opt=["no-new-privileges"],
-        )
-        box = await self.docker(
-            "create_container", image=self.image, user="0", host_config=host, command=plan.init_command,
-            environment=plan.init_env, labels={lb.HUB: self.hub_instance, lb.INIT: "1"},
-        )
-        try:
-            await self.docker("start", box["Id"])
-            result = await self.docker("wait", box["Id"], timeout=120)
-            if result.get("StatusCode") != 0:
-                logs = (await self.docker("logs", box["Id"], tail=20)).decode(errors="replace")
-                self.log.error("%s: course volume preparation failed: %s", self._log_name, logs)
-                raise web.HTTPError(500, f"could not prepare the course volumes for {', '.join(sorted(plan.courses))}")
-        finally:
-            await self.docker("remove_container", box["Id"], force=True)
+        await self._run_as_root(plan.init_command, binds=plan.init_binds, cap_add=INIT_CAPS,
+                                environment=plan.init_env,
+                                what=f"the course volumes for {', '.join(sorted(plan.courses))}")
 
     async def _wait_until_ready(self, ip: str, port: int) -> None:
         """Probe with a bare TCP connect (cheap while refused), then one HTTP GET once the port is open.

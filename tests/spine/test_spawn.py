@@ -85,3 +85,19 @@ def test_two_users_stay_apart(hub):
     assert r.status_code == 200
     for user in ("alice", "carol"):
         hub.stop_server(user)
+
+
+def test_a_named_server_gets_its_own_container_name_and_shares_the_home(hub):
+    """Names come from gpuhub.naming: "<instance>-<user>" and "<instance>-<user>__<server>"."""
+    from gpuhub import naming
+
+    for server in ("", "exp1"):
+        assert hub.spawn("alice", {"image": "python"}, server=server).status_code in (201, 202)
+        hub.wait_ready("alice", server=server)
+    names = sorted(c.name for c in hub.containers(user="alice"))
+    assert names == [f"{hub.instance}-alice", f"{hub.instance}-alice__exp1"], names
+    assert naming.container_name("alice", "exp1", prefix=hub.instance) in names
+    hub.run_code("alice", "open('/home/jovyan/both.txt', 'w').write('one home')", server="exp1")
+    assert "one home" in hub.run_code("alice", "print(open('/home/jovyan/both.txt').read())")
+    for server in ("", "exp1"):
+        hub.stop_server("alice", server=server)
