@@ -91,13 +91,7 @@ def _check_usernames(site: Site) -> None:
     where = [(f"hub.admin_users[{i}]", n) for i, n in enumerate(site.hub.admin_users)]
     for key, org in site.organizations.items():
         where += [(f"organizations.{key}.members[{i}]", n) for i, n in enumerate(org.members)]
-    for path, name in where:
-        if not naming.is_normalized_username(name):
-            raise AuthConfigError(
-                f"{path}: {name!r} is not a gpuhub username; use the name the hub shows "
-                f"(lowercase letters, digits and single '.', '_' or '-', at most "
-                f"{naming.USERNAME_MAX_LENGTH} characters; e.g. {naming.normalize_username(name or '?')!r})"
-            )
+    naming.check_listed_usernames(where, AuthConfigError)
 
 
 def _apply_shared_password(c, site: Site, demo_password: str | None, admin_password: str | None) -> None:

@@ -55,8 +55,9 @@ Gradebook
 Formgrader
     Runs in each instructor's own server at ``/user/<name>/formgrader`` (opened in its own tab:
     JupyterHub >= 4.1 forbids the iframe, nbgrader#1870), so no per-course service or service
-    user is needed (nbgrader#1872). Students' servers have the formgrader and course-list
-    server extensions turned off.
+    user is needed (nbgrader#1872). An instructor of several courses grades the first in the
+    default server and each other one in a server named after it (``GPUHUB_SERVER_COURSE``).
+    Students' servers have the formgrader and course-list server extensions turned off.
 """
 
 from __future__ import annotations
@@ -154,26 +155,25 @@ def load_groups(site: Site) -> dict[str, dict]:
     return out
 
 
-def groups_by_user(site: Site) -> dict[str, list[str]]:
-    """{username: derived groups} for the members listed by name."""
+def _derived_by(site: Site, suffix: str) -> dict[str, list[str]]:
+    """{name: derived groups} over ``instructors<suffix>`` and ``students<suffix>`` of every course."""
     out: dict[str, set[str]] = {}
     for key, course in site.courses.items():
-        for name in course.instructors:
+        for name in getattr(course, "instructors" + suffix):
             out.setdefault(name, set()).add(instructor_group(key))
-        for name in course.students:
+        for name in getattr(course, "students" + suffix):
             out.setdefault(name, set()).add(student_group(key))
     return {name: sorted(groups) for name, groups in sorted(out.items())}
 
 
+def groups_by_user(site: Site) -> dict[str, list[str]]:
+    """{username: derived groups} for the members listed by name."""
+    return _derived_by(site, "")
+
+
 def groups_by_idp_group(site: Site) -> dict[str, list[str]]:
     """{IdP group: derived groups} (a member of both lists of one course is an instructor)."""
-    out: dict[str, set[str]] = {}
-    for key, course in site.courses.items():
-        for g in course.instructors_idp_groups:
-            out.setdefault(g, set()).add(instructor_group(key))
-        for g in course.students_idp_groups:
-            out.setdefault(g, set()).add(student_group(key))
-    return {g: sorted(groups) for g, groups in sorted(out.items())}
+    return _derived_by(site, "_idp_groups")
 
 
 def derived_groups(by_user: dict, by_idp_group: dict, username: str, idp_groups) -> set[str]:
@@ -214,14 +214,10 @@ def check_usernames(site: Site) -> None:
     """Refuse member names the hub could never have (same rule as organizations' members)."""
     from . import naming
 
-    for key, course in site.courses.items():
-        for kind in ("instructors", "students"):
-            for i, name in enumerate(getattr(course, kind)):
-                if not naming.is_normalized_username(name):
-                    raise CourseConfigError(
-                        f"courses.{key}.{kind}[{i}]: {name!r} is not a gpuhub username; use the name the hub "
-                        f"shows (e.g. {naming.normalize_username(name or '?')!r})"
-                    )
+    naming.check_listed_usernames(
+        ((f"courses.{key}.{kind}[{i}]", name) for key, course in site.courses.items()
+         for kind in ("instructors", "students") for i, name in enumerate(getattr(course, kind))),
+        CourseConfigError)
 
 
 # ---------------------------------------------------------------- one container
@@ -310,12 +306,16 @@ def _student_labconfig_script(target: str) -> str:
             f"chmod 0644 {target}/student/labconfig/page_config.json")
 
 
+def _write_sh(folder: str, printf_args: str, name: str) -> str:
+    """Shell that writes a 0644 file by write-then-rename: a reader sees either version whole."""
+    return (f't=$(mktemp {folder}/.tmp.XXXXXX) && printf {printf_args} > "$t" && chmod 0644 "$t" '
+            f'&& mv -f "$t" {folder}/{name}')
+
+
 def _files_script(target: str) -> str:
     lines = [f"chown 0:0 {target} && chmod 0755 {target}"]
-    for i, name in enumerate(CONTAINER_FILES):
-        # write-then-rename: containers that are starting right now read either version whole
-        lines.append(f't=$(mktemp {target}/.tmp.XXXXXX) && printf "%s" "$GPUHUB_FILE_{i}" > "$t" '
-                     f'&& chmod 0644 "$t" && mv -f "$t" {target}/{name}')
+    for i, name in enumerate(CONTAINER_FILES):  # containers starting right now read either version
+        lines.append(_write_sh(target, f'"%s" "$GPUHUB_FILE_{i}"', name))
     return "\n".join(lines)
 
 
@@ -328,7 +328,7 @@ def _exchange_script(root: str, gid: int, uid: int, username: str) -> str:
     reg = f"{root}/{UID_REGISTRY}"
     lines += [
         f"mkdir -p {reg} && chown 0:0 {root}/.gpuhub {reg} && chmod 0755 {root}/.gpuhub {reg}",
-        f't=$(mktemp {reg}/.tmp.XXXXXX) && printf "%s\\n" {q(username)} > "$t" && chmod 0644 "$t" && mv -f "$t" {reg}/{uid}',
+        _write_sh(reg, f'"%s\\n" {q(username)}', str(uid)),
     ]
     return "\n".join(lines)
 

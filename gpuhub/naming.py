@@ -129,6 +129,17 @@ def is_normalized_username(name: str) -> bool:
     )
 
 
+def check_listed_usernames(where, error: type[Exception]) -> None:
+    """Raise ``error`` for the first ``(key path, name)`` whose name the hub could never have."""
+    for path, name in where:
+        if not is_normalized_username(name):
+            raise error(
+                f"{path}: {name!r} is not a gpuhub username; use the name the hub shows "
+                f"(lowercase letters, digits and single '.', '_' or '-', at most {USERNAME_MAX_LENGTH} "
+                f"characters; e.g. {normalize_username(name or '?')!r})"
+            )
+
+
 def normalize_username(claim: str) -> str:
     """The hub username for an identity-provider claim value (injective; see the module doc)."""
     if not isinstance(claim, str):
