@@ -42,18 +42,18 @@ def cmd_run(args) -> int:
 
 
 def cmd_images_build(args) -> int:
-    from .images import BUILD_ORDER, IMAGES, _docker_has, build, build_command_for
+    from .images import BUILD_ORDER, IMAGES, build, docker_has, image_name_of
 
     root = Path(__file__).resolve().parent.parent
     names = list(args.names)
     if args.catalog:  # the images the site's catalog names
         site = _site(args)
-        names += [cmd.split()[-1] for cmd in map(build_command_for, (s.image for s in site.images.values())) if cmd]
+        names += [n for n in (image_name_of(s.image) for s in site.images.values()) if n]
     if args.all:
         names += list(BUILD_ORDER)
     names = [n for n in BUILD_ORDER if n in set(names)] + [n for n in dict.fromkeys(names) if n not in IMAGES]
     if args.missing:
-        names = [n for n in names if n not in IMAGES or not _docker_has(n)]
+        names = [n for n in names if n not in IMAGES or not docker_has(n)]
         if not names:
             print("gpuhub: images up to date")
             return 0

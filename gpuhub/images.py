@@ -408,7 +408,7 @@ def build(names: list[str], root: Path, log: Log = print, *, no_cache: bool = Fa
     root = Path(root)
     order = build_order(names)
     # images built FROM a local image that is neither requested nor built yet: build that first
-    order = build_order(order + [n for o in order for n in IMAGES[o].needs if n not in order and not _docker_has(n)])
+    order = build_order(order + [n for o in order for n in IMAGES[o].needs if n not in order and not docker_has(n)])
     scripts = root / "scripts"
     rd = run_dir(root)
     t_all = time.monotonic()
@@ -434,7 +434,7 @@ def build(names: list[str], root: Path, log: Log = print, *, no_cache: bool = Fa
     log(f"==> built {len(order)} image(s) in {time.monotonic() - t_all:.0f} s")
 
 
-def _docker_has(name: str) -> bool:
+def docker_has(name: str) -> bool:
     return subprocess.run(["docker", "image", "inspect", IMAGES[name].tag], capture_output=True).returncode == 0
 
 
@@ -442,12 +442,17 @@ def _docker_has(name: str) -> bool:
 # Catalog check
 
 
+def image_name_of(image_ref: str) -> str | None:
+    """Our image's NAME when ``image_ref`` is ``gpuhub/NAME[:tag]``, else None."""
+    repo = image_ref.rpartition(":")[0] if ":" in image_ref.split("/")[-1] else image_ref
+    name = repo[len(IMAGE_PREFIX):] if repo.startswith(IMAGE_PREFIX) else None
+    return name if name in IMAGES else None
+
+
 def build_command_for(image_ref: str) -> str | None:
     """``gpuhub images build NAME`` when ``image_ref`` names one of our images, else None."""
-    repo, _, tag = image_ref.rpartition(":") if ":" in image_ref.split("/")[-1] else (image_ref, "", "latest")
-    if repo.startswith(IMAGE_PREFIX) and repo[len(IMAGE_PREFIX):] in IMAGES:
-        return f"gpuhub images build {repo[len(IMAGE_PREFIX):]}"
-    return None
+    name = image_name_of(image_ref)
+    return f"gpuhub images build {name}" if name else None
 
 
 def check_catalog(site, docker_client) -> list[str]:
@@ -500,7 +505,7 @@ def main(argv: list[str] | None = None, root: Path | None = None) -> int:
                 lock(n, root, log)
         elif cmd == "list":
             for n in BUILD_ORDER:
-                print(f"{n}\t{IMAGES[n].tag}\t{'built' if _docker_has(n) else 'missing'}")
+                print(f"{n}\t{IMAGES[n].tag}\t{'built' if docker_has(n) else 'missing'}")
         else:
             print(usage, file=sys.stderr)
             return 2

@@ -6,7 +6,7 @@ mode="${1:-run}"
 cd "$GPUHUB_ROOT"
 
 # 1. System packages. Test-only ones (PostgreSQL, Prometheus, Chromium) only for `test`.
-pkgs=(debootstrap iproute2 git)
+pkgs=(python3 python3-venv debootstrap iproute2 git)
 command -v dockerd >/dev/null 2>&1 || pkgs+=(docker.io)
 # node may come from elsewhere (e.g. NodeSource's nodejs, which bundles npm and conflicts with Debian's npm)
 command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm)
@@ -19,11 +19,13 @@ bash scripts/docker-engine.sh
 # 3. Python venv at .venv, reinstalled when pyproject.toml changes.
 stamp=".venv/.gpuhub-installed"
 want="$(sha256sum pyproject.toml | cut -c1-16)-$mode"
-if [ ! -x .venv/bin/python ]; then
+have="$(cat "$stamp" 2>/dev/null)"
+[ "$mode" = run ] && [ "$have" = "${want%-run}-test" ] && have="$want"  # the test install covers run
+if [ ! -x .venv/bin/pip ]; then  # also repairs a venv left half-made by a failed first try
   step "creating .venv"
-  python3 -m venv .venv
+  python3 -m venv --clear .venv
 fi
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+if [ "$have" != "$want" ]; then
   step "installing gpuhub and its pinned dependencies into .venv (~20 s)"
   extras="nvml"; [ "$mode" = test ] && extras="test,nvml"
   .venv/bin/pip install -q --disable-pip-version-check -e ".[${extras}]"

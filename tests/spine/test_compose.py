@@ -25,7 +25,8 @@ def test_compose_config_is_accepted_and_only_the_hub_gets_docker_sock():
     rw_sock = [name for name, s in services.items()
                if any("/var/run/docker.sock" in str(v) and not str(v).endswith(":ro") for v in s.get("volumes", []))]
     assert rw_sock == ["hub"], rw_sock
-    assert services["hub"]["build"]["dockerfile"].endswith("images/hub/Dockerfile")
+    assert services["hub"]["image"] == "gpuhub/hub:latest" and "build" not in services["hub"]  # gpuhub images build hub
+    assert services["usage-exporter"]["network_mode"] == "host"  # its db_url is PostgreSQL on 127.0.0.1
     assert doc["networks"]["users"]["name"] == "gpuhub-users"
     assert doc["networks"]["users"]["driver_opts"]["com.docker.network.bridge.enable_icc"] == "false"
     assert services["hub"]["network_mode"] == "host" and "ports" not in services["hub"]
