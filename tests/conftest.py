@@ -9,8 +9,7 @@ import docker
 import pytest
 
 from tests.harness import BASE_IMAGE, ROOT, HubProcess
-
-FAILED_MODULES: set[str] = set()
+from tests.procs import FAILED_MODULES, module_failed
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -44,7 +43,7 @@ def _hub(request, tmp_path_factory, **kw):
         hub.start()
         yield hub
     finally:
-        if request.node.module.__name__ in FAILED_MODULES or getattr(request.node, "rep_call", None) and request.node.rep_call.failed:
+        if module_failed(request):
             print(hub.dump_logs())
         hub.cleanup()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,16 +22,11 @@ import requests
 import websocket
 import yaml
 
-from tests.procs import stop_group
+from tests.procs import free_port, stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "gpuhub/base-notebook:latest"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def default_site(instance: str, port: int, state: Path) -> dict:
@@ -251,41 +245,56 @@ class HubProcess:
         return r.json()["token"]
 
     def run_code(self, user: str, code: str, server: str = "", timeout: float = 30) -> str:
-        """Execute ``code`` in a new kernel through the proxy; return what it printed."""
-        token = self.user_token(user)
+        """Execute ``code`` in a new kernel through the proxy; return what it printed (tracebacks too)."""
         prefix = f"{self.url}/user/{user}/{server + '/' if server else ''}"
-        h = {"Authorization": f"token {token}"}
-        r = requests.post(f"{prefix}api/kernels", headers=h, json={"name": "python3"}, timeout=30)
-        assert r.status_code == 201, (r.status_code, r.text[:500])
-        kid = r.json()["id"]
-        ws = websocket.create_connection(
-            f"{prefix.replace('http', 'ws', 1)}api/kernels/{kid}/channels", header=[f"Authorization: token {token}"],
-            timeout=timeout,
-        )
-        try:
-            msg_id = uuid.uuid4().hex
-            ws.send(json.dumps({
-                "header": {"msg_id": msg_id, "username": user, "session": uuid.uuid4().hex, "msg_type": "execute_request",
-                           "version": "5.3"},
-                "parent_header": {}, "metadata": {}, "channel": "shell",
-                "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
-                            "allow_stdin": False, "stop_on_error": True},
-            }))
-            out, deadline = [], time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                msg = json.loads(ws.recv())
-                if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                    continue
-                kind = msg["msg_type"]
-                if kind == "stream":
-                    out.append(msg["content"]["text"])
-                elif kind == "error":
-                    out.append("\n".join(msg["content"]["traceback"]))
-                elif kind == "status" and msg["content"]["execution_state"] == "idle":
-                    break
-            return "".join(out)
-        finally:
-            ws.close()
+        return execute(prefix, self.user_token(user), code, username=user, timeout=timeout)
+
+
+def execute(prefix: str, token: str, code: str, *, username: str = "test", timeout: float = 30,
+            strict: bool = False, keep_kernel: bool = False) -> str:
+    """Run ``code`` in a new python3 kernel of the single-user server at ``prefix`` (its base URL,
+    ending in "/") over the kernel websocket; return what it printed.
+
+    ``strict``: a kernel error or no reply within ``timeout`` raises AssertionError (otherwise the
+    traceback is part of the output and the output so far is returned). ``keep_kernel``: leave
+    the kernel running (by default it is deleted afterwards).
+    """
+    h = {"Authorization": f"token {token}"}
+    r = requests.post(f"{prefix}api/kernels", headers=h, json={"name": "python3"}, timeout=30)
+    assert r.status_code == 201, (r.status_code, r.text[:500])
+    kid = r.json()["id"]
+    ws = websocket.create_connection(f"{prefix.replace('http', 'ws', 1)}api/kernels/{kid}/channels",
+                                     header=[f"Authorization: token {token}"], timeout=timeout)
+    try:
+        msg_id = uuid.uuid4().hex
+        ws.send(json.dumps({
+            "header": {"msg_id": msg_id, "username": username, "session": uuid.uuid4().hex,
+                       "msg_type": "execute_request", "version": "5.3", "date": ""},
+            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+            "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
+                        "allow_stdin": False, "stop_on_error": True},
+        }))
+        out, deadline = [], time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = json.loads(ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind = msg["msg_type"]
+            if kind == "stream":
+                out.append(msg["content"]["text"])
+            elif kind == "error":
+                traceback = "\n".join(msg["content"]["traceback"])
+                if strict:
+                    raise AssertionError(traceback)
+                out.append(traceback)
+            elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                return "".join(out)
+        if strict:
+            raise AssertionError(f"no reply from kernel {kid} in {timeout} s")
+        return "".join(out)
+    finally:
+        ws.close()
+        if not keep_kernel:
             requests.delete(f"{prefix}api/kernels/{kid}", headers=h, timeout=10)
 
 

@@ -1,10 +1,26 @@
-"""Process helpers shared by the test harnesses (hub, OIDC provider)."""
+"""Process helpers shared by the test harnesses (hub, OIDC provider), and which modules failed."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+
+#: test modules with a failed test (filled by tests/conftest.py's report hook)
+FAILED_MODULES: set[str] = set()
+
+
+def module_failed(request) -> bool:
+    """True when a test of the requesting (module-scoped) fixture's module failed: dump logs then.
+    (A module fixture's ``request.node`` is the module, which never gets a ``rep_call``.)"""
+    return request.node.module.__name__ in FAILED_MODULES
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def stop_group(proc: subprocess.Popen | None, grace: float = 15.0) -> None:

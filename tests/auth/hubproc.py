@@ -8,7 +8,6 @@ import json
 import os
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -19,16 +18,11 @@ import requests
 
 from tests.auth.sites import write_site
 from tests.oidc_provider.harness import proxy_command
-from tests.procs import stop_group
+from tests.procs import free_port, stop_group
 
 HERE = Path(__file__).resolve().parent
 SECRET_ENV = "GPUHUB_TEST_OIDC_SECRET"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class HubFailed(RuntimeError):

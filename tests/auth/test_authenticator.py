@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -14,6 +13,7 @@ from traitlets.config import Config
 from gpuhub import naming
 from gpuhub.auth import AuthConfigError, GpuhubOIDCAuthenticator, apply_auth, verified_email_org
 from tests.auth.sites import OIDC, make_site, site_dict
+from tests.procs import free_port
 
 SECRET_ENV = OIDC["client_secret_env"]
 
@@ -100,9 +100,7 @@ def test_missing_secret_names_the_variable(discovery, monkeypatch, value):
 
 def test_unreachable_issuer_names_the_url(monkeypatch):
     monkeypatch.setenv(SECRET_ENV, "s3cret")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed once we leave: nothing listens there
+    port = free_port()  # closed once it returns: nothing listens there
     url = f"http://127.0.0.1:{port}/.well-known/openid-configuration"
     with pytest.raises(AuthConfigError, match=f"cannot read the OpenID configuration at {url}"):
         make_auth(f"http://127.0.0.1:{port}")

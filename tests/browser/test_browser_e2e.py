@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import secrets
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -198,9 +197,7 @@ def test_login_spawn_gpu_run_cell_stop_and_second_user_sees_fewer_free(e2e, brow
     page.click("#stop")
     page.wait_for_selector("#start", state="visible", timeout=60_000)
     page.screenshot(path=shots / "11-home-stopped.png")
-    deadline = time.monotonic() + 30
-    while hub.containers(all=True, user="minji") and time.monotonic() < deadline:
-        time.sleep(0.2)
+    hub.wait_containers_gone(user="minji")
     assert hub.containers(all=True, user="minji") == []
 
     # --- the GPU is back for the second user

@@ -16,6 +16,7 @@ import yaml
 from tests.auth.hubproc import idp_login
 from tests.harness import HubProcess, default_site
 from tests.oidc_provider.harness import OIDCProvider, ProviderError, proxy_command
+from tests.procs import module_failed
 
 pytestmark = pytest.mark.docker
 
@@ -49,7 +50,7 @@ def oidc_hub(tmp_path_factory, docker_client, request):
         hub.start()
         yield hub, provider
     finally:
-        if getattr(request.node, "rep_call", None) and request.node.rep_call.failed:
+        if module_failed(request):  # a module fixture's node never has rep_call
             print(hub.dump_logs(), provider.logs())
         hub.cleanup()
         provider.stop()

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from exporters.server import serve
 from exporters.testing import FakeDocker, FakeGpu, FakeNvmlSource, FakeProcess, gpuhub_labels, make_proc_tree
 from exporters.usage import build_usage_exporter
 from tests.exporters.helpers import ROOT, add_interval, site_data
+from tests.procs import free_port
 
 PROM_DIR = ROOT / "exporters" / "prometheus"
 GRAFANA_DIR = ROOT / "exporters" / "grafana"
@@ -169,11 +169,6 @@ def test_exporter_binary_output_passes_promtool(kind, promtool, tmp_path, ledger
 
 # ---------------------------------------------------------------- a real Prometheus
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_real_prometheus_scrapes_ledger_gpu_seconds(prometheus_bin, tmp_path, site, ledger_engine):

@@ -4,49 +4,18 @@ capabilities dropped, the JUPYTERHUB_* environment of a spawn (a fake hub API an
 
 from __future__ import annotations
 
-import json
 import time
-import uuid
 
 import pytest
+
+from tests.harness import execute
 
 pytestmark = pytest.mark.docker
 
 
 def _run_code(s, code: str, timeout: float = 60) -> str:
-    """Start a python3 kernel through the server's REST API, execute code over the kernel
-    websocket, return what it printed."""
-    import websocket
-
-    r = s.post("api/kernels", json={"name": "python3"})
-    assert r.status_code == 201, r.text
-    kid = r.json()["id"]
-    ws = websocket.create_connection(
-        s.url.replace("http://", "ws://") + f"api/kernels/{kid}/channels",
-        header=[f"Authorization: token {s.token}"], timeout=timeout)
-    try:
-        msg_id = uuid.uuid4().hex
-        ws.send(json.dumps({
-            "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test", "session": uuid.uuid4().hex,
-                       "version": "5.3", "date": ""},
-            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-            "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
-                        "allow_stdin": False, "stop_on_error": True},
-        }))
-        out, deadline = [], time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msg = json.loads(ws.recv())
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            if msg["msg_type"] == "stream":
-                out.append(msg["content"]["text"])
-            elif msg["msg_type"] == "error":
-                raise AssertionError("\n".join(msg["content"]["traceback"]))
-            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                return "".join(out)
-        raise AssertionError(f"no reply from kernel {kid} in {timeout} s")
-    finally:
-        ws.close()
+    """Run code in a new kernel of the spawned server (kept running: the tests look at it)."""
+    return execute(s.url, s.token, code, timeout=timeout, strict=True, keep_kernel=True)
 
 
 @pytest.mark.parametrize("name", ["base-notebook", "pytorch"])

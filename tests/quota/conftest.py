@@ -6,10 +6,8 @@ private cluster that scripts/postgres.sh starts). If PostgreSQL cannot start, th
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -18,7 +16,6 @@ from quota import db
 from quota.store import QuotaStore
 from quotakit import Clock, make_site
 
-ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def site():
@@ -28,16 +25,6 @@ def site():
 @pytest.fixture
 def clock():
     return Clock(datetime(2026, 11, 10, 3, 0, tzinfo=timezone.utc))
-
-
-@pytest.fixture(scope="session")
-def pg_base_url(tmp_path_factory):
-    """The test cluster's URL; starting it must work, so a failure fails the tests loudly."""
-    proc = subprocess.run([str(ROOT / "scripts" / "postgres.sh")], capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        pytest.fail(f"scripts/postgres.sh failed (rc={proc.returncode}); PostgreSQL tests cannot run:\n"
-                    f"{proc.stdout}\n{proc.stderr}", pytrace=False)
-    return proc.stdout.strip().splitlines()[-1]
 
 
 def _pg_schema_url(base: str):
@@ -53,7 +40,7 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'hub.sqlite'}"
         return
-    base = request.getfixturevalue("pg_base_url")
+    base = request.getfixturevalue("postgres_url")  # tests/conftest.py: the test cluster
     admin, schema, url = _pg_schema_url(base)
     try:
         yield url
