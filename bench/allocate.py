@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from gpuhub.site import parse_site  # noqa: E402
 from quota import db  # noqa: E402
 from bench._pg import pg_schema_url  # noqa: E402
+from bench._stats import percentile  # noqa: E402
 from quota.policy import AllocationRequest  # noqa: E402
 from quota.store import QuotaRefused, QuotaStore  # noqa: E402
 
@@ -112,7 +113,7 @@ def run(backend: str, url: str, args) -> bool:
     held = store.holdings()
     ok = stats["duplicates"] == 0 and not held and not store.open_intervals()
     lat = sorted(latencies)
-    p = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000) if lat else (lambda q: 0.0)
+    p = lambda q: percentile(lat, q) * 1000  # noqa: E731
     print(f"{backend:10s} threads={args.threads} {elapsed:.1f}s decisions={decisions} ({decisions / elapsed:.0f}/s, "
           f"target >= 500/s) grants={stats['grants']} refusals={stats['refusals']} releases={stats['releases']} "
           f"(+{(stats['releases']) / elapsed:.0f} releases/s)")

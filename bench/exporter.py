@@ -34,6 +34,7 @@ from sqlalchemy import create_engine, insert
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._stats import percentile  # noqa: E402
 from exporters.gpu import build_gpu_exporter  # noqa: E402
 from exporters.server import serve  # noqa: E402
 from exporters.testing import (  # noqa: E402
@@ -82,9 +83,6 @@ def fill_ledger(engine, servers: int, closed: int, orgs: int, gpus: int) -> None
             dict(org=f"org-{i}", reason=r, count=i) for i in range(orgs) for r in ("gpu-limit", "budget")])
 
 
-def percentile(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
 def scrape_latency(url: str, n: int) -> list[float]:

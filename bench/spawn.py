@@ -20,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._stats import percentile as pct  # noqa: E402
 from tests.harness import HubProcess, free_port  # noqa: E402
 
 class StockHub(HubProcess):
@@ -56,9 +57,6 @@ class StockHub(HubProcess):
     def containers(self, all=False, **labels):
         return self.docker.containers.list(all=all, filters={"name": f"{self.instance}-"})
 
-def pct(values, q):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 def timed_start(hub, user, options):
     t0 = time.perf_counter()
