@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,33 +25,21 @@ from tests.harness import HubProcess, free_port  # noqa: E402
 class StockHub(HubProcess):
     """Plain DockerSpawner configured like jupyterhub-deploy-docker."""
 
-    def start(self, timeout: float = 60):
+    config_file = ROOT / "bench" / "stock_jupyterhub_config.py"
+
+    def env(self) -> dict:
+        """HubProcess's start, with the stock config's settings (the stock hub reads no site config)."""
         from gpuhub.dockerenv import ensure_user_network
 
         net = ensure_user_network(self.docker, f"{self.instance}-users")
-        self.state.mkdir(parents=True, exist_ok=True)
-        env = self.env()
+        env = super().env()
         env.update(
             BENCH_BIND_URL=self.url, BENCH_HUB_BIND_URL=f"http://{net.gateway}:{free_port()}",
             BENCH_PROXY_API_URL=f"http://127.0.0.1:{free_port()}", BENCH_DB_URL=f"sqlite:///{self.state}/hub.sqlite",
             BENCH_STATE=str(self.state), BENCH_IMAGE=self.image, BENCH_NETWORK=net.name,
             BENCH_PREFIX=self.instance, BENCH_TOKEN=self.admin_token,
         )
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "jupyterhub"), "-f", str(ROOT / "bench/stock_jupyterhub_config.py")],
-            cwd=self.tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        import requests
-
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.url}/hub/api/", timeout=1).ok:
-                    return self
-            except requests.RequestException:
-                time.sleep(0.2)
-        raise RuntimeError(self.log_tail())
+        return env
 
     def containers(self, all=False, **labels):
         return self.docker.containers.list(all=all, filters={"name": f"{self.instance}-"})

@@ -288,20 +288,23 @@ def _run_logged(cmd: list[str], logfile: Path, log: Log, *, show: Callable[[str]
         raise ImageBuildError(f"`{' '.join(cmd[:3])} ...` failed (exit {rc}); log: {logfile}\n{tail}")
 
 
-def _source_date(root: Path, name: str) -> str:
-    """``org.opencontainers.image.created``: $SOURCE_DATE_EPOCH, else the newest modification
-    time of the image's inputs. Stable for unchanged inputs, so a rebuild hits Docker's cache and
-    images built FROM this one keep theirs."""
+def _source_epoch(root: Path, name: str) -> int:
+    """$SOURCE_DATE_EPOCH, else the newest modification time of the image's inputs (whole seconds).
+    Stable for unchanged inputs, so a rebuild hits Docker's cache and images built FROM this one
+    keep theirs."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if epoch:
-        ts = float(epoch)
-    else:
-        files = [p for p in image_dir(root, name).rglob("*") if p.is_file()]
-        if IMAGES[name].gpuhub_wheel:
-            files += [root / "pyproject.toml"] + [p for pkg in GPUHUB_PACKAGES for p in (root / pkg).rglob("*")
-                                                  if p.is_file() and "__pycache__" not in p.parts]
-        ts = max(p.stat().st_mtime for p in files)
-    return datetime.fromtimestamp(int(ts), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return int(float(epoch))
+    files = [p for p in image_dir(root, name).rglob("*") if p.is_file()]
+    if IMAGES[name].gpuhub_wheel:
+        files += [root / "pyproject.toml"] + [p for pkg in GPUHUB_PACKAGES for p in (root / pkg).rglob("*")
+                                              if p.is_file() and "__pycache__" not in p.parts]
+    return int(max(p.stat().st_mtime for p in files))
+
+
+def _source_date(root: Path, name: str) -> str:
+    """``org.opencontainers.image.created``, from :func:`_source_epoch`."""
+    return datetime.fromtimestamp(_source_epoch(root, name), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _project(root: Path) -> dict:
@@ -350,18 +353,14 @@ def prepare_context(root: Path, name: str, log: Log = print) -> Path:
         log("==> building the gpuhub wheel from this checkout (pip wheel --no-deps)")
         # SOURCE_DATE_EPOCH makes the wheel's bytes depend only on its sources, so an unchanged
         # checkout hits Docker's cache at the COPY of local-wheels/.
-        epoch = str(int(datetime.strptime(_source_date(root, name), "%Y-%m-%dT%H:%M:%SZ")
-                        .replace(tzinfo=timezone.utc).timestamp()))
+        epoch = str(_source_epoch(root, name))
         # Build from a copy of the sources: an in-tree build would leave build/ in the checkout.
         src = rd / "build" / f"{name}-gpuhub-src"
         if src.exists():
             shutil.rmtree(src)
         src.mkdir(parents=True)
-        for f in ("pyproject.toml", "README.md", "LICENSE"):
-            if (root / f).is_file():
-                shutil.copy2(root / f, src / f)
-        if not (src / "README.md").exists():  # pyproject names it; the lead's checkout may lack it yet
-            (src / "README.md").write_text("gpuhub\n")
+        for f in ("pyproject.toml", "README.md"):  # pyproject names the README
+            shutil.copy2(root / f, src / f)
         for pkg in GPUHUB_PACKAGES:
             if (root / pkg).is_dir():
                 shutil.copytree(root / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))

@@ -71,6 +71,7 @@ class HubProcess:
     """One hub subprocess and its containers."""
 
     password = "test-password-123"
+    config_file = ROOT / "jupyterhub_config.py"  # bench/spawn.py's stock hub runs another
 
     def __init__(self, tmp: Path, site: dict | None = None, *, instance: str | None = None, db_url: str | None = None):
         self.instance = instance or f"gpuhubtest{uuid.uuid4().hex[:6]}"
@@ -106,7 +107,7 @@ class HubProcess:
         self.state.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "jupyterhub"), "-f", str(ROOT / "jupyterhub_config.py")],
+            [str(Path(sys.executable).parent / "jupyterhub"), "-f", str(self.config_file)],
             cwd=self.tmp, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + timeout

@@ -19,25 +19,37 @@ def test_without_nvml_it_says_so_and_exits_2():
     assert "NVML unavailable" in res.stdout and "Traceback" not in res.stderr
 
 
-def test_checks_and_scrape_on_fake_nvml(monkeypatch, capsys, promtool):
-    gpu = FakeGpu("GPU-dev-0", utilization=3, memory_used=500 * 1024**2)
+def drawing_source(gpu, mj_per_read: int):
+    """FakeNvmlSource over ``gpu`` whose energy counter rises by ``mj_per_read`` at each read (the
+    board keeps drawing power); it takes the place of the script's real, timed binding."""
 
     class Source(FakeNvmlSource):
-        def __init__(self, nvml=None, **kw):  # the script's real (timed) binding is replaced by the fake
+        def __init__(self, nvml=None, **kw):
             super().__init__([gpu], **kw)
             real = self.library.nvmlDeviceGetTotalEnergyConsumption
 
-            def energy(h):  # the board keeps drawing power
-                h.energy_mj += 70_000
+            def energy(h):
+                h.energy_mj += mj_per_read
                 return real(h)
 
             self.library.nvmlDeviceGetTotalEnergyConsumption = energy
 
-    monkeypatch.setattr(exporters.nvml, "PynvmlSource", Source)
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)  # no torch, no cupy: idle only
+    return Source
+
+
+def load_script():
     spec = importlib.util.spec_from_file_location("device_nvml_check", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_checks_and_scrape_on_fake_nvml(monkeypatch, capsys, promtool):
+    gpu = FakeGpu("GPU-dev-0", utilization=3, memory_used=500 * 1024**2)
+
+    monkeypatch.setattr(exporters.nvml, "PynvmlSource", drawing_source(gpu, 70_000))
+    module = load_script()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)  # no torch, no cupy: idle only
     rc = module.main(["--seconds", "5", "--promtool", promtool])
     out = capsys.readouterr().out
     assert "PASS  NVML answers" in out
@@ -70,23 +82,10 @@ def test_under_load_the_exporter_process_is_scraped_over_http(monkeypatch, capsy
 
     gpu = FakeGpu("GPU-dev-0", utilization=97, memory_used=3 << 30)
 
-    class Source(FakeNvmlSource):
-        def __init__(self, nvml=None, **kw):  # the script's real (timed) binding is replaced by the fake
-            super().__init__([gpu], **kw)
-            real = self.library.nvmlDeviceGetTotalEnergyConsumption
-
-            def energy(h):
-                h.energy_mj += 300_000
-                return real(h)
-
-            self.library.nvmlDeviceGetTotalEnergyConsumption = energy
-
     (tmp_path / "pynvml.py").write_text(FAKE_PYNVML)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    monkeypatch.setattr(exporters.nvml, "PynvmlSource", Source)
-    spec = importlib.util.spec_from_file_location("device_nvml_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    monkeypatch.setattr(exporters.nvml, "PynvmlSource", drawing_source(gpu, 300_000))
+    module = load_script()
 
     def worker(seconds):  # stands in for the matmul loop: a process that NVML lists as busy
         proc = subprocess.Popen(["sleep", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
