@@ -19,7 +19,7 @@ bash scripts/docker-engine.sh
 # 3. Python venv at .venv, reinstalled when pyproject.toml changes.
 stamp=".venv/.gpuhub-installed"
 want="$(sha256sum pyproject.toml | cut -c1-16)-$mode"
-have="$(cat "$stamp" 2>/dev/null)"
+have="$(cat "$stamp" 2>/dev/null || true)"  # no stamp yet: install
 [ "$mode" = run ] && [ "$have" = "${want%-run}-test" ] && have="$want"  # the test install covers run
 if [ ! -x .venv/bin/pip ]; then  # also repairs a venv left half-made by a failed first try
   step "creating .venv"
