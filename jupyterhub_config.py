@@ -1,10 +1,10 @@
 """JupyterHub config for gpuhub: wiring only.
 
 The operator edits the site config (GPUHUB_SITE_CONFIG, default examples/site.yaml);
-each part of the hub is set by one small function in gpuhub/hubconfig.py.
+each part of the hub is set by one small function in gpuhub/hub/hubconfig.py.
 """
 
-from gpuhub import hubconfig
+from gpuhub.hub import hubconfig
 
 c = get_config()  # noqa: F821 (provided by JupyterHub when it loads this file)
 

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-from gpuhub.site import parse_site  # noqa: E402
+from gpuhub.core.site import parse_site  # noqa: E402
 from quota import db  # noqa: E402
 from bench._pg import pg_schema_url  # noqa: E402
 from bench._stats import percentile  # noqa: E402

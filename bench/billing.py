@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-from gpuhub.site import parse_site  # noqa: E402
-from quota import billing, db, periods  # noqa: E402
+from gpuhub.core.site import parse_site  # noqa: E402
+from gpuhub.core import periods  # noqa: E402
+from quota import billing, db  # noqa: E402
 from bench._pg import pg_schema_url  # noqa: E402
 from quota.models import to_db_text  # noqa: E402
 

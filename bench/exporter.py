@@ -40,7 +40,7 @@ from exporters.server import serve  # noqa: E402
 from exporters.testing import (  # noqa: E402
     H100_CALL_CPU_SECONDS, FakeDocker, FakeNvmlSource, fake_gpus, gpuhub_labels, make_proc_tree)
 from exporters.usage import build_usage_exporter  # noqa: E402
-from gpuhub.site import parse_site  # noqa: E402
+from gpuhub.core.site import parse_site  # noqa: E402
 from quota import models as ledger  # noqa: E402
 
 

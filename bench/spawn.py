@@ -29,7 +29,7 @@ class StockHub(HubProcess):
 
     def env(self) -> dict:
         """HubProcess's start, with the stock config's settings (the stock hub reads no site config)."""
-        from gpuhub.dockerenv import ensure_user_network
+        from gpuhub.host.dockerenv import ensure_user_network
 
         net = ensure_user_network(self.docker, f"{self.instance}-users")
         env = super().env()

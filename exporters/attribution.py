@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from gpuhub import labels as lb
+from gpuhub.core import labels as lb
 
-from .nvml import SourceError
+from gpuhub.host.nvml import SourceError
 
 log = logging.getLogger(__name__)
 

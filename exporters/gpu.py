@@ -39,10 +39,10 @@ from typing import Any, Callable, Iterable, Mapping
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from gpuhub import labels as lb
+from gpuhub.core import labels as lb
 
 from .attribution import Attributor, Workload, docker_api
-from .nvml import ERROR_SOURCES, DeviceSample, NvmlSource, ProcessSample, SourceError
+from gpuhub.host.nvml import ERROR_SOURCES, DeviceSample, NvmlSource, ProcessSample, SourceError
 from .periodic import PeriodicSampler
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class GpuState:
 class GpuSampler(PeriodicSampler):
     """Samples NVML, Docker and ``/proc`` on a background thread and keeps a :class:`GpuState`.
 
-    ``source``: an :class:`~exporters.nvml.NvmlSource`, or None when the site has no NVML
+    ``source``: an :class:`~gpuhub.host.nvml.NvmlSource`, or None when the site has no NVML
     (runtime none). ``docker_client``: a ``docker.DockerClient`` (or None); ``docker_factory``:
     a callable returning one, retried until it succeeds (the daemon may start after us).
     ``clock`` gives wall time for timestamps, ``monotonic`` measures the intervals that feed the
@@ -425,13 +425,13 @@ def build_gpu_exporter(site: Any, docker_client: Any = None, nvml: NvmlSource | 
                        **sampler_args: Any) -> tuple[CollectorRegistry, GpuSampler]:
     """A registry with the GPU collector and its (not yet started) sampler.
 
-    ``nvml``: an NVML source; when None, a :class:`~exporters.nvml.PynvmlSource` is created if the
+    ``nvml``: an NVML source; when None, a :class:`~gpuhub.host.nvml.PynvmlSource` is created if the
     site uses NVML (``gpus.runtime: nvidia`` or ``gpus.inventory: nvml``) or ``use_nvml`` is true,
     reading energy and per-process utilization every ``nvml_slow_interval`` seconds.
     """
     if nvml is None and (use_nvml if use_nvml is not None
                          else site.gpus.runtime == "nvidia" or site.gpus.inventory == "nvml"):
-        from .nvml import PynvmlSource
+        from gpuhub.host.nvml import PynvmlSource
 
         nvml = PynvmlSource(slow_interval=nvml_slow_interval)
     sampler = GpuSampler(site, nvml, docker_client, docker_factory=docker_factory, **sampler_args)

@@ -202,7 +202,7 @@ def _parser(kind: str, default_listen: str) -> argparse.ArgumentParser:
 
 
 def _main(kind: str, argv: list[str] | None) -> int:
-    from gpuhub.site import SiteConfigError, load_site
+    from gpuhub.core.site import SiteConfigError, load_site
 
     args = _parser(kind, "127.0.0.1:9835" if kind == "gpu" else "127.0.0.1:9836").parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,6 +1,6 @@
 """Test doubles for the exporters (tests and bench only; production code never imports this).
 
-:class:`FakeNvmlLibrary` imitates the slice of the pynvml API that :class:`~exporters.nvml.PynvmlSource`
+:class:`FakeNvmlLibrary` imitates the slice of the pynvml API that :class:`~gpuhub.host.nvml.PynvmlSource`
 calls, so :class:`FakeNvmlSource` exercises the real sampling code, error isolation included.
 :class:`FakeDocker` imitates the two Docker API calls the GPU exporter makes.
 """
@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from gpuhub import labels as lb
+from gpuhub.core import labels as lb
 
-from .nvml import (
+from gpuhub.host.nvml import (
     NVML_DEVICE_MIG_ENABLE,
     NVML_ERROR_NOT_FOUND,
     NVML_ERROR_NOT_SUPPORTED,

@@ -41,7 +41,7 @@ from sqlalchemy import bindparam, func, literal_column, select, text
 from sqlalchemy.engine import Engine
 
 from quota import models as ledger
-from quota.periods import month_bounds_at, utcnow
+from gpuhub.core.periods import month_bounds_at, utcnow
 from quota.sqlexpr import OVERLAP_WHERE, Dialect, timed, window
 
 from .gpu import self_metrics

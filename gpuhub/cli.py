@@ -15,7 +15,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .site import SiteConfigError, load_site, site_config_path
+from gpuhub.core.site import SiteConfigError, load_site, site_config_path
 
 
 def _site(args):
@@ -42,7 +42,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_images_build(args) -> int:
-    from .images import BUILD_ORDER, IMAGES, build, docker_has, image_name_of
+    from gpuhub.host.images import BUILD_ORDER, IMAGES, build, docker_has, image_name_of
 
     root = Path(__file__).resolve().parent.parent
     names = list(args.names)
@@ -57,7 +57,7 @@ def cmd_images_build(args) -> int:
         if not names:
             print("gpuhub: images up to date")
             return 0
-    from .images import ImageBuildError
+    from gpuhub.host.images import ImageBuildError
 
     try:
         build(names, root, no_cache=args.no_cache)
@@ -68,7 +68,7 @@ def cmd_images_build(args) -> int:
 
 
 def cmd_images_lock(args) -> int:
-    from .images import ImageBuildError, lock
+    from gpuhub.host.images import ImageBuildError, lock
 
     root = Path(__file__).resolve().parent.parent
     try:
@@ -81,7 +81,7 @@ def cmd_images_lock(args) -> int:
 
 
 def cmd_quota_status(args) -> int:
-    from .runtime import quota_store
+    from gpuhub.hub.runtime import quota_store
 
     site = _site(args)
     status = quota_store(site.path).status(datetime.now(timezone.utc))
@@ -97,7 +97,7 @@ def cmd_quota_status(args) -> int:
 def cmd_billing_statement(args) -> int:
     from quota import billing
 
-    from .runtime import quota_store
+    from gpuhub.hub.runtime import quota_store
 
     site = _site(args)
     store = quota_store(site.path)
@@ -120,7 +120,7 @@ def _hub_course_groups(site) -> dict[str, set[str]]:
     empty when the hub database is not there yet."""
     from sqlalchemy import create_engine, text
 
-    from .courses import managed_groups
+    from gpuhub.hub.courses import managed_groups
 
     wanted = managed_groups(site)
     url = site.hub.database_url
@@ -148,7 +148,7 @@ def _hub_course_groups(site) -> dict[str, set[str]]:
 
 
 def cmd_course_list(args) -> int:
-    from .courses import describe
+    from gpuhub.hub.courses import describe
 
     site = _site(args)
     rows = [describe(c) for c in site.courses.values()]
@@ -167,7 +167,7 @@ def cmd_course_list(args) -> int:
 
 
 def cmd_course_members(args) -> int:
-    from .courses import members
+    from gpuhub.hub.courses import members
 
     site = _site(args)
     _course(site, args.course)
@@ -181,8 +181,8 @@ def cmd_course_members(args) -> int:
 
 
 def cmd_course_servers(args) -> int:
-    from .courses import course_servers, members
-    from .runtime import quota_store
+    from gpuhub.hub.courses import course_servers, members
+    from gpuhub.hub.runtime import quota_store
 
     site = _site(args)
     _course(site, args.course)

@@ -25,8 +25,8 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from gpuhub.site import Site
-from quota.periods import day_bounds, parse_period, period_bounds, utc, utcnow
+from gpuhub.core.site import Site
+from gpuhub.core.periods import day_bounds, parse_period, period_bounds, utc, utcnow
 from quota.sqlexpr import OVERLAP_WHERE, Dialect, timed, window
 
 US_PER_HOUR = 3_600_000_000

@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from quota.periods import utc
+from gpuhub.core.periods import utc
 
 EXHAUSTED = 1.0
 

@@ -5,7 +5,7 @@ With ``inventory: nvml`` every physical GPU whose NVML name contains a declared 
 not allocatable itself, its MIG instances are, each as model ``<model>-MIG-<profile>``
 (``H100-MIG-1g.10gb``) with the weight the site declares for that key. Units whose model the
 site does not declare cannot be charged, so they are left out and named in the log with the key
-to add. The NVML source is the GPU exporter's (:mod:`exporters.nvml`), injected.
+to add. The NVML source is the GPU exporter's (:mod:`gpuhub.host.nvml`), injected.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from gpuhub.site import Device, Site
+from gpuhub.core.site import Device, Site
+from gpuhub.host.nvml import PynvmlSource
 
 log = logging.getLogger("gpuhub.quota")
 MIG_PROFILE = re.compile(r"MIG\s+(\S+)\s*$")
@@ -60,8 +61,6 @@ def nvml_inventory(site: Site, source=None, ttl_seconds: float = 60.0,
     empty, so GPU spawns are refused ("no free device") rather than handed unknown devices.
     """
     if source is None:
-        from exporters.nvml import PynvmlSource
-
         source = PynvmlSource(slow_interval=0)  # this cache has its own TTL: enumerate on every read
     lock = threading.Lock()
     cache: dict = {"at": None, "devices": ()}
@@ -78,3 +77,9 @@ def nvml_inventory(site: Site, source=None, ttl_seconds: float = 60.0,
             return cache["devices"]
 
     return inventory
+
+
+def site_inventory(site: Site) -> Callable[[], tuple[Device, ...]] | None:
+    """The inventory a store of ``site`` allocates from: NVML's (``gpus.inventory: nvml``), or
+    None for the site's declared ``gpus.devices``."""
+    return nvml_inventory(site) if site.gpus.inventory == "nvml" else None

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from gpuhub.site import Device, Site
+from gpuhub.core.site import Device, Site
 
 BAD_REQUEST, FORBIDDEN, BUSY = 400, 403, 429
 

@@ -23,8 +23,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from gpuhub import labels as lb
-from quota.periods import utc
+from gpuhub.core import labels as lb
+from gpuhub.core.periods import utc
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.sql.elements import TextClause
 
 from quota.models import UtcDateTime
-from quota.periods import epoch_us
+from gpuhub.core.periods import epoch_us
 
 TIME_PARAMS = ("lo", "hi", "now")
 

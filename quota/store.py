@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from gpuhub.site import Device, Site
+from gpuhub.core.site import Device, Site
 from quota import budget as budget_rules
 from quota import policy
 from quota.db import make_engine, upgrade
@@ -38,7 +38,7 @@ from quota.models import (
     usage_intervals,
     user_ids,
 )
-from quota.periods import month_bounds_at, month_of, period_key, utc, utcnow
+from gpuhub.core.periods import month_bounds_at, month_of, period_key, utc, utcnow
 from quota.policy import AllocationRequest, Holding, Refusal, Snapshot
 from quota.reconcile import Adopt, Plan
 from quota.sqlexpr import OVERLAP_WHERE, Dialect, timed, window

@@ -4,7 +4,7 @@
     python scripts/device_nvml_check.py [--promtool PATH] [--seconds 30]
 
 Starts a bf16 matmul loop on GPU 0 in a subprocess (PyTorch if installed, else CuPy in fp16, else no
-load: idle sampling only), samples NVML through exporters.nvml.PynvmlSource and the GPU collector
+load: idle sampling only), samples NVML through gpuhub.host.nvml.PynvmlSource and the GPU collector
 about once a second, and prints PASS/FAIL/SKIP per check, the full scrape text, and promtool's
 verdict on it when promtool is available. Needs nvidia-ml-py and prometheus-client only.
 
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from exporters.attribution import Attributor
         from exporters.gpu import GpuCollector, GpuSampler
-        from exporters.nvml import PynvmlSource
+        from gpuhub.host.nvml import PynvmlSource
     except ImportError as e:
         print(f"FAIL  imports: {e} (needs prometheus-client and the repository's exporters/)")
         return 2

@@ -1,4 +1,4 @@
-"""Site configs for the login tests (plain dicts, parsed by gpuhub.site)."""
+"""Site configs for the login tests (plain dicts, parsed by gpuhub.core.site)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from gpuhub.site import Site, parse_site
+from gpuhub.core.site import Site, parse_site
 
 BASE = {
     "timezone": "Asia/Seoul",

@@ -7,8 +7,8 @@ import re
 import pytest
 from traitlets.config import Config
 
-from gpuhub import naming
-from gpuhub.auth import AuthConfigError, allowed_groups_of, apply_auth
+from gpuhub.core import naming
+from gpuhub.hub.auth import AuthConfigError, allowed_groups_of, apply_auth
 from tests.auth.sites import OIDC, make_site, site_dict
 
 
@@ -43,7 +43,7 @@ def test_shared_password_needs_eight_characters(password):
 def test_shared_password_matches_the_builtin_minimum():
     from jupyterhub.authenticators.shared import SharedPasswordAuthenticator
 
-    from gpuhub.auth import ADMIN_PASSWORD_MIN_LENGTH, SHARED_PASSWORD_MIN_LENGTH
+    from gpuhub.hub.auth import ADMIN_PASSWORD_MIN_LENGTH, SHARED_PASSWORD_MIN_LENGTH
 
     assert SharedPasswordAuthenticator._USER_PASSWORD_MIN_LENGTH == SHARED_PASSWORD_MIN_LENGTH
     assert SharedPasswordAuthenticator._ADMIN_PASSWORD_MIN_LENGTH == ADMIN_PASSWORD_MIN_LENGTH
@@ -63,7 +63,7 @@ def test_shared_password_config_loads_into_the_builtin_class():
 def test_oidc_sets_the_gpuhub_authenticator():
     c = Config()
     apply_auth(c, make_site(site_dict(auth=OIDC, bind_url="https://gpu.example.kr/")))
-    assert c.JupyterHub.authenticator_class == "gpuhub.auth.GpuhubOIDCAuthenticator"
+    assert c.JupyterHub.authenticator_class == "gpuhub.hub.auth.GpuhubOIDCAuthenticator"
     cfg = c.GpuhubOIDCAuthenticator
     assert cfg.issuer == "http://127.0.0.1:9999"
     assert cfg.client_id == "gpuhub"

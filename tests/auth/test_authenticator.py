@@ -10,8 +10,8 @@ import pytest
 from tornado import web
 from traitlets.config import Config
 
-from gpuhub import naming
-from gpuhub.auth import AuthConfigError, GpuhubOIDCAuthenticator, apply_auth, verified_email_org
+from gpuhub.core import naming
+from gpuhub.hub.auth import AuthConfigError, GpuhubOIDCAuthenticator, apply_auth, verified_email_org
 from tests.auth.sites import OIDC, make_site, site_dict
 from tests.procs import free_port
 

@@ -1,4 +1,4 @@
-"""Table tests of gpuhub.naming: usernames from IdP claims, container and volume names."""
+"""Table tests of gpuhub.core.naming: usernames from IdP claims, container and volume names."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpuhub import naming
-from gpuhub.naming import container_name, is_normalized_username, normalize_username, server_slug, volume_name
+from gpuhub.core import naming
+from gpuhub.core.naming import container_name, is_normalized_username, normalize_username, server_slug, volume_name
 
 DOCKER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 ESCAPED = re.compile(r"^(?P<prefix>[a-z0-9._-]+)--(?P<hash>[a-z2-7]{10})$")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import requests
 
-from gpuhub import naming
-from gpuhub.site import parse_site
+from gpuhub.core import naming
+from gpuhub.core.site import parse_site
 from tests.auth.hubproc import idp_login, tamper_state
 from tests.auth.sites import site_dict
 

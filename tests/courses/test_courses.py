@@ -1,4 +1,4 @@
-"""Courses without services: the site section, gpuhub.courses' pure functions, apply_courses
+"""Courses without services: the site section, gpuhub.hub.courses' pure functions, apply_courses
 against a plain Config(), the files written into containers, and the CLI."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import pytest
 import yaml
 from traitlets.config import Config
 
-from gpuhub import cli, courses, hubconfig
-from gpuhub.site import SiteConfigError, load_site, parse_site
+from gpuhub import cli
+from gpuhub.hub import courses, hubconfig
+from gpuhub.core.site import SiteConfigError, load_site, parse_site
 
 ROOT = Path(__file__).resolve().parents[2]
 FACTS = hubconfig.HubFacts(

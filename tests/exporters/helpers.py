@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import insert
 
-from gpuhub.site import parse_site
+from gpuhub.core.site import parse_site
 from quota import models as ledger
 
 ROOT = Path(__file__).resolve().parents[2]

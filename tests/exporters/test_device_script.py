@@ -6,7 +6,7 @@ import importlib.util
 import subprocess
 import sys
 
-import exporters.nvml
+import gpuhub.host.nvml
 from exporters.testing import FakeGpu, FakeNvmlSource
 from tests.exporters.helpers import ROOT
 
@@ -47,7 +47,7 @@ def load_script():
 def test_checks_and_scrape_on_fake_nvml(monkeypatch, capsys, promtool):
     gpu = FakeGpu("GPU-dev-0", utilization=3, memory_used=500 * 1024**2)
 
-    monkeypatch.setattr(exporters.nvml, "PynvmlSource", drawing_source(gpu, 70_000))
+    monkeypatch.setattr(gpuhub.host.nvml, "PynvmlSource", drawing_source(gpu, 70_000))
     module = load_script()
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)  # no torch, no cupy: idle only
     rc = module.main(["--seconds", "5", "--promtool", promtool])
@@ -84,7 +84,7 @@ def test_under_load_the_exporter_process_is_scraped_over_http(monkeypatch, capsy
 
     (tmp_path / "pynvml.py").write_text(FAKE_PYNVML)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    monkeypatch.setattr(exporters.nvml, "PynvmlSource", drawing_source(gpu, 300_000))
+    monkeypatch.setattr(gpuhub.host.nvml, "PynvmlSource", drawing_source(gpu, 300_000))
     module = load_script()
 
     def worker(seconds):  # stands in for the matmul loop: a process that NVML lists as busy

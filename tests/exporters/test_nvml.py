@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from exporters.nvml import PynvmlSource
+from gpuhub.host.nvml import PynvmlSource
 from exporters.testing import FakeGpu, FakeNvmlError, FakeNvmlSource, FakeProcess
 
 
@@ -213,7 +213,7 @@ def test_real_binding_without_a_driver_fails_gracefully():
 def test_constants_match_pynvml():
     import pynvml
 
-    from exporters import nvml
+    from gpuhub.host import nvml
 
     for name in ("NVML_SUCCESS", "NVML_ERROR_UNINITIALIZED", "NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_NOT_FOUND",
                  "NVML_ERROR_GPU_IS_LOST", "NVML_TEMPERATURE_GPU", "NVML_DEVICE_MIG_ENABLE"):

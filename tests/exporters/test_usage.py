@@ -173,8 +173,8 @@ def test_before_the_first_read_only_site_series_are_served(site):
 
 
 def test_sql_sums_match_quota_periods_arithmetic(site, ledger_engine):
-    """Closed rows are summed in SQL; the result equals quota.periods.interval_charge row by row."""
-    from quota.periods import interval_charge, month_bounds_at
+    """Closed rows are summed in SQL; the result equals gpuhub.core.periods.interval_charge row by row."""
+    from gpuhub.core.periods import interval_charge, month_bounds_at
 
     t0 = utc(2026, 11, 3, 4, 5, 6)
     rows = []

@@ -164,7 +164,7 @@ def budget_site(instance, port, state):
 
 def test_budget_enforcer_warns_then_stops_within_the_documented_bound(make_hub):
     from quota.budget import site_overage_bound
-    from gpuhub.site import load_site
+    from gpuhub.core.site import load_site
 
     hub = make_hub(site_fn=budget_site)
     assert hub.spawn("alice", {"image": "python", "gpus": 1, "gpu_model": "H100"}).status_code in (201, 202)
@@ -202,8 +202,8 @@ def test_dead_container_frees_its_gpu_at_dockers_finish_time(make_hub):
     (c,) = hub.containers(user="carol")
     c.kill()
     c.reload()
-    from gpuhub.dockerenv import docker_time
-    from gpuhub.runtime import quota_store
+    from gpuhub.host.dockerenv import docker_time
+    from gpuhub.hub.runtime import quota_store
 
     finished = docker_time(c.attrs["State"]["FinishedAt"])
     deadline = time.monotonic() + 40
@@ -247,8 +247,8 @@ def test_tampered_rest_options_cannot_exceed_limits(hub, options):
 
 
 def test_container_that_died_while_the_hub_was_down_is_closed_at_its_finish_time(make_hub):
-    from gpuhub.runtime import quota_store
-    from gpuhub.dockerenv import docker_time
+    from gpuhub.hub.runtime import quota_store
+    from gpuhub.host.dockerenv import docker_time
 
     hub = make_hub(site_fn=default_site)
     assert hub.spawn("alice", {"image": "python", "gpus": 1}).status_code in (201, 202)
@@ -298,7 +298,7 @@ def nvidia_site(instance, port, state):
 
 def test_runtime_nvidia_hands_devices_to_docker_and_fails_closed_without_the_toolkit(make_hub):
     """No GPU here: Docker refuses the device request, which proves it was made; the GPU is freed."""
-    from gpuhub.runtime import quota_store
+    from gpuhub.hub.runtime import quota_store
 
     hub = make_hub(site_fn=nvidia_site)
     r = hub.spawn("alice", {"image": "python", "gpus": 1, "gpu_model": "H100"})

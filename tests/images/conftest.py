@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuhub import images
+from gpuhub.host import images
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuhub import images
+from gpuhub.host import images
 
 pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,7 +114,7 @@ def test_hub_versions(built, run_in):
     built("hub")
     out = run_in(images.IMAGES["hub"].tag, ["sh", "-c",
                  "jupyterhub --version; configurable-http-proxy --version; "
-                 "python -c 'import dockerspawner, oauthenticator, quota, gpuhub.site; "
+                 "python -c 'import dockerspawner, oauthenticator, quota, gpuhub.core.site; "
                  "print(dockerspawner.__version__, oauthenticator.__version__)'"])
     assert out.split() == ["6.1.1", "5.3.0", "14.0.0", "17.4.0"], out
 

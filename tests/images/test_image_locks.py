@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuhub import images
+from gpuhub.host import images
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = list(images.IMAGES)
@@ -153,7 +153,7 @@ class _Client:
 
 
 def test_check_catalog_names_missing_images_and_the_build_command():
-    from gpuhub.site import ImageSpec
+    from gpuhub.core.site import ImageSpec
 
     class Site:
         images = {

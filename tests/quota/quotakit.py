@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from gpuhub.site import parse_site
+from gpuhub.core.site import parse_site
 
 SITE = {
     "timezone": "Asia/Seoul",

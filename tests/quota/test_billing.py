@@ -9,7 +9,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import insert
 
-from quota import billing, periods
+from gpuhub.core import periods
+from quota import billing
 from quota.models import usage_intervals
 from quota.policy import AllocationRequest
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import yaml
 
 from exporters.testing import FakeGpu, FakeNvmlSource
-from gpuhub.site import parse_site
+from gpuhub.core.site import parse_site
 from quota.inventory import devices_from_snapshot, nvml_inventory
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quota import periods as p
+from gpuhub.core import periods as p
 
 UTC = timezone.utc
 ZONES = [ZoneInfo("Asia/Seoul"), ZoneInfo("UTC"), ZoneInfo("America/New_York")]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gpuhub.site import Device
+from gpuhub.core.site import Device
 from quota.policy import AllocationRequest, Decision, Holding, Refusal, Snapshot, decide
 
 from quotakit import make_site

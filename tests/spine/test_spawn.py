@@ -88,8 +88,8 @@ def test_two_users_stay_apart(hub):
 
 
 def test_a_named_server_gets_its_own_container_name_and_shares_the_home(hub):
-    """Names come from gpuhub.naming: "<instance>-<user>" and "<instance>-<user>__<server>"."""
-    from gpuhub import naming
+    """Names come from gpuhub.core.naming: "<instance>-<user>" and "<instance>-<user>__<server>"."""
+    from gpuhub.core import naming
 
     for server in ("", "exp1"):
         assert hub.spawn("alice", {"image": "python"}, server=server).status_code in (201, 202)

@@ -4,8 +4,8 @@ from pathlib import Path
 
 from traitlets.config import Config
 
-from gpuhub import hubconfig
-from gpuhub.site import load_site
+from gpuhub.hub import hubconfig
+from gpuhub.core.site import load_site
 
 SITE = load_site(Path(__file__).resolve().parents[2] / "examples/site.yaml")
 FACTS = hubconfig.HubFacts(
@@ -29,7 +29,7 @@ def test_hub_listens_on_loopback_and_the_user_network_gateway_only():
 def test_spawner_uses_the_catalog_and_the_user_network():
     c = Config()
     hubconfig.apply_spawner(c, SITE, FACTS)
-    assert c.JupyterHub.spawner_class == "gpuhub.spawner.GpuhubSpawner"
+    assert c.JupyterHub.spawner_class == "gpuhub.hub.spawner.GpuhubSpawner"
     assert c.GpuhubSpawner.network_name == "gpuhub-users"
     assert c.GpuhubSpawner.allowed_images == {"python": "gpuhub/base-notebook:latest"}
     assert c.GpuhubSpawner.pull_policy == "never"

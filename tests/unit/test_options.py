@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from gpuhub.options import OptionsError, options_from_form, validate_options
-from gpuhub.site import load_site
+from gpuhub.hub.options import OptionsError, options_from_form, validate_options
+from gpuhub.core.site import load_site
 
 SITE = load_site(Path(__file__).resolve().parents[2] / "examples/site.yaml")
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gpuhub.site import SiteConfigError, load_site, parse_site
+from gpuhub.core.site import SiteConfigError, load_site, parse_site
 
 ROOT = Path(__file__).resolve().parents[2]
 

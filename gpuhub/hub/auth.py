@@ -6,11 +6,11 @@ does no I/O, so it can be unit-tested against a plain ``traitlets.config.Config(
 ``hub.auth.type: shared-password`` (quickstart)
     JupyterHub's built-in ``SharedPasswordAuthenticator``: anyone with the demo password logs
     in under any safe username (``allow_all``); names are lowercased by JupyterHub and must be
-    safe names (:data:`gpuhub.naming.SAFE_USERNAME_PATTERN`). ``hub.admin_users`` log in with
+    safe names (:data:`gpuhub.core.naming.SAFE_USERNAME_PATTERN`). ``hub.admin_users`` log in with
     the separate admin password (>= 32 characters) when the caller provides one.
 
 ``hub.auth.type: oidc``
-    :class:`GpuhubOIDCAuthenticator` (``gpuhub.auth.GpuhubOIDCAuthenticator``). At hub start
+    :class:`GpuhubOIDCAuthenticator` (``gpuhub.hub.auth.GpuhubOIDCAuthenticator``). At hub start
     it reads the client secret from the environment variable named by
     ``hub.auth.client_secret_env`` and fetches ``<issuer>/.well-known/openid-configuration``;
     either failing stops the hub with a message naming the variable or the URL.
@@ -48,13 +48,13 @@ from tornado import web
 from tornado.httpclient import HTTPClientError
 from traitlets import Dict, Float, Unicode, default
 
-from gpuhub import naming
-from gpuhub.site import ORG_GROUP_PREFIX, Site
+from gpuhub.core import naming
+from gpuhub.core.site import ORG_GROUP_PREFIX, Site
 
 OIDC_SCOPES = ("openid", "profile", "email")
 SHARED_PASSWORD_MIN_LENGTH = 8  # SharedPasswordAuthenticator._USER_PASSWORD_MIN_LENGTH
 ADMIN_PASSWORD_MIN_LENGTH = 32  # SharedPasswordAuthenticator._ADMIN_PASSWORD_MIN_LENGTH
-AUTHENTICATOR_CLASS = "gpuhub.auth.GpuhubOIDCAuthenticator"
+AUTHENTICATOR_CLASS = "gpuhub.hub.auth.GpuhubOIDCAuthenticator"
 
 REFUSED_MESSAGE = (
     "You signed in, but your account is not a member of any organization on this GPU hub. "
@@ -206,7 +206,7 @@ class GpuhubOIDCAuthenticator(GenericOAuthenticator):
         help="""Course groups added at every login so that manage_groups keeps them:
         ``{"users": {username: [group, ...]}, "idp_groups": {IdP group: [group, ...]}}`` (the
         ``formgrade-<course>`` / ``nbgrader-<course>`` groups nbgrader reads). Set by
-        ``gpuhub.hubconfig.apply_courses`` from the site's courses.""",
+        ``gpuhub.hub.hubconfig.apply_courses`` from the site's courses.""",
     )
 
     @default("login_service")
@@ -339,7 +339,7 @@ class GpuhubOIDCAuthenticator(GenericOAuthenticator):
         if org:
             groups.add(f"{ORG_GROUP_PREFIX}{org}")
         if self.course_groups:
-            from gpuhub.courses import derived_groups
+            from gpuhub.hub.courses import derived_groups
 
             name = self.user_info_to_username(user_info)
             groups |= derived_groups(self.course_groups.get("users", {}), self.course_groups.get("idp_groups", {}),

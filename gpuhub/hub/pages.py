@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import runtime
+from gpuhub.hub import runtime
 
 
 def group_names(user) -> frozenset[str]:

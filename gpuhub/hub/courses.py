@@ -1,6 +1,6 @@
 """Courses: nbgrader for the AI academy on the hub's per-user UIDs.
 
-A course (``courses.<id>`` in the site config, :class:`gpuhub.site.Course`) has instructors and
+A course (``courses.<id>`` in the site config, :class:`gpuhub.core.site.Course`) has instructors and
 students, listed by name or through IdP groups, and is charged to an organization: its members
 may spawn for that org, so caps and budgets apply unchanged (:meth:`Site.orgs_of`). This
 module turns a course into what the hub and the containers need. It is pure (no Docker, no
@@ -23,12 +23,12 @@ course's org, so course work lands on the course's cap and budget)
     formgrader can open its files; ``nbgrader quickstart <id>`` from the home fills it, as
     nbgrader's docs describe. ``<instance>-nbgrader-config`` (read-only) at
     ``/srv/nbgrader/config``, on ``JUPYTER_CONFIG_PATH``: the nbgrader config and plugins in
-    :mod:`gpuhub.nbgrader_container`, which read the member's courses and roles from
+    :mod:`gpuhub.hub.nbgrader_container`, which read the member's courses and roles from
     ``GPUHUB_COURSES``. A member of course A never has course B's volumes, so B's files do not
     exist in A's container, and the course lists show A only.
 
 Permission model (every user runs as their own UID:UID; a course's instructors also get the
-course's GID, :func:`gpuhub.site.course_gid`, through ``group_add``; students never do)
+course's GID, :func:`gpuhub.core.site.course_gid`, through ``group_add``; students never do)
     ``<id>/`` and ``outbound/`` are ``root:GID 2775`` (instructors release, students read);
     ``inbound/`` is ``root:GID 3773``: students may create entries but not list them (-wx), and
     the sticky bit stops anyone but an entry's author from renaming or deleting it; a
@@ -67,8 +67,8 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import labels as lb
-from .site import Course, Site
+from gpuhub.core import labels as lb
+from gpuhub.core.site import Course, Site
 
 EXCHANGE_ROOT = "/srv/nbgrader/exchange"
 CONFIG_DIR = "/srv/nbgrader/config"
@@ -212,7 +212,7 @@ def roles(site: Site) -> list[dict]:
 
 def check_usernames(site: Site) -> None:
     """Refuse member names the hub could never have (same rule as organizations' members)."""
-    from . import naming
+    from gpuhub.core import naming
 
     naming.check_listed_usernames(
         ((f"courses.{key}.{kind}[{i}]", name) for key, course in site.courses.items()

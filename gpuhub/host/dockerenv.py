@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 import docker
 
-from .labels import MANAGED
+from gpuhub.core.labels import MANAGED
 
 USER_NETWORK_OPTIONS = {
     # Containers on the user network cannot talk to each other: user A never reaches B's server.

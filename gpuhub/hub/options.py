@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .site import Site
+from gpuhub.core.site import Site
 
 ALLOWED_KEYS = ("image", "gpus", "gpu_model", "org")
 MAX_STRING = 200

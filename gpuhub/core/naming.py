@@ -20,7 +20,7 @@ Alphabet
       (and prefixes) collide. So ``Alice`` and ``alice`` are two different users; they are the
       same hub user only if the identity provider sends the same claim value, i.e. it says so.
       (The authenticator additionally binds a hub username to the IdP's ``sub``; see
-      :mod:`gpuhub.auth`.)
+      :mod:`gpuhub.hub.auth`.)
     * The claim is first put in Unicode NFC, so canonically equivalent spellings of the same
       text (precomposed vs. decomposed Hangul, for instance) are the same username. No case
       folding, no NFKC: ``Ａlice`` (full-width) and ``Alice`` stay distinct.

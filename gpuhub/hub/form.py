@@ -11,9 +11,9 @@ from pathlib import Path
 
 import jinja2
 
-from . import runtime
-from .pages import group_names, org_budget
-from .site import Site
+from gpuhub.hub import runtime
+from gpuhub.hub.pages import group_names, org_budget
+from gpuhub.core.site import Site
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")), autoescape=True

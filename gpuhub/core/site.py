@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from . import naming
-from .siteconfig_reader import KEY_RE, SiteConfigError, _key_ok, _nonneg, _positive, _Reader
+from gpuhub.core import naming
+from gpuhub.core.siteconfig_reader import KEY_RE, SiteConfigError, _key_ok, _nonneg, _positive, _Reader
 
 DEFAULT_SITE_CONFIG = "examples/site.yaml"
 ORG_GROUP_PREFIX = "gpuhub-org-"
@@ -103,7 +103,7 @@ class Organization:
 
 
 def course_gid(key: str) -> int:
-    """The stable numeric group of a course's instructors (see :mod:`gpuhub.courses`)."""
+    """The stable numeric group of a course's instructors (see :mod:`gpuhub.hub.courses`)."""
     return COURSE_GID_BASE + zlib.crc32(key.encode()) % COURSE_GID_SPAN
 
 
@@ -128,7 +128,7 @@ class Course:
         """``"instructor"``, ``"student"`` or None: listed by name or in one of the IdP groups.
 
         Instructor wins when both apply. The JupyterHub groups ``formgrade-<key>`` and
-        ``nbgrader-<key>`` are derived from this, never read back (see gpuhub.courses).
+        ``nbgrader-<key>`` are derived from this, never read back (see gpuhub.hub.courses).
         """
         if username in self.instructors or groups & set(self.instructors_idp_groups):
             return "instructor"

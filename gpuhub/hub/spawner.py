@@ -1,6 +1,6 @@
 """GpuhubSpawner: DockerSpawner that gives each server exactly the GPUs it was allocated.
 
-A thin adapter: the request is checked by :mod:`gpuhub.options`, devices are taken by the
+A thin adapter: the request is checked by :mod:`gpuhub.hub.options`, devices are taken by the
 quota store in one transaction, and then DockerSpawner creates the container with our
 labels, hardening and (for ``runtime: nvidia``) a device request by UUID. Docker API calls
 run on a shared thread pool instead of DockerSpawner's single worker thread.
@@ -20,12 +20,12 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Bool, Float, Integer, Unicode, default
 
-from . import labels as lb
-from . import runtime
-from .dockerenv import docker_time
-from .naming import container_name
-from .options import OptionsError, options_from_form, validate_options
-from .pages import group_names
+from gpuhub.core import labels as lb
+from gpuhub.hub import runtime
+from gpuhub.host.dockerenv import docker_time
+from gpuhub.core.naming import container_name
+from gpuhub.hub.options import OptionsError, options_from_form, validate_options
+from gpuhub.hub.pages import group_names
 
 
 
@@ -39,7 +39,7 @@ class GpuhubSpawner(DockerSpawner):
     site_config = Unicode(
         "",
         help="""Path of the gpuhub site config (YAML) whose catalog, organizations and GPUs
-        this spawner enforces. Set by ``gpuhub.hubconfig.apply_spawner``; every spawner,
+        this spawner enforces. Set by ``gpuhub.hub.hubconfig.apply_spawner``; every spawner,
         service and CLI reads the same file so they agree on the rules.""",
     ).tag(config=True)
 
@@ -99,7 +99,7 @@ class GpuhubSpawner(DockerSpawner):
 
     @default("object_name")
     def _object_name_default(self):
-        """The container's name from :func:`gpuhub.naming.container_name`: unambiguous for escaped
+        """The container's name from :func:`gpuhub.core.naming.container_name`: unambiguous for escaped
         usernames and named servers, where DockerSpawner's ``{prefix}-{username}--{servername}``
         is not (escaped usernames contain ``--``). DockerSpawner re-renders it through this method."""
         return container_name(self.user.name, self.name, prefix=self.prefix)
@@ -142,13 +142,13 @@ class GpuhubSpawner(DockerSpawner):
 
     @default("options_form")
     def _default_options_form(self):
-        from .form import render_options_form
+        from gpuhub.hub.form import render_options_form
 
         return render_options_form
 
     @default("apply_user_options")
     def _default_apply_user_options(self):
-        # start() validates and applies user_options itself (gpuhub.options); nothing to map here
+        # start() validates and applies user_options itself (gpuhub.hub.options); nothing to map here
         return lambda spawner, options: None
 
     @default("options_from_form")
@@ -209,7 +209,7 @@ class GpuhubSpawner(DockerSpawner):
             uid = await self._quota_call(self.quota.uid_for, self.user.name)
             self.extra_create_kwargs["user"] = f"{uid}:{uid}"
             await self._ensure_home(uid)
-            await self._prepare_courses(uid)  # courses hook (gpuhub.courses)
+            await self._prepare_courses(uid)  # courses hook (gpuhub.hub.courses)
             await self._take_start_slot()
             try:
                 self._emit(35, f"Creating and starting container from {spec.display_name}")
@@ -325,12 +325,12 @@ class GpuhubSpawner(DockerSpawner):
         finally:
             await self.docker("remove_container", box["Id"], force=True)
 
-    # ------------------------------------------------------------ courses hook (gpuhub.courses)
+    # ------------------------------------------------------------ courses hook (gpuhub.hub.courses)
 
     async def _prepare_courses(self, uid: int) -> None:
         """nbgrader courses: sync the user's course groups, mount the course volumes, add the
         instructors' course GIDs, and prepare the volumes (:meth:`_ensure_course_volumes`)."""
-        from . import courses
+        from gpuhub.hub import courses
 
         site = self.site
         self._course_env = {}
@@ -353,7 +353,7 @@ class GpuhubSpawner(DockerSpawner):
         """One-shot root container (no network; CHOWN, FOWNER, DAC_OVERRIDE, FSETID only) that lays
         out the course volumes with their owners and modes, registers the user's UID in each
         exchange and writes the nbgrader config. Idempotent; runs at every course member's start."""
-        from .courses import INIT_CAPS
+        from gpuhub.hub.courses import INIT_CAPS
 
         self._emit(32, f"Preparing course files ({', '.join(sorted(plan.courses))})")
         for volume, labels in plan.volume_labels.items():

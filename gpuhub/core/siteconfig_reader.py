@@ -1,4 +1,4 @@
-"""Reading one YAML mapping with errors that name the key path (used by :mod:`gpuhub.site`)."""
+"""Reading one YAML mapping with errors that name the key path (used by :mod:`gpuhub.core.site`)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .site import Site, load_site, site_config_path
+from gpuhub.core.site import Site, load_site, site_config_path
 
 QUOTA_SERVICE = "gpuhub-quota"
 AUTOMATION_SERVICE = "gpuhub-automation"
@@ -53,15 +53,15 @@ def _state_secret(state_dir: Path, name: str, make=lambda: secrets.token_urlsafe
 
 def prepare(environ: dict | None = None, *, docker_client=None, log=print) -> tuple[Site, HubFacts]:
     """Load the site config and gather the facts the apply functions need."""
-    from .dockerenv import docker_client as make_client
-    from .dockerenv import ensure_user_network
+    from gpuhub.host.dockerenv import docker_client as make_client
+    from gpuhub.host.dockerenv import ensure_user_network
 
     env = os.environ if environ is None else environ
     site = load_site(site_config_path(env))
     state = site.hub.state_dir
     state.mkdir(parents=True, exist_ok=True)
     client = docker_client or make_client()
-    from .images import check_catalog
+    from gpuhub.host.images import check_catalog
 
     problems = check_catalog(site, client)
     if problems:  # refuse to start a hub whose catalog would fail every spawn
@@ -114,14 +114,14 @@ def apply_hub(c, site: Site, facts: HubFacts) -> None:
     c.ConfigurableHTTPProxy.command = [facts.proxy_command]
     c.Authenticator.admin_users = set(site.hub.admin_users)
     c.JupyterHub.template_paths = [str(Path(__file__).parent / "templates")]
-    from .pages import BudgetBanner
+    from gpuhub.hub.pages import BudgetBanner
 
     c.JupyterHub.template_vars = {"gpuhub_quota": BudgetBanner(str(site.path))}
 
 
 def apply_auth(c, site: Site, facts: HubFacts) -> None:
     """Who may log in: the shared demo password or the organizations' OIDC provider."""
-    from .auth import apply_auth as apply_auth_kind
+    from gpuhub.hub.auth import apply_auth as apply_auth_kind
 
     apply_auth_kind(c, site, demo_password=facts.demo_password, admin_password=facts.admin_password)
     c.CryptKeeper.keys = [facts.crypt_key]
@@ -129,7 +129,7 @@ def apply_auth(c, site: Site, facts: HubFacts) -> None:
 
 def apply_spawner(c, site: Site, facts: HubFacts) -> None:
     """One container per server, on the user network, from the catalog only."""
-    c.JupyterHub.spawner_class = "gpuhub.spawner.GpuhubSpawner"
+    c.JupyterHub.spawner_class = "gpuhub.hub.spawner.GpuhubSpawner"
     c.GpuhubSpawner.site_config = str(site.path)
     c.GpuhubSpawner.network_name = facts.network
     c.GpuhubSpawner.use_internal_ip = True
@@ -138,7 +138,7 @@ def apply_spawner(c, site: Site, facts: HubFacts) -> None:
     c.GpuhubSpawner.allowed_images = {key: spec.image for key, spec in site.images.items()}
     c.GpuhubSpawner.pull_policy = "never"  # images come from the catalog, built locally
     c.GpuhubSpawner.remove = True
-    c.GpuhubSpawner.prefix = site.hub.instance  # containers: <instance>-<user>[__<server>] (gpuhub.naming)
+    c.GpuhubSpawner.prefix = site.hub.instance  # containers: <instance>-<user>[__<server>] (gpuhub.core.naming)
     c.GpuhubSpawner.hub_instance = site.hub.instance
     c.GpuhubSpawner.notebook_dir = "/home/jovyan"
     c.GpuhubSpawner.volumes = {"{prefix}-home-{username}": "/home/jovyan"}
@@ -156,7 +156,7 @@ def apply_services(c, site: Site, facts: HubFacts) -> None:
     services = [
         {
             "name": QUOTA_SERVICE,
-            "command": [sys.executable, "-m", "quota.service"],
+            "command": [sys.executable, "-m", "gpuhub.hub.quota_service"],
             "url": f"http://127.0.0.1:{site.hub.quota_service_port}",
             "api_token": facts.quota_service_token,
             "environment": {"GPUHUB_SITE_CONFIG": str(site.path), **facts.service_env},
@@ -166,7 +166,7 @@ def apply_services(c, site: Site, facts: HubFacts) -> None:
     roles = [
         {
             "name": "gpuhub-quota",
-            "scopes": ["list:users", "read:users", "read:servers", "delete:servers", "admin:server_state"],
+            "scopes": ["list:users", "read:users", "read:servers", "delete:servers"],
             "services": [QUOTA_SERVICE],
         }
     ]
@@ -180,11 +180,11 @@ def apply_services(c, site: Site, facts: HubFacts) -> None:
 
 
 def apply_courses(c, site: Site, facts: HubFacts) -> None:
-    """nbgrader courses (see :mod:`gpuhub.courses`): the hub groups ``formgrade-<course>`` /
+    """nbgrader courses (see :mod:`gpuhub.hub.courses`): the hub groups ``formgrade-<course>`` /
     ``nbgrader-<course>`` from the site and the IdP, the scopes nbgrader's JupyterHub plugin
     needs on the server token, and each course's instructors' view of its students' servers.
     Call after :func:`apply_auth` and :func:`apply_services` (it extends what they set)."""
-    from . import courses
+    from gpuhub.hub import courses
 
     if not site.courses:
         return

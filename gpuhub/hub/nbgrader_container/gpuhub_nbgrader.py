@@ -1,7 +1,7 @@
 """gpuhub's nbgrader plugins (nbgrader 0.9): who you are comes from the hub, not /etc/passwd.
 
 Every hub user runs as their own numeric UID, which has no passwd entry in the image, and
-the exchange relies on those UIDs (see gpuhub.courses). So:
+the exchange relies on those UIDs (see gpuhub.hub.courses). So:
 
 - ``ExchangeSubmit`` / ``ExchangeFetchFeedback``: "me" is ``$JUPYTERHUB_USER`` (nbgrader asks
   ``pwd`` otherwise), and a submission folder is made 0750: its author and the course's

@@ -12,7 +12,9 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
-from .site import Site, load_site
+from gpuhub.core.site import Site, load_site
+from quota.inventory import site_inventory
+from quota.store import QuotaStore
 
 _lock = threading.Lock()
 
@@ -27,24 +29,17 @@ def site(path: str | Path) -> Site:
     return _site(str(Path(path).resolve()))
 
 
-_stores: dict[str, object] = {}
+_stores: dict[str, QuotaStore] = {}
 
 
-def quota_store(path: str | Path):
+def quota_store(path: str | Path) -> QuotaStore:
     """The quota store for the site at ``path``; migrates the database on first use."""
     key = str(Path(path).resolve())
     with _lock:
         store = _stores.get(key)
         if store is None:
-            from quota.store import QuotaStore
-
             the_site = site(key)
-            inventory = None
-            if the_site.gpus.inventory == "nvml":
-                from quota.inventory import nvml_inventory
-
-                inventory = nvml_inventory(the_site)
-            store = _stores[key] = QuotaStore.from_site(the_site, inventory=inventory)
+            store = _stores[key] = QuotaStore.from_site(the_site, inventory=site_inventory(the_site))
         return store
 
 

@@ -1,0 +1,111 @@
+"""gpuhub-quota: the hub-managed service that keeps the ledger honest while servers run.
+
+The work itself is :class:`quota.enforcer.QuotaService`; this module is its shell: the hub
+REST client its stops go through, the read-only status JSON for holders of a token with
+``access:services!service=gpuhub-quota`` (the exporters), and the entry point the hub starts
+(``gpuhub service quota``).
+
+Why a managed service and not a loop inside the hub: stops go through the hub's public REST
+API (route removal, spawner.stop, release — the same path as a user's stop), a crash or a slow
+Docker call here never stalls the hub's event loop, and the hub restarts it with itself.
+It exits when its parent hub dies so a ``kill -9`` of the hub never leaves two enforcers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from urllib.parse import quote, urlparse
+
+from jupyterhub.services.auth import HubAuth
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+from gpuhub.core.periods import utcnow
+from gpuhub.host.dockerenv import docker_client
+from gpuhub.hub import runtime
+from quota.enforcer import QuotaService
+
+log = logging.getLogger("gpuhub.quota")
+
+
+class HubClient:
+    """The few hub REST calls the service makes, with the service's own token."""
+
+    def __init__(self, api_url: str, token: str):
+        self.api_url = api_url.rstrip("/")
+        self.token = token
+        self.http = AsyncHTTPClient()
+
+    async def stop_server(self, user: str, server: str) -> None:
+        path = f"/users/{quote(user)}/servers/{quote(server)}" if server else f"/users/{quote(user)}/server"
+        req = HTTPRequest(self.api_url + path, method="DELETE", headers={"Authorization": f"token {self.token}"})
+        resp = await self.http.fetch(req, raise_error=False)
+        if resp.code not in (202, 204, 404):
+            log.error("hub refused to stop %s/%s: %s %s", user, server, resp.code, resp.body[:200])
+
+
+class StatusHandler(web.RequestHandler):
+    """GET <prefix>status: the same JSON as ``gpuhub quota status --format json``."""
+
+    def initialize(self, store, auth):
+        self.store, self.auth = store, auth
+
+    async def get(self):
+        header = self.request.headers.get("Authorization", "")
+        token = header.split(None, 1)[1] if header.lower().startswith(("token ", "bearer ")) else ""
+        model = await self.auth.user_for_token(token, use_cache=True, sync=False) if token else None
+        if not model or not self.auth.check_scopes(self.auth.access_scopes, model):
+            raise web.HTTPError(403, "a token with access:services!service=gpuhub-quota is required")
+        status = await asyncio.to_thread(self.store.status, utcnow())
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(status, default=str))
+
+
+async def _every(seconds: float, fn, name: str) -> None:
+    while True:
+        try:
+            await fn()
+        except Exception:
+            log.exception("%s failed; retrying in %s s", name, seconds)
+        await asyncio.sleep(seconds)
+
+
+async def _watch_parent(ppid: int) -> None:
+    while os.getppid() == ppid:
+        await asyncio.sleep(1)
+    log.warning("parent hub %s is gone; exiting", ppid)
+    os._exit(0)
+
+
+async def amain() -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(levelname).1s %(asctime)s gpuhub-quota] %(message)s")
+    site = runtime.site(os.environ["GPUHUB_SITE_CONFIG"])
+    store = runtime.quota_store(site.path)
+    hub = HubClient(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"])
+    service = QuotaService(site, store, hub, docker_client())
+    auth = HubAuth(api_token=os.environ["JUPYTERHUB_API_TOKEN"], cache_max_age=60)
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/gpuhub-quota/")
+    app = web.Application([(prefix + "status", StatusHandler, {"store": store, "auth": auth})])
+    url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
+    app.listen(url.port, url.hostname)
+    log.info("serving %sstatus on %s", prefix, url.geturl())
+    await asyncio.gather(
+        _watch_parent(os.getppid()),
+        _every(site.quota.reconcile_interval_seconds, service.reconcile, "reconcile"),
+        _every(site.quota.enforce_interval_seconds, service.enforce, "enforce"),
+    )
+
+
+def main() -> None:
+    try:
+        asyncio.run(amain())
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
