@@ -1,15 +1,30 @@
-# gpuhub: the two commands are `make run` and `make test` (see README.md).
+# gpuhub: the two commands are `make run` and `make test` (see README.md); `make lint` / `make fmt` for code style.
 SHELL := /bin/bash
 export GPUHUB_SITE_CONFIG ?= examples/site.yaml
 PY := .venv/bin/python
+RUFF := .venv/bin/ruff
 
-.PHONY: run test setup setup-test docker images check-config bench clean-containers
+.PHONY: run test lint fmt lint-tools setup setup-test docker images check-config bench clean-containers
 
 run: setup  ## install what is missing, build images, serve the hub on http://127.0.0.1:8000
 	exec .venv/bin/gpuhub run
 
 test: setup-test  ## install what is missing, start test services, run the whole suite
 	bash scripts/test.sh
+
+lint: lint-tools  ## import layers (lint-imports), ruff check, ruff format --check; scripts/test.sh runs this first
+	.venv/bin/lint-imports --no-logo
+	$(RUFF) check .
+	$(RUFF) format --check .
+
+fmt: lint-tools  ## apply ruff's fixes and formatting; then list what still needs a hand edit
+	$(RUFF) check --fix --exit-zero --quiet .
+	$(RUFF) format .
+	$(RUFF) check .
+
+lint-tools:
+	@test -x $(RUFF) -a -x .venv/bin/lint-imports || { echo "error: .venv has no ruff or lint-imports" \
+	  "(the pyproject 'test' extra); run \`make setup-test\`" >&2; exit 1; }
 
 setup:
 	bash scripts/setup.sh run

@@ -4,11 +4,13 @@
 # Our Dockerfiles say `FROM debian:bookworm-slim`, so the same files build in production,
 # where the image is pulled from a registry. On a machine without a registry we create an
 # equivalent image: debootstrap a minimal bookworm root filesystem from the Debian mirror apt
-# already uses on this host, and `docker import` it under that name.
+# already uses on this host (or $GPUHUB_DEBIAN_MIRROR), write the same mirrors into the image's
+# apt sources, and `docker import` it under that name. No mirror host is built in.
 #
 # Idempotent: does nothing when the image exists; the rootfs tarball is cached in
 # .run/base-image/ so a re-import (e.g. after `docker image prune -a`) takes ~2 s.
 # Usage: scripts/base-image.sh [--force]   (--force rebuilds the tarball and re-imports)
+# Environment: GPUHUB_DEBIAN_MIRROR, GPUHUB_DEBIAN_SECURITY_MIRROR override the host's sources.
 source "$(dirname "$0")/lib.sh"
 
 IMAGE="${GPUHUB_BASE_IMAGE:-debian:bookworm-slim}"
@@ -25,27 +27,13 @@ if [ "$FORCE" = 0 ] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
   exit 0
 fi
 
-# The Debian mirror apt uses on this host (deb822 sources first, then one-line sources.list).
-debian_mirror() {
-  local f uri
-  for f in /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list /etc/apt/sources.list; do
-    [ -f "$f" ] || continue
-    # deb822: "URIs: http://deb.debian.org/debian" in a stanza that has "Suites: bookworm"
-    uri="$(awk -v s="$SUITE" '
-      /^[[:space:]]*$/ { if (u != "" && hit) { found = u; exit } u = ""; hit = 0; next }
-      /^URIs:/ { u = $2 }
-      /^Suites:/ { for (i = 2; i <= NF; i++) if ($i == s) hit = 1 }
-      END { if (found == "" && u != "" && hit) found = u; if (found != "") print found }' "$f")"
-    # one-line: "deb [opts] URI bookworm main"
-    [ -n "$uri" ] || uri="$(sed -nE "s/^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?([^[:space:]]+)[[:space:]]+$SUITE[[:space:]].*/\2/p" "$f" | head -1)"
-    if [ -n "$uri" ]; then echo "${uri%/}"; return 0; fi
-  done
-  echo "http://deb.debian.org/debian"
-}
-
 if [ "$FORCE" = 1 ] || [ ! -s "$TARBALL" ]; then
+  # The mirrors: $GPUHUB_DEBIAN_MIRROR, else the one this host's apt uses for $SUITE; no built-in default.
+  MIRROR="${GPUHUB_DEBIAN_MIRROR:-$(apt_uri "$SUITE")}"
+  [ -n "$MIRROR" ] || die "this host's apt sources (/etc/apt/sources.list, /etc/apt/sources.list.d/) list no \
+Debian $SUITE mirror; set GPUHUB_DEBIAN_MIRROR to the URL of a Debian mirror that serves $SUITE"
+  SECURITY_MIRROR="${GPUHUB_DEBIAN_SECURITY_MIRROR:-$(apt_uri "$SUITE-security")}"
   apt_need debootstrap
-  MIRROR="${GPUHUB_DEBIAN_MIRROR:-$(debian_mirror)}"
   mkdir -p "$CACHE_DIR"
   ROOTFS="$(mktemp -d "$CACHE_DIR/rootfs.XXXXXX")"
   trap 'as_root rm -rf "$ROOTFS"' EXIT
@@ -57,12 +45,9 @@ if [ "$FORCE" = 1 ] || [ ! -s "$TARBALL" ]; then
     "$ROOTFS"/usr/share/doc/* "$ROOTFS"/usr/share/man/* "$ROOTFS"/usr/share/info/*
   # debootstrap copies the host's resolv.conf/hostname; Docker provides both at run time.
   as_root sh -c ": >'$ROOTFS/etc/resolv.conf'; echo localhost >'$ROOTFS/etc/hostname'"
-  # Same apt sources as the official image (deb.debian.org), whatever mirror built it.
-  as_root sh -c "cat >'$ROOTFS/etc/apt/sources.list'" <<EOF
-deb http://deb.debian.org/debian $SUITE main
-deb http://deb.debian.org/debian $SUITE-updates main
-deb http://deb.debian.org/debian-security $SUITE-security main
-EOF
+  image_apt_sources "$SUITE" "$MIRROR" "$SECURITY_MIRROR" | as_root sh -c "cat >'$ROOTFS/etc/apt/sources.list'"
+  [ -n "$SECURITY_MIRROR" ] \
+    || note "this host's apt has no $SUITE-security source, so the image gets none (set GPUHUB_DEBIAN_SECURITY_MIRROR)"
   step "packing the root filesystem into $TARBALL"
   as_root tar --numeric-owner -C "$ROOTFS" -cf "$TARBALL.tmp" .
   mv "$TARBALL.tmp" "$TARBALL"

@@ -2,6 +2,10 @@
 # Run the whole suite against real services. Called by `make test` after setup.sh test.
 source "$(dirname "$0")/lib.sh"
 cd "$GPUHUB_ROOT"
+# Lint first (seconds): a layer violation or unformatted file fails the suite before any service starts.
+step "lint: import layers, ruff check, ruff format --check (make lint)"
+make --no-print-directory lint \
+  || die "lint failed (above): \`make fmt\` applies ruff's formatting and safe fixes; the rest need a hand edit"
 step "starting PostgreSQL for the tests"
 GPUHUB_TEST_PG_URL="$(bash scripts/postgres.sh | tail -n 1)"
 export GPUHUB_TEST_PG_URL
