@@ -1,11 +1,12 @@
-"""``python -m exporters gpu|usage [--site S] [--listen HOST:PORT]`` (same as ``gpuhub exporter ...``)."""
+"""``python -m exporters gpu|usage [flags]`` is ``gpuhub exporter gpu|usage [flags]``.
 
+The one parser lives in :mod:`gpuhub.cli`, which the exporters (a lower layer) may not import, so this alias
+re-executes as ``python -m gpuhub exporter ...``: same flags, help and errors, and the same process id, so a
+supervisor's signals still reach the exporter.
+"""
+
+import os
 import sys
 
-from .server import main_gpu, main_usage
-
 if __name__ == "__main__":
-    if len(sys.argv) < 2 or sys.argv[1] not in ("gpu", "usage"):
-        print("usage: python -m exporters {gpu|usage} [--site SITE] [--listen HOST:PORT]", file=sys.stderr)
-        sys.exit(2)
-    sys.exit((main_gpu if sys.argv[1] == "gpu" else main_usage)(sys.argv[2:]))
+    os.execv(sys.executable, [sys.executable, "-m", "gpuhub", "exporter", *sys.argv[1:]])

@@ -8,8 +8,10 @@ Token: when ``site.metrics_token_env`` names an environment variable, its value 
 requests without ``Authorization: Bearer <token>`` get 401 (compared in constant time). Naming a
 variable that is unset or empty is a startup error: the endpoint never silently opens.
 
-Entry points for the ``gpuhub`` CLI: :func:`run_gpu_exporter`, :func:`run_usage_exporter`
-(block until SIGINT/SIGTERM or ``stop`` is set), :func:`main_gpu`, :func:`main_usage` (argv).
+Entry points: :func:`run_gpu_exporter`, :func:`run_usage_exporter` (block until SIGINT/SIGTERM or
+``stop`` is set), and :func:`main_gpu`, :func:`main_usage` (argv), which own the exporters' flags:
+``gpuhub exporter gpu|usage`` and ``python -m exporters gpu|usage`` hand them the rest of the line.
+A bad site config, token variable or ``--listen`` is one line ``gpuhub: error: ...`` and exit 2.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import make_wsgi_app
 from prometheus_client.registry import CollectorRegistry
+
+from gpuhub.core.site import SiteConfigError, load_site
 
 log = logging.getLogger(__name__)
 
@@ -187,36 +191,63 @@ def _serve_until_stopped(registry: CollectorRegistry, sampler: Any, listen: str,
     return 0
 
 
+# ------------------------------------------------------------------------------------------ command line
+# `gpuhub exporter gpu|usage` (gpuhub.cli) and `python -m exporters gpu|usage` hand their flags to these.
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class _LogFormatter(logging.Formatter):
+    """Time-stamped log lines, except a startup error the operator must fix: that is the one line
+    ``gpuhub: error: ...`` that every gpuhub command prints."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, "user_error", False):
+            return f"gpuhub: error: {record.getMessage()}"
+        return super().format(record)
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds > 0")
+    return value
+
+
 def _parser(kind: str, default_listen: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"gpuhub exporter {kind}", description=f"Serve gpuhub's {kind} exporter")
     p.add_argument("--site", help="site config YAML (default: $GPUHUB_SITE_CONFIG or examples/site.yaml)")
-    p.add_argument("--listen", default=default_listen, help=f"HOST:PORT to serve /metrics on (default {default_listen})")
-    p.add_argument("--interval", type=float, help="seconds between samples (gpu: 1, usage: 5)")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--listen", default=default_listen,
+                   help=f"HOST:PORT to serve /metrics on (default {default_listen})")
+    p.add_argument("--interval", type=_seconds, help="seconds between samples (gpu: 1, usage: 5)")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS, help="default INFO")
     if kind == "gpu":
         p.add_argument("--proc-root", default="/proc", help="the host's /proc (when running in a container)")
-        p.add_argument("--slow-interval", type=float, default=15.0,
+        p.add_argument("--slow-interval", type=_seconds, default=15.0,
                        help="seconds between NVML's costly reads: energy, per-process utilization, MIG layout "
                             "(default 15, a usual scrape interval; ~6.8 ms CPU per H100 each time)")
     return p
 
 
 def _main(kind: str, argv: list[str] | None) -> int:
-    from gpuhub.core.site import SiteConfigError, load_site
-
     args = _parser(kind, "127.0.0.1:9835" if kind == "gpu" else "127.0.0.1:9836").parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_LogFormatter(LOG_FORMAT))
+    logging.basicConfig(level=args.log_level, handlers=[handler])
     try:
+        parse_listen(args.listen)  # before any sampling starts, so a typo is the only line printed
         site = load_site(args.site)
         if kind == "gpu":
             return run_gpu_exporter(site, args.listen, interval=args.interval or 1.0,
                                     slow_interval=args.slow_interval, proc_root=args.proc_root)
         return run_usage_exporter(site, args.listen, interval=args.interval or 5.0)
     except (SiteConfigError, MetricsConfigError) as e:
-        log.error("%s", e)
+        log.error("%s", e, extra={"user_error": True})
         return 2
     except OSError as e:
-        log.error("cannot listen on %s: %s", args.listen, e.strerror or e)
+        log.error("cannot listen on %s: %s; choose a free HOST:PORT with --listen", args.listen, e.strerror or e,
+                  extra={"user_error": True})
         return 2
 
 

@@ -25,8 +25,8 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from gpuhub.core.site import Site
 from gpuhub.core.periods import day_bounds, parse_period, period_bounds, utc, utcnow
+from gpuhub.core.site import Site
 from quota.sqlexpr import OVERLAP_WHERE, Dialect, timed, window
 
 US_PER_HOUR = 3_600_000_000
@@ -162,12 +162,13 @@ def to_html(rows: list[dict], daily_usage: dict, period: str, budgets: dict[str,
         top = max([*running, budget, max(hours, default=0.0)]) or 1.0
         w, h = 14 * len(days), 120
 
-        def y(v: float) -> float:
+        def y(v: float, h: float = h, top: float = top) -> float:  # this org's chart: bound now
             return h - h * v / top
 
         bars = "".join(
             f'<rect x="{i * 14}" y="{y(v):.1f}" width="12" height="{h - y(v):.1f}" fill="#4a90d9">'
-            f"<title>{e(d['date'])}: {v:.2f} h</title></rect>" for i, (d, v) in enumerate(zip(days, hours)))
+            f"<title>{e(d['date'])}: {v:.2f} h</title></rect>"
+            for i, (d, v) in enumerate(zip(days, hours, strict=True)))
         line = " ".join(f"{i * 14 + 6},{y(v):.1f}" for i, v in enumerate(running))
         budget_svg = (f'<line x1="0" x2="{w}" y1="{y(budget):.1f}" y2="{y(budget):.1f}" stroke="#c0392b" '
                       f'stroke-dasharray="4 3"><title>budget {budget:g} h</title></line>') if budget else ""

@@ -61,12 +61,6 @@ class Verdict:
     stop: tuple[str, ...]  # server keys to stop now
     message: str
 
-    @property
-    def fraction_used(self) -> float:
-        if self.budget_gpu_hours <= 0:
-            return float("inf") if self.used_gpu_hours > 0 else 0.0
-        return self.used_gpu_hours / self.budget_gpu_hours
-
 
 def thresholds(warn_fractions) -> tuple[float, ...]:
     return tuple(sorted({float(f) for f in warn_fractions if 0 < f < EXHAUSTED} | {EXHAUSTED}))

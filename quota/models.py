@@ -1,9 +1,22 @@
-"""The quota tables (docs/CONTRACTS.md), in the hub's own database.
+"""The quota tables, in the hub's own database: the contract every reader and writer keeps.
 
-All names start with ``gpuhub_`` so they never collide with JupyterHub's tables, and Alembic keeps
-its own version table (``gpuhub_alembic_version``). Times are UTC: ``timestamptz`` on PostgreSQL,
-naive-UTC text in a fixed format on SQLite (fixed width, so text order is time order and SQL can
-turn it into exact epoch microseconds). Convert at the edge with :class:`UtcDateTime`.
+All names start with ``gpuhub_`` so they never collide with JupyterHub's tables (same database, same
+URL as the hub's ``db_url``), and Alembic keeps its own version table (``gpuhub_alembic_version``).
+Times are UTC: ``timestamptz`` on PostgreSQL, naive-UTC text in a fixed format on SQLite (fixed width,
+so text order is time order and SQL can turn it into exact epoch microseconds). Convert at the edge
+with :class:`UtcDateTime`.
+
+A server is named by its ``server_key``, ``"<user>/<server name>"`` (``"alice/"`` for the default
+server): at most one open interval has a given key, and the server's allocation rows carry it too.
+
+- ``gpuhub_allocations``: one row per device held; ``device_uuid`` is the primary key, which is the
+  guarantee that two servers never hold one device.
+- ``gpuhub_usage_intervals``: the ledger, one row per server run (``ended_at`` null while it runs).
+  Its charge inside a period [lo, hi) is ``gpus x weight x (min(ended_at or now, hi) - max(started_at,
+  lo))`` weighted GPU-seconds; closed rows are never updated, which lets billing and the usage exporter
+  trust sums over old rows.
+- ``gpuhub_spawn_refusals``: a durable counter per (org, rule) bumped on each refusal.
+- ``gpuhub_user_ids``: the UID each user's files are owned by; never reused.
 """
 
 from __future__ import annotations
@@ -155,3 +168,21 @@ budget_warnings = Table(
     Column("announced_at", UtcDateTime, nullable=False),
     Column("message", Text, nullable=True),
 )
+
+# The project audit log (quota.audit): append-only, hash-chained; ids are assigned by the appender
+# (last id + 1 under a lock), so a deleted row leaves a gap. Never updated, pruned only from the front.
+audit_log = Table(
+    "gpuhub_audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("at", UtcDateTime, nullable=False),
+    Column("project", String(64), nullable=True),
+    Column("account", String(255), nullable=True),
+    Column("source", String(64), nullable=True),  # source address (IPv4/IPv6 text)
+    Column("action", String(64), nullable=False),
+    Column("target", Text, nullable=True),  # the data touched (dataset, path, server)
+    Column("detail", Text, nullable=False),  # canonical JSON object
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+Index("gpuhub_audit_project_at", audit_log.c.project, audit_log.c.at)

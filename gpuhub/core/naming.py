@@ -1,4 +1,4 @@
-"""Names: hub usernames from identity-provider claims, and Docker container/volume names.
+"""Names: hub usernames from identity-provider claims, and Docker container names.
 
 Pure functions, no configuration, no I/O. Everything that turns an identity or a server into a
 name goes through here, so the guarantees below hold in one place.
@@ -27,15 +27,24 @@ Alphabet
     * Deterministic and stable across releases: changing this function renames users.
     * The empty claim is refused (ValueError).
 
-:func:`container_name` / :func:`volume_name`
-    ``gpuhub-<user>`` for the default server, ``gpuhub-<user>__<server>`` for a named server,
-    ``gpuhub-home-<user>`` for the home volume (``prefix=`` replaces ``gpuhub``, e.g. with the
-    hub instance name; keep it fixed per hub). Neither part can contain ``__`` (safe names
-    have no doubled separator, escaped names only ``--``), so the split is unambiguous and
-    ``user--foo`` (escaped to ``user-foo--<hash>``) never meets user ``user`` with server
-    ``foo`` (``gpuhub-user__foo``). Hub usernames produced by :func:`normalize_username` are
-    used as they are; any other string is escaped first. Names are at most 63 characters with
-    the default prefix (longer prefixes add their extra length).
+:func:`container_name`
+    ``gpuhub-<user>`` for the default server, ``gpuhub-<user>__<server>`` for a named server
+    (``prefix=`` replaces ``gpuhub``, e.g. with the hub instance name; keep it fixed per hub).
+    Neither part can contain ``__`` (safe names have no doubled separator, escaped names only
+    ``--``), so the split is unambiguous and ``user--foo`` (escaped to ``user-foo--<hash>``) never
+    meets user ``user`` with server ``foo`` (``gpuhub-user__foo``). Hub usernames produced by
+    :func:`normalize_username` are used as they are; any other string is escaped first. Names are
+    at most 63 characters with the default prefix (longer prefixes add their extra length).
+
+Home volumes are not named here, on purpose
+    DockerSpawner names them from the ``volumes`` template ``{prefix}-home-{username}``
+    (:func:`gpuhub.hub.hubconfig.apply_spawner`) with its own escaping of the username (since
+    DockerSpawner 12: ``[a-z0-9]`` kept, any other character as ``-`` + hex, so ``kim.min-su`` ->
+    ``gpuhub-home-kim-2emin-2dsu``). That is what every existing user's home volume is called. A
+    name built from the safe name instead would differ for every username with a separator, which
+    includes every escaped one (``--``), so switching would give those users an empty home and
+    leave their data behind in the old volume. Containers are disposable, so their names can be
+    ours; volumes keep DockerSpawner's.
 """
 
 from __future__ import annotations
@@ -65,8 +74,9 @@ USERNAME_PATTERN = rf"^(?=.{{1,{USERNAME_MAX_LENGTH}}}$)(?:{_SAFE})(?:--[a-z2-7]
 
 # Revised Romanization of Korean, letter by letter (no sound-change rules): enough for a
 # readable prefix; the hash carries the identity.
-_INITIALS = "g kk n d tt r m b pp s ss - j jj ch k t p h".split()
-_MEDIALS = "a ae ya yae eo e yeo ye o wa wae oe yo u wo we wi yu eu ui i".split()
+_INITIALS = ["g", "kk", "n", "d", "tt", "r", "m", "b", "pp", "s", "ss", "-", "j", "jj", "ch", "k", "t", "p", "h"]
+_MEDIALS = ["a", "ae", "ya", "yae", "eo", "e", "yeo", "ye", "o", "wa", "wae", "oe", "yo", "u", "wo", "we", "wi",
+            "yu", "eu", "ui", "i"]
 _FINALS = ["", "k", "k", "k", "n", "n", "n", "t", "l", "k", "m", "l", "l", "l", "p", "l",
            "m", "p", "p", "t", "t", "ng", "t", "t", "k", "t", "p", "t"]
 
@@ -162,7 +172,7 @@ def server_slug(server_name: str) -> str:
 
 
 def is_name_prefix(prefix: str) -> bool:
-    """A valid ``prefix`` for :func:`container_name` / :func:`volume_name` (the hub instance)."""
+    """A valid ``prefix`` for :func:`container_name` (the hub instance)."""
     return isinstance(prefix, str) and bool(_PREFIX_RE.match(prefix))
 
 
@@ -182,8 +192,3 @@ def container_name(user: str, server_name: str = "", *, prefix: str = DEFAULT_PR
     if server_name:
         name += SERVER_SEPARATOR + server_slug(server_name)
     return name
-
-
-def volume_name(user: str, *, prefix: str = DEFAULT_PREFIX) -> str:
-    """Name of ``user``'s home volume (shared by all of the user's servers)."""
-    return f"{_check_prefix(prefix)}-home-{_user_part(user)}"

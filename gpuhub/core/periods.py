@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 
-UTC = timezone.utc
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 PERIOD_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 
@@ -22,7 +21,7 @@ PERIOD_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 def utc(dt: datetime) -> datetime:
     """``dt`` as an aware UTC datetime; naive input is refused so a local time never sneaks in."""
     if dt.tzinfo is None or dt.tzinfo.utcoffset(dt) is None:
-        raise ValueError(f"naive datetime {dt!r}: pass an aware datetime (e.g. datetime.now(timezone.utc))")
+        raise ValueError(f"naive datetime {dt!r}: pass an aware datetime (e.g. datetime.now(UTC))")
     return dt.astimezone(UTC)
 
 
@@ -63,6 +62,11 @@ def month_bounds_at(instant: datetime, tz: tzinfo) -> tuple[datetime, datetime]:
 
 def period_key(year: int, month: int) -> str:
     return f"{year:04d}-{month:02d}"
+
+
+def period_of(instant: datetime, tz: tzinfo) -> str:
+    """'YYYY-MM' of the month ``instant`` falls in, read in the zone ``tz`` (not the host's)."""
+    return period_key(*month_of(instant, tz))
 
 
 def parse_period(period: str) -> tuple[int, int]:
@@ -156,7 +160,3 @@ def interval_charge(gpus: int, weight: float, start: datetime, end: datetime | N
     lo = utc(lo) if lo is not None else utc(start)
     hi = utc(hi) if hi is not None else stop
     return charge(gpus, weight, overlap(start, stop, lo, hi))
-
-
-def hours(weighted_gpu_seconds: float) -> float:
-    return weighted_gpu_seconds / 3600.0

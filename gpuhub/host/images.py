@@ -9,11 +9,8 @@ the image folder plus those wheels, then runs the legacy ``docker build --networ
 through the host network; the Dockerfiles are multi-stage so the wheels never reach the final
 image).
 
-Command line (the lead wires ``gpuhub images ...`` to :func:`main`)::
-
-    python -m gpuhub.host.images build [NAME ...]   # all images in BUILD_ORDER when no NAME
-    python -m gpuhub.host.images lock NAME          # regenerate images/NAME/requirements.lock
-    python -m gpuhub.host.images list
+The command line is ``gpuhub images build|list|lock`` (:mod:`gpuhub.cli`); ``python -m
+gpuhub.host.images ...`` is the same command, handed to that one parser.
 
 This module imports only the standard library at import time, so ``scripts/`` and tests can use
 it without the hub's dependencies; ``check_catalog`` receives its Docker client.
@@ -108,7 +105,8 @@ class ImageBuildError(RuntimeError):
 
 
 def repo_root() -> Path:
-    return Path(__file__).resolve().parent.parent
+    """The checkout this module runs from (gpuhub/host/images.py -> the folder with images/)."""
+    return Path(__file__).resolve().parents[2]
 
 
 def run_dir(root: Path) -> Path:
@@ -240,8 +238,10 @@ def lock(name: str, root: Path | None = None, log: Log = print) -> Path:
     log(f"    wrote {out.relative_to(root)}: {len(entries)} wheels ({time.monotonic() - t0:.0f} s)")
     if d.npm:
         log(f"==> resolving images/{name}/package.json with npm (package-lock.json)")
+        # No `resolved` URLs (also set in images/NAME/.npmrc): the lock names no registry host; the build
+        # finds each tarball through the registry the host's npm uses (see _npm_cache).
         proc = subprocess.run(["npm", "install", "--package-lock-only", "--no-audit", "--no-fund",
-                               "--omit-lockfile-registry-resolved=false"],
+                               "--omit-lockfile-registry-resolved=true"],
                               cwd=image_dir(root, name), capture_output=True, text=True)
         if proc.returncode != 0:
             raise ImageBuildError(f"npm install --package-lock-only failed for {name}:\n{proc.stderr[-3000:]}")
@@ -375,11 +375,21 @@ def prepare_context(root: Path, name: str, log: Log = print) -> Path:
 
 def _npm_cache(root: Path, name: str, cache: Path, log: Log) -> None:
     """Fill an npm cache with exactly what images/NAME/package-lock.json pins (integrity-checked
-    by npm), so `npm ci --offline` works inside the build, which cannot reach the npm registry."""
+    by npm), so `npm ci --offline` works inside the build, which cannot reach the npm registry.
+
+    The lock has no `resolved` URLs, so npm looks each package up in the registry's package
+    documents, which the cache holds under the registry's URL: ``npm-cache/npmrc`` names the
+    registry the host's npm used, and the build's npm (``--userconfig``) reads the same keys."""
     src = image_dir(root, name)
     shared = run_dir(root) / "npm" / name
     stamp = shared / "lock.sha256"
-    digest = sha256_file(src / "package-lock.json")
+    try:
+        registry = subprocess.run(["npm", "config", "get", "registry"], cwd=src, capture_output=True, text=True,
+                                  check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise ImageBuildError(f"`npm config get registry` failed ({e}); the {name} image needs npm on this host "
+                              "to fill its npm cache: run `make setup`") from None
+    digest = f"{sha256_file(src / 'package-lock.json')} {registry}"
     if not (stamp.is_file() and stamp.read_text() == digest):
         log("==> filling the npm cache from package-lock.json (npm ci on the host)")
         if shared.exists():
@@ -394,6 +404,8 @@ def _npm_cache(root: Path, name: str, cache: Path, log: Log) -> None:
     else:
         log("==> npm cache is up to date")
     shutil.copytree(shared / "cache", cache, copy_function=lambda s, d: _link_or_copy(Path(s), Path(d)))
+    # Beside the cache, not in the install folder: the final image gets node_modules, never this file.
+    (cache / "npmrc").write_text(f"registry={registry}\n")
 
 
 def _docker_build_line(line: str) -> bool:
@@ -479,40 +491,7 @@ def check_catalog(site, docker_client) -> list[str]:
 # Command line
 
 
-USAGE = """usage: python -m gpuhub.host.images build [--no-cache] [NAME ...] | lock NAME [NAME ...] | list
-images: """
-
-
-def main(argv: list[str] | None = None, root: Path | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    root = Path(root or repo_root())
-    usage = USAGE + ", ".join(BUILD_ORDER)
-    if not argv or argv[0] in {"-h", "--help"}:
-        print(usage)
-        return 0 if argv else 2
-    cmd, names = argv[0], argv[1:]
-
-    def log(msg: str) -> None:
-        print(msg, flush=True)
-
-    try:
-        if cmd == "build":
-            no_cache = "--no-cache" in names
-            build([n for n in names if n != "--no-cache"], root, log, no_cache=no_cache)
-        elif cmd == "lock" and names:
-            for n in names:
-                lock(n, root, log)
-        elif cmd == "list":
-            for n in BUILD_ORDER:
-                print(f"{n}\t{IMAGES[n].tag}\t{'built' if docker_has(n) else 'missing'}")
-        else:
-            print(usage, file=sys.stderr)
-            return 2
-    except (ImageBuildError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m gpuhub.host.images ARGS` is `gpuhub images ARGS`: the one parser lives in gpuhub.cli, which this
+    # lower layer may not import, so the alias re-executes as `python -m gpuhub images` (same process id).
+    os.execv(sys.executable, [sys.executable, "-m", "gpuhub", "images", *sys.argv[1:]])

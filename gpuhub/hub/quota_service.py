@@ -101,6 +101,7 @@ async def amain() -> None:
 
 
 def main() -> None:
+    """Run the service until the hub stops it; ``gpuhub service quota`` checks its environment, then calls this."""
     try:
         asyncio.run(amain())
     except KeyboardInterrupt:
@@ -108,4 +109,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m gpuhub.hub.quota_service` is `gpuhub service quota` (gpuhub.cli, which this layer may not import):
+    # re-executed in place, so the process id, and with it the parent hub that _watch_parent follows, stays the same.
+    os.execv(sys.executable, [sys.executable, "-m", "gpuhub", "service", "quota", *sys.argv[1:]])

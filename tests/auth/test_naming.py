@@ -1,4 +1,4 @@
-"""Table tests of gpuhub.core.naming: usernames from IdP claims, container and volume names."""
+"""Table tests of gpuhub.core.naming: usernames from IdP claims, container names."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpuhub.core import naming
-from gpuhub.core.naming import container_name, is_normalized_username, normalize_username, server_slug, volume_name
+from gpuhub.core.naming import container_name, is_normalized_username, normalize_username, server_slug
 
 DOCKER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 ESCAPED = re.compile(r"^(?P<prefix>[a-z0-9._-]+)--(?P<hash>[a-z2-7]{10})$")
@@ -116,7 +116,7 @@ def test_no_collisions(claims):
     assert len({normalize_username(c) for c in claims}) == len(claims)
 
 
-# ---------------------------------------------------------------- containers and volumes
+# ---------------------------------------------------------------- containers
 
 CONTAINERS = [
     (("alice", ""), "gpuhub-alice"),
@@ -129,12 +129,6 @@ CONTAINERS = [
 @pytest.mark.parametrize("args, expected", CONTAINERS)
 def test_container_name_table(args, expected):
     assert container_name(*args) == expected
-
-
-def test_volume_names():
-    assert volume_name("alice") == "gpuhub-home-alice"
-    assert volume_name(normalize_username("김민수")).startswith("gpuhub-home-gimminsu--")
-    assert volume_name("alice") != volume_name("alice.b")
 
 
 def test_reliability_i3_user_server_collision():
@@ -190,7 +184,6 @@ def test_container_name_injective_property(u1, s1, u2, s2):
 def test_prefix():
     assert container_name("alice", prefix="gpuhubtest1a2b3c") == "gpuhubtest1a2b3c-alice"
     assert container_name("alice", "x", prefix="hub-2") == "hub-2-alice__x"
-    assert volume_name("alice", prefix="hub-2") == "hub-2-home-alice"
     for bad in ("", "Hub", "a--b", "a_b", "-a", "a-"):
         with pytest.raises(ValueError):
             container_name("alice", prefix=bad)

@@ -104,7 +104,9 @@ def test_run_usage_exporter_refuses_a_missing_token_before_listening(tmp_path, l
 def test_run_usage_exporter_stops_on_event(site, ledger_engine):
     stop = threading.Event()
     result = []
-    t = threading.Thread(target=lambda: result.append(run_usage_exporter(site, "127.0.0.1:0", ledger_engine, stop=stop)))
+    t = threading.Thread(
+        target=lambda: result.append(run_usage_exporter(site, "127.0.0.1:0", ledger_engine, stop=stop))
+    )
     t.start()
     stop.set()
     t.join(10)

@@ -4,7 +4,7 @@ import csv
 import io
 import json
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import insert
@@ -13,8 +13,6 @@ from gpuhub.core import periods
 from quota import billing
 from quota.models import usage_intervals
 from quota.policy import AllocationRequest
-
-UTC = timezone.utc
 
 
 def add(engine, user, org, model, gpus, weight, start, end, key=None):
@@ -59,7 +57,8 @@ def test_grouping_org_filter_and_rates(engine, site):
     assert [(r["org"], r["user"], r["gpu_model"], r["intervals"], r["weighted_gpu_hours"]) for r in rows] == [
         ("lab-a", "alice", "H100", 2, 2.0), ("lab-b", "carol", "B200", 1, 2.0)]
     assert rows[0]["amount"] == 8000.0 and "amount" not in rows[1]
-    assert [r["org"] for r in billing.statement(engine, site, "2026-11", org="lab-b", now=t + timedelta(days=1))] == ["lab-b"]
+    rows = billing.statement(engine, site, "2026-11", org="lab-b", now=t + timedelta(days=1))
+    assert [r["org"] for r in rows] == ["lab-b"]
 
 
 def test_random_ledger_matches_python_reference(engine, site):

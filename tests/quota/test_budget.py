@@ -1,6 +1,6 @@
 """Budget warnings, grace and stops; the documented overage bound, by time travel."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -12,7 +12,6 @@ from quota.policy import AllocationRequest, Decision, Holding, Snapshot, decide
 from quota.store import QuotaRefused
 from quotakit import make_site
 
-UTC = timezone.utc
 T0 = datetime(2026, 11, 10, 3, 0, tzinfo=UTC)
 
 

@@ -1,6 +1,7 @@
 """Month bounds, exact splitting and charge arithmetic (property tests)."""
 
-from datetime import datetime, timedelta, timezone
+import itertools
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -9,7 +10,6 @@ from hypothesis import strategies as st
 
 from gpuhub.core import periods as p
 
-UTC = timezone.utc
 ZONES = [ZoneInfo("Asia/Seoul"), ZoneInfo("UTC"), ZoneInfo("America/New_York")]
 
 instants = st.datetimes(min_value=datetime(1985, 1, 1), max_value=datetime(2099, 1, 1), timezones=st.just(UTC))
@@ -33,7 +33,7 @@ def _check_split(start, end, tz):
         assert pieces == []
         return
     assert pieces[0].start == start and pieces[-1].end == end
-    for a, b in zip(pieces, pieces[1:]):
+    for a, b in itertools.pairwise(pieces):
         assert a.end == b.start
         assert (b.year, b.month) == p.next_month(a.year, a.month)
     for x in pieces:
@@ -105,3 +105,13 @@ def test_day_bounds_cover_the_month():
     assert len(days) == 30
     assert days[0][1] == p.month_start(2026, 11, tz) and days[-1][2] == p.month_start(2026, 12, tz)
     assert sorted({(hi - lo).total_seconds() / 3600 for _, lo, hi in days}) == [24.0, 25.0]
+
+
+@pytest.mark.parametrize("instant, zone, expected", [
+    (datetime(2026, 11, 30, 15, 30, tzinfo=UTC), "Asia/Seoul", "2026-12"),  # 00:30 on Dec 1 in Seoul
+    (datetime(2026, 11, 30, 14, 59, 59, tzinfo=UTC), "Asia/Seoul", "2026-11"),
+    (datetime(2027, 1, 1, 3, 0, tzinfo=UTC), "America/New_York", "2026-12"),  # still New Year's Eve there
+    (datetime(2026, 11, 30, 15, 30, tzinfo=UTC), "UTC", "2026-11"),
+])
+def test_period_of_reads_the_month_in_the_given_zone(instant, zone, expected):
+    assert p.period_of(instant, ZoneInfo(zone)) == expected

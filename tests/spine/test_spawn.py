@@ -20,7 +20,10 @@ def test_spawn_runs_code_and_stop_removes_container(hub):
     assert labels["gpuhub.gpus"] == ""
     assert hub.run_code("alice", "print(6 * 7)").strip() == "42"
     hub.stop_server("alice")
-    hub.wait_containers_gone(user="alice")  # Docker's auto-remove finishes just after the stop
+    # The stop itself removed it: DockerSpawner.stop runs `docker stop`, then `docker rm -v` (remove = True).
+    # Docker's auto_remove is off: a container that dies on its own is kept, so its FinishedAt can close the
+    # ledger's interval, until DockerSpawner removes it at that server's next start (remove = True again).
+    hub.wait_containers_gone(user="alice")
 
 
 def test_gpu_server_gets_its_devices_in_labels_and_env(hub):
