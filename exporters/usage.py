@@ -18,7 +18,10 @@ Series:
   ``gpuhub_org_budget_used_ratio{org}`` (weighted GPU-seconds this calendar month in the site zone),
   ``gpuhub_budget_period_start_timestamp_seconds``
 - ``gpuhub_org_running_servers{org}`` (open intervals, CPU-only servers included)
-- ``gpuhub_spawn_refusals_total{org,reason}``
+- ``gpuhub_spawn_refusals_total{org,reason}``: ``reason`` is the rule id of :class:`quota.policy.Rule` (the
+  ``X-Gpuhub-Rule`` of the REST answer); counts stored under an id an older release used are added to today's
+- ``gpuhub_idle_culls_total{org,kind}``: servers stopped for idleness (ledger end_reason ``gpu-idle`` →
+  kind ``gpu``, ``http-idle`` → ``http``; see :mod:`gpuhub.hub.idle_service`)
 - self metrics with ``exporter="usage"`` (see :func:`exporters.gpu.self_metrics`)
 
 Rows with no org use ``org=""``. Idle-allocated GPU-seconds need utilization, which the ledger
@@ -41,6 +44,7 @@ from sqlalchemy import bindparam, func, literal_column, select, text
 from sqlalchemy.engine import Engine
 
 from quota import models as ledger
+from quota.policy import current_id
 from gpuhub.core.periods import month_bounds_at, utcnow
 from quota.sqlexpr import OVERLAP_WHERE, Dialect, timed, window
 
@@ -75,6 +79,10 @@ class LedgerReading:
     running_servers: Mapping[str, int] = field(default_factory=dict)
     gpus_in_use: Mapping[tuple[str, str], int] = field(default_factory=dict)
     refusals: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    culls: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (org, kind) -> idle culls
+
+
+IDLE_REASONS = {"gpu-idle": "gpu", "http-idle": "http"}
 
 
 class LedgerSource(Protocol):
@@ -84,7 +92,7 @@ class LedgerSource(Protocol):
 class SqlLedgerSource:
     """Reads the quota tables with SQLAlchemy (SQLite or PostgreSQL), read-only.
 
-    Closed intervals are never updated (docs/CONTRACTS.md), so the sums over those that ended
+    Closed intervals are never updated (quota.models), so the sums over those that ended
     before a "frozen" bound (``freeze_lag`` ago, rounded down to ``refreeze_seconds``) are computed
     once per bound and cached; each read only sums the recently closed rows (via the index on
     ``ended_at``) and fetches the open ones. A row closed later with an ``ended_at`` backdated
@@ -162,8 +170,11 @@ class SqlLedgerSource:
                 select(al.c.org, al.c.model, func.count()).group_by(al.c.org, al.c.model))}
             refusals: dict[tuple[str, str], int] = defaultdict(int)
             for org, reason, n in conn.execute(select(rf.c.org, rf.c.reason, rf.c.count)):
-                refusals[(org or "", reason or "")] += int(n or 0)
-        return LedgerReading(read_at=now, month_start=month_start, month_end=month_end,
+                refusals[(org or "", current_id(reason or ""))] += int(n or 0)  # a former id counts as today's
+            culls = {(org or "", IDLE_REASONS[reason]): int(n) for org, reason, n in conn.execute(
+                select(ui.c.org, ui.c.end_reason, func.count()).where(ui.c.end_reason.in_(list(IDLE_REASONS)))
+                .group_by(ui.c.org, ui.c.end_reason))}
+        return LedgerReading(read_at=now, month_start=month_start, month_end=month_end, culls=culls,
                              closed_seconds=dict(closed_s), closed_weighted=dict(closed_w),
                              month_closed_weighted=dict(month_w), open_intervals=tuple(opened),
                              running_servers=dict(running), gpus_in_use=in_use, refusals=dict(refusals))
@@ -285,7 +296,8 @@ class UsageSampler(PeriodicSampler):
             for org, gw in sums.month_w.items():
                 month_used[org] += max(gw * end - sums.month_w_start[org], 0.0)
             out.update(allocated=allocated, weighted=weighted, month_used=dict(month_used),
-                       running=dict(r.running_servers), in_use=dict(r.gpus_in_use), refusals=dict(r.refusals))
+                       running=dict(r.running_servers), in_use=dict(r.gpus_in_use), refusals=dict(r.refusals),
+                       culls=dict(r.culls))
             return out
 
 
@@ -365,6 +377,14 @@ class UsageCollector(Collector):
         for (org, reason), n in sorted(v["refusals"].items()):
             refusals.add_metric([org, reason], n)
         yield refusals
+
+        culls = CounterMetricFamily("gpuhub_idle_culls", "Servers stopped for idleness, by organization and kind "
+                                    "(gpu: GPUs and kernels idle; http: CPU-only, no HTTP activity)",
+                                    labels=["org", "kind"])
+        keys = set(v["culls"]) | {(o, k) for o in orgs for k in IDLE_REASONS.values()}
+        for org, kind in sorted(keys):
+            culls.add_metric([org, kind], v["culls"].get((org, kind), 0))
+        yield culls
 
 
 def build_usage_exporter(site: Any, engine: Engine | None = None, *, source: LedgerSource | None = None,

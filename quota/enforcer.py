@@ -18,6 +18,7 @@ from typing import Protocol
 import docker
 
 from gpuhub.core import labels as lb
+from gpuhub.core.keys import split_server_key
 from gpuhub.core.periods import utcnow
 from gpuhub.host.dockerenv import docker_time
 from quota import budget, reconcile
@@ -72,7 +73,7 @@ class QuotaService:
                 log.warning("budget %d %% reached: %s", round(fraction * 100), verdict.message)
                 await asyncio.to_thread(self.store.announce_warning, key, fraction, now, verdict.message)
             for server_key in verdict.stop:
-                user, _, server = server_key.partition("/")
+                user, server = split_server_key(server_key)
                 log.warning("stopping %s: %s", server_key, verdict.message)
                 if self.hub:
                     await self.hub.stop_server(user, server)

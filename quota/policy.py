@@ -1,10 +1,25 @@
-"""Admission policy for one spawn (pure: site + request + snapshot -> devices or a refusal).
+"""Admission: the one rule table and the one decision (pure: site + request + snapshot -> devices or a refusal).
 
-Status codes: 400 = the request itself is wrong (bad count, unknown model, over the per-server
-maximum, GPUs on a CPU-only image); 403 = not permitted whatever happens elsewhere (not a member,
-image not allowed, monthly budget spent); 429 = capacity is busy right now and a retry later may
-succeed (org/user concurrent caps, no free device). 429 is what JupyterHub itself answers for
-``active_server_limit`` and ``concurrent_spawn_limit``, so clients already treat it as "try later".
+Every spawn refusal in gpuhub is a :class:`Refusal` of one :class:`Rule` of the table below, and its
+id is the same wherever it shows: the ``X-Gpuhub-Rule`` header of the REST answer (the JSON ``message``
+is the sentence), the ``data-gpuhub-rule`` of an option the spawn form disables (:mod:`gpuhub.hub.form`
+asks :func:`decide` why), the ledger's refusal counter (:mod:`quota.store`) and the ``reason`` label of
+``gpuhub_spawn_refusals_total``. :mod:`gpuhub.hub.options` only parses ``user_options`` into an
+:class:`AllocationRequest` (the "request's shape" rules); everything else is decided here.
+
+Status codes: 400 = the request itself is wrong (malformed, names something the site does not have,
+asks for GPUs on a CPU-only image or over the per-server maximum, leaves the organization open when
+the user has several); 403 = not permitted whatever happens elsewhere (not a member, in no
+organization, image not allowed, monthly budget spent); 409 = the server already holds an
+allocation; 429 = capacity is busy right now and a retry later may succeed (per-user and per-org
+concurrent caps, no free device). 429 is what JupyterHub itself answers for ``active_server_limit``
+and ``concurrent_spawn_limit``, so clients already treat it as "try later".
+
+Order: :func:`check` (needs only the site) resolves the organization (implied when the user has exactly
+one) and the image (the organization's first when none is named), then refuses names the site does not
+have, then permissions, then the per-server shape; :func:`decide` adds what needs the snapshot read
+inside the allocation transaction: an open allocation, the budget, the caps, the devices — the most
+permanent rule first, so a request over budget and over the cap hears about the budget.
 
 Device choice: with a model named, the first free devices of that model in inventory order. With no
 model, among models that have at least ``gpus`` free devices, the one with the MOST free devices
@@ -14,27 +29,188 @@ model, among models that have at least ``gpus`` free devices, the one with the M
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
 
+from gpuhub.core.keys import server_key
 from gpuhub.core.site import Device, Site
 
-BAD_REQUEST, FORBIDDEN, BUSY = 400, 403, 429
+BAD_REQUEST, FORBIDDEN, CONFLICT, BUSY = 400, 403, 409, 429
+MAX_STRING = 200  # characters in a string option
+
+
+class Rule(Enum):
+    """One admission rule: its id (stable: persisted in the ledger and a metric label), the HTTP status
+    of its refusal, and the message template, which says what is wrong and what to do about it."""
+
+    # -- the request's shape: gpuhub.hub.options.parse_options
+    UNKNOWN_OPTION = ("unknown-option", BAD_REQUEST, "unknown spawn option {option!r}; allowed options: {allowed}")
+    IMAGE_TYPE = ("image-type", BAD_REQUEST, "option 'image' must be a catalog key (a string), got {type}")
+    IMAGE_LENGTH = ("image-length", BAD_REQUEST, "option 'image' is longer than {limit} characters; name a catalog key")
+    ORG_TYPE = ("org-type", BAD_REQUEST, "option 'org' must be an organization key (a string), got {type}")
+    ORG_LENGTH = ("org-length", BAD_REQUEST, "option 'org' is longer than {limit} characters; name an organization")
+    GPU_MODEL_TYPE = ("gpu-model-type", BAD_REQUEST, "option 'gpu_model' must be a GPU model (a string), got {type}")
+    GPU_MODEL_LENGTH = (
+        "gpu-model-length",
+        BAD_REQUEST,
+        "option 'gpu_model' is longer than {limit} characters; name a GPU model",
+    )
+    GPUS_TYPE = (
+        "gpus-type",
+        BAD_REQUEST,
+        "option 'gpus' must be a whole number >= 0, got {value}; choose 0 for a CPU-only server",
+    )
+    GPUS_NEGATIVE = (
+        "gpus-negative",
+        BAD_REQUEST,
+        "option 'gpus' must be >= 0, got {value}; choose 0 for a CPU-only server",
+    )
+    # -- names the site does not have
+    UNKNOWN_ORG = ("unknown-org", BAD_REQUEST, "organization {org!r} does not exist; your organizations: {yours}")
+    UNKNOWN_IMAGE = ("unknown-image", BAD_REQUEST, "image {image!r} is not in the catalog; choose one of: {catalog}")
+    UNKNOWN_MODEL = ("unknown-model", BAD_REQUEST, "GPU model {model!r} is not offered here; models: {models}")
+    # -- who may charge what
+    ORG_REQUIRED = (
+        "org-required",
+        BAD_REQUEST,
+        "{user} belongs to several organizations ({orgs}); choose which one to charge with 'org'",
+    )
+    NOT_A_MEMBER = (
+        "not-a-member",
+        FORBIDDEN,
+        "{user} is not a member of organization {org}; your organizations: {yours}; ask an operator to add you",
+    )
+    NO_ORGANIZATION = ("no-organization", FORBIDDEN, "{user} is in no organization{why}; {fix}")
+    IMAGE_NOT_ALLOWED = (
+        "image-not-allowed",
+        FORBIDDEN,
+        "organization {org} may not use image {image}; allowed: {allowed}",
+    )
+    # -- the server's shape
+    IMAGE_CPU_ONLY = (
+        "image-cpu-only",
+        BAD_REQUEST,
+        "image {image} is CPU-only but {gpus} GPU(s) were requested; choose 0 GPUs or a GPU image",
+    )
+    MAX_GPUS_PER_SERVER = (
+        "max-gpus-per-server",
+        BAD_REQUEST,
+        "organization {org} allows at most {limit} GPU(s) per server, {gpus} requested; "
+        "request fewer or ask an operator to raise max_gpus_per_server",
+    )
+    # -- the world now (the snapshot)
+    SERVER_ALREADY_RUNNING = (
+        "server-already-running",
+        CONFLICT,
+        "server {key!r} already has an open allocation; stop it before starting it again "
+        "(a server lost in a crash is released by the reconciler within a few minutes)",
+    )
+    BUDGET_EXHAUSTED = (
+        "budget-exhausted",
+        FORBIDDEN,
+        "organization {org} has used {used:.2f} of {budget:g} weighted GPU-hours this month "
+        "({remaining:.2f} remaining; at least {need:g} needed to start a GPU server); wait for next "
+        "month, start a CPU-only server, or ask an operator to raise gpu_hours_per_month",
+    )
+    USER_GPU_LIMIT = (
+        "user-gpu-limit",
+        BUSY,
+        "user {user} holds {held} of {limit} GPUs allowed per user and "
+        "requested {gpus} more; stop one of your servers or request fewer GPUs",
+    )
+    ORG_GPU_LIMIT = (
+        "org-gpu-limit",
+        BUSY,
+        "organization {org} has {held} of {limit} GPUs in use and {gpus} more "
+        "were requested; stop a server or ask an operator to raise gpu_limit",
+    )
+    NO_FREE_DEVICE = ("no-free-device", BUSY, "{shortage}; try again later or {alternative} (free now: {free})")
+    # -- the reconciler adopting a running container (quota.store.adopt), not a spawn
+    ADOPT_CONFLICT = (
+        "adopt-conflict",
+        CONFLICT,
+        "cannot adopt {container}: devices {held} or server {key} are already recorded; stop the container instead",
+    )
+
+    def __init__(self, rule_id: str, status: int, template: str):
+        self.id, self.status, self.template = rule_id, status, template
+
+    def refuse(self, *, charged_to: str | None = None, **facts) -> Refusal:
+        """The refusal of this rule, its message filled in with ``facts``; ``charged_to`` is the site's
+        organization the request was for, when that is known (the refusal counter's ``org``)."""
+        return Refusal(self, self.template.format(**facts), charged_to)
+
+    @classmethod
+    def of(cls, rule_id: str) -> Rule:
+        """The rule with this id, also for an id an older release persisted (see :data:`FORMER_IDS`)."""
+        rule = _BY_ID.get(rule_id) or FORMER_IDS.get(rule_id)
+        if rule is None:
+            raise ValueError(f"{rule_id!r} is not an admission rule id; ids: {', '.join(_BY_ID)}")
+        return rule
+
+
+_BY_ID = {r.id: r for r in Rule}
+
+# Ids that releases before the one rule table wrote into gpuhub_spawn_refusals; they are counted under
+# the rule that took their place (quota.store.refusal_counts, the usage exporter).
+FORMER_IDS = {
+    "unknown-gpu-model": Rule.UNKNOWN_MODEL,
+    "cpu-only-image": Rule.IMAGE_CPU_ONLY,
+    "invalid-gpus": Rule.GPUS_TYPE,
+    "gpu_model-type": Rule.GPU_MODEL_TYPE,
+    "gpu_model-length": Rule.GPU_MODEL_LENGTH,
+}
+
+
+def current_id(stored: str) -> str:
+    """The current id for a refusal reason read from the ledger (unknown strings are kept as they are)."""
+    rule = _BY_ID.get(stored) or FORMER_IDS.get(stored)
+    return rule.id if rule is not None else stored
+
+
+class Refusal(Exception):
+    """A spawn request that one :class:`Rule` refuses: :func:`check` and :func:`decide` return it, the
+    store and the spawner raise it. ``rule`` is the id, ``status`` the HTTP status, ``message`` the sentence,
+    ``org`` the site's organization the request was for (None when it named none, or one the site lacks)."""
+
+    def __init__(self, rule: Rule, message: str, org: str | None = None):
+        super().__init__(message)
+        self.spec, self.message, self.org = rule, message, org
+
+    @property
+    def rule(self) -> str:
+        return self.spec.id
+
+    @property
+    def status(self) -> int:
+        return self.spec.status
+
+    def __repr__(self) -> str:
+        return f"Refusal({self.rule!r}, {self.status}, {self.message!r})"
 
 
 @dataclass(frozen=True)
 class AllocationRequest:
+    """A spawn request: from ``user_options`` (:func:`gpuhub.hub.options.parse_options`) or built directly.
+
+    ``org`` and ``image`` may be None: :func:`check` fills them in (the user's only organization, the
+    organization's first image, or its first GPU image when GPUs are requested). ``groups`` are the
+    user's hub groups, through which membership may come.
+    """
+
     user: str
     server_name: str
     org: str | None
-    image: str
+    image: str | None
     gpus: int = 0
     gpu_model: str | None = None
     groups: frozenset[str] = frozenset()
 
     @property
     def server_key(self) -> str:
-        return f"{self.user}/{self.server_name}"
+        return server_key(self.user, self.server_name)
 
 
 @dataclass(frozen=True)
@@ -63,13 +239,7 @@ class Decision:
     devices: tuple[str, ...]
     model: str | None
     weight: float
-
-
-@dataclass(frozen=True)
-class Refusal:
-    status: int
-    rule: str
-    message: str
+    request: AllocationRequest | None = field(default=None, compare=False)  # as checked: org and image set
 
 
 def _names(items) -> str:
@@ -77,76 +247,99 @@ def _names(items) -> str:
     return ", ".join(items) if items else "(none)"
 
 
+def check_gpus(value) -> Refusal | None:
+    """The shape rules of a GPU count that is already a number (``options`` parses text first)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return Rule.GPUS_TYPE.refuse(value=repr(value)[:40])
+    if value < 0:
+        return Rule.GPUS_NEGATIVE.refuse(value=value)
+    return None
+
+
+def check(site: Site, req: AllocationRequest) -> AllocationRequest | Refusal:
+    """``req`` with its organization and image resolved, or the first rule it breaks that needs only the site."""
+    bad = check_gpus(req.gpus)
+    if bad is not None:
+        return bad
+    gpus = req.gpus
+    memberships = site.orgs_of(req.user, req.groups)
+    if req.org is not None and req.org not in site.organizations:
+        return Rule.UNKNOWN_ORG.refuse(org=req.org[:40], yours=_names(memberships))
+    if req.image is not None and req.image not in site.images:
+        return Rule.UNKNOWN_IMAGE.refuse(image=req.image[:40], catalog=_names(site.images))
+    if req.gpu_model is not None and req.gpu_model not in site.gpus.models:
+        return Rule.UNKNOWN_MODEL.refuse(model=req.gpu_model[:40], models=_names(site.gpus.models))
+
+    org_key = req.org
+    if org_key is not None and org_key not in memberships:
+        return Rule.NOT_A_MEMBER.refuse(user=req.user, org=org_key, yours=_names(memberships), charged_to=org_key)
+    if org_key is None and len(memberships) > 1:
+        return Rule.ORG_REQUIRED.refuse(user=req.user, orgs=", ".join(memberships))
+    if org_key is None and memberships:
+        org_key = memberships[0]
+    if org_key is None and gpus > 0:
+        return Rule.NO_ORGANIZATION.refuse(
+            user=req.user,
+            why=", so GPU servers cannot be charged",
+            fix="start with 0 GPUs, or ask an operator to add you to an organization",
+        )
+    if org_key is None and not site.hub.allow_cpu_without_org:
+        return Rule.NO_ORGANIZATION.refuse(
+            user=req.user,
+            why=" and this site allows no servers without one (hub.allow_cpu_without_org is false)",
+            fix="ask an operator to add you to an organization",
+        )
+
+    org = site.organizations[org_key] if org_key is not None else None
+    allowed = org.images if org is not None else tuple(site.images)
+    image = req.image
+    if image is None:  # the organization's first image; for GPUs its first GPU image, when it has one
+        fitting = [k for k in allowed if site.images[k].gpu] if gpus > 0 else []
+        image = (fitting or list(allowed))[0]
+    if image not in allowed:
+        return Rule.IMAGE_NOT_ALLOWED.refuse(org=org_key, image=image, allowed=_names(allowed), charged_to=org_key)
+    if gpus > 0 and not site.images[image].gpu:
+        return Rule.IMAGE_CPU_ONLY.refuse(image=image, gpus=gpus, charged_to=org_key)
+    if org is not None and gpus > org.max_gpus_per_server:
+        return Rule.MAX_GPUS_PER_SERVER.refuse(
+            org=org.key, limit=org.max_gpus_per_server, gpus=gpus, charged_to=org_key
+        )
+    if (org_key, image) == (req.org, req.image):
+        return req
+    return dataclasses.replace(req, org=org_key, image=image)
+
+
 def decide(site: Site, req: AllocationRequest, snap: Snapshot) -> Decision | Refusal:
     """Devices to take for ``req``, or the first rule it breaks (checked most-permanent first)."""
-    inventory = snap.inventory if snap.inventory is not None else site.gpus.devices
-    gpus = req.gpus
-    if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 0:
-        return Refusal(BAD_REQUEST, "invalid-gpus",
-                       f"GPU count must be a whole number >= 0, got {gpus!r}; choose 0 for a CPU-only server")
+    checked = check(site, req)
+    if isinstance(checked, Refusal):
+        return checked
+    req = checked
     if req.server_key in snap.open_servers:
-        return Refusal(409, "server-already-running",
-                       f"server {req.server_key!r} already has an open allocation; stop it before starting it "
-                       "again (a server lost in a crash is released by the reconciler within a few minutes)")
-
-    memberships = site.orgs_of(req.user, req.groups)
-    org = site.organizations.get(req.org) if req.org else None
-    if req.org and org is None:
-        return Refusal(FORBIDDEN, "not-a-member",
-                       f"organization {req.org!r} does not exist; your organizations: {_names(memberships)}")
-    if org is not None and org.key not in memberships:
-        return Refusal(FORBIDDEN, "not-a-member",
-                       f"user {req.user} is not a member of organization {org.key}; your organizations: "
-                       f"{_names(memberships)}; ask an operator to add you")
-    if org is None and (gpus > 0 or not site.hub.allow_cpu_without_org):
-        what = f"{gpus} GPU(s)" if gpus > 0 else "servers on this hub"
-        return Refusal(FORBIDDEN, "not-a-member",
-                       f"{what} are charged to an organization and none was chosen; your organizations: "
-                       f"{_names(memberships)}; choose one, or ask an operator to add you to one")
-
-    image = site.images.get(req.image)
-    allowed = org.images if org is not None else tuple(site.images)
-    if image is None or req.image not in allowed:
-        whose = f"organization {org.key}" if org is not None else "this hub"
-        return Refusal(FORBIDDEN, "image-not-allowed",
-                       f"image {req.image!r} is not allowed for {whose}; allowed: {_names(allowed)}")
-    if gpus > 0 and not image.gpu:
-        return Refusal(BAD_REQUEST, "image-cpu-only",
-                       f"image {req.image} is CPU-only but {gpus} GPU(s) were requested; choose 0 GPUs or a GPU image")
+        return Rule.SERVER_ALREADY_RUNNING.refuse(key=req.server_key, charged_to=req.org)
+    gpus = req.gpus
     if gpus == 0:
-        return Decision((), None, 0.0)
-    assert org is not None
-
-    if req.gpu_model is not None and req.gpu_model not in site.gpus.models:
-        return Refusal(BAD_REQUEST, "unknown-model",
-                       f"GPU model {req.gpu_model!r} is not offered; models: {_names(site.gpus.models)}")
-    if gpus > org.max_gpus_per_server:
-        return Refusal(BAD_REQUEST, "max-gpus-per-server",
-                       f"organization {org.key} allows at most {org.max_gpus_per_server} GPU(s) per server, "
-                       f"{gpus} requested; request fewer or ask an operator to raise max_gpus_per_server")
+        return Decision((), None, 0.0, req)
+    org = site.organizations[req.org]
 
     budget_h = org.gpu_hours_per_month
     used_h = snap.org_used_gpu_seconds / 3600.0
     remaining_h = budget_h - used_h
     need_h = site.quota.min_remaining_gpu_hours
     if remaining_h <= 0 or remaining_h + 1e-9 < need_h:  # exactly the minimum is enough
-        return Refusal(FORBIDDEN, "budget-exhausted",
-                       f"organization {org.key} has used {used_h:.2f} of {budget_h:g} weighted GPU-hours this month "
-                       f"({max(remaining_h, 0.0):.2f} remaining; at least {need_h:g} needed to start a GPU server); "
-                       "wait for next month, start a CPU-only server, or ask an operator to raise gpu_hours_per_month")
+        return Rule.BUDGET_EXHAUSTED.refuse(
+            org=org.key, used=used_h, budget=budget_h, remaining=max(remaining_h, 0.0), need=need_h, charged_to=org.key
+        )
 
     user_held = sum(1 for h in snap.holdings if h.user == req.user)
     cap = site.gpus.max_gpus_per_user
     if user_held + gpus > cap:
-        return Refusal(BUSY, "user-gpu-limit",
-                       f"user {req.user} holds {user_held} of {cap} GPUs allowed per user and requested {gpus} more; "
-                       "stop one of your servers or request fewer GPUs")
+        return Rule.USER_GPU_LIMIT.refuse(user=req.user, held=user_held, limit=cap, gpus=gpus, charged_to=org.key)
     org_held = sum(1 for h in snap.holdings if h.org == org.key)
     if org_held + gpus > org.gpu_limit:
-        return Refusal(BUSY, "org-gpu-limit",
-                       f"organization {org.key} has {org_held} of {org.gpu_limit} GPUs in use and {gpus} more were "
-                       "requested; stop a server or ask an operator to raise gpu_limit")
+        return Rule.ORG_GPU_LIMIT.refuse(org=org.key, held=org_held, limit=org.gpu_limit, gpus=gpus, charged_to=org.key)
 
+    inventory = snap.inventory if snap.inventory is not None else site.gpus.devices
     return _choose(site, req, inventory, {h.device_uuid for h in snap.holdings})
 
 
@@ -157,18 +350,24 @@ def _choose(site: Site, req: AllocationRequest, inventory: tuple[Device, ...], h
         model = req.gpu_model
         if counts[model] < req.gpus:
             total = sum(1 for d in inventory if d.model == model)
-            return Refusal(BUSY, "no-free-device",
-                           f"{counts[model]} of {total} {model} GPUs are free and {req.gpus} were requested; "
-                           f"try again later or choose another model (free now: {_free_text(counts)})")
+            return Rule.NO_FREE_DEVICE.refuse(
+                shortage=f"{counts[model]} of {total} {model} GPUs are free and {req.gpus} were requested",
+                alternative="choose another model",
+                free=_free_text(counts),
+                charged_to=req.org,
+            )
     else:
         fits = [m for m, n in counts.items() if n >= req.gpus]
         if not fits:
-            return Refusal(BUSY, "no-free-device",
-                           f"no GPU model has {req.gpus} free devices (free now: {_free_text(counts)}; "
-                           f"{len(held)} of {len(inventory)} GPUs in use); try again later or request fewer GPUs")
+            return Rule.NO_FREE_DEVICE.refuse(
+                shortage=f"no GPU model has {req.gpus} free devices ({len(held)} of {len(inventory)} GPUs in use)",
+                alternative="request fewer GPUs",
+                free=_free_text(counts),
+                charged_to=req.org,
+            )
         model = min(fits, key=lambda m: (-counts[m], site.weight_of(m), m))
     devices = tuple(d.uuid for d in free if d.model == model)[: req.gpus]
-    return Decision(devices, model, site.weight_of(model))
+    return Decision(devices, model, site.weight_of(model), req)
 
 
 def _free_text(counts: Counter) -> str:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from gpuhub.core import labels as lb
+from gpuhub.core.keys import server_key
 from gpuhub.core.periods import utc
 
 
@@ -37,7 +38,7 @@ class ContainerView:
 
     @property
     def server_key(self) -> str:
-        return f"{self.labels.get(lb.USER, '')}/{self.labels.get(lb.SERVER, '')}"
+        return server_key(self.labels.get(lb.USER, ""), self.labels.get(lb.SERVER, ""))
 
     @property
     def devices(self) -> tuple[str, ...]:

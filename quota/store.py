@@ -3,14 +3,20 @@
 Every allocation reads the holdings, decides with :func:`quota.policy.decide` and writes the device
 rows plus the open usage interval in ONE transaction, serialised per database: SQLite takes the
 write lock up front (``BEGIN IMMEDIATE``), PostgreSQL locks the single ``gpuhub_alloc_lock`` row
-``FOR UPDATE`` before it reads the holdings (the month's usage is read just before the lock). The device primary key is the last line of defence: a duplicate can never commit.
+``FOR UPDATE`` before it reads the holdings (the month's usage is read just before the lock). The
+device primary key is the last line of defence: a duplicate can never commit.
 Transient conflicts (busy, serialisation, deadlock, key clash) are retried; an unreachable database
 raises :class:`QuotaUnavailable` so the spawner fails closed instead of handing out GPUs unrecorded.
+
+Refusals are :class:`quota.policy.Refusal` (``QuotaRefused`` here, the same class); each one is counted
+in ``gpuhub_spawn_refusals`` under its rule id, with the organization only when the site has it (so a
+made-up ``org`` cannot add label values to ``gpuhub_spawn_refusals_total``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import threading
 import time
@@ -25,6 +31,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from gpuhub.core.keys import server_key as key_of
+from gpuhub.core.periods import month_bounds_at, month_of, period_key, utc, utcnow
 from gpuhub.core.site import Device, Site
 from quota import budget as budget_rules
 from quota import policy
@@ -38,10 +46,11 @@ from quota.models import (
     usage_intervals,
     user_ids,
 )
-from gpuhub.core.periods import month_bounds_at, month_of, period_key, utc, utcnow
-from quota.policy import AllocationRequest, Holding, Refusal, Snapshot
+from quota.policy import AllocationRequest, Holding, Refusal, Rule, Snapshot, current_id
 from quota.reconcile import Adopt, Plan
 from quota.sqlexpr import OVERLAP_WHERE, Dialect, timed, window
+
+log = logging.getLogger(__name__)
 
 TRANSIENT_PG = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
 IV = usage_intervals.c
@@ -64,16 +73,7 @@ _CLOSE = (update(usage_intervals)
 _FREE = delete(allocations).where(allocations.c.server_key == bindparam("key"))
 
 
-class QuotaRefused(Exception):
-    """The request breaks a quota rule; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, rule: str, message: str):
-        super().__init__(message)
-        self.status, self.rule, self.message = status, rule, message
-
-    @classmethod
-    def of(cls, r: Refusal) -> QuotaRefused:
-        return cls(r.status, r.rule, r.message)
+QuotaRefused = Refusal  # what the store raises: the policy's one refusal class, under the name its callers catch
 
 
 class QuotaUnavailable(Exception):
@@ -89,15 +89,6 @@ class Grant:
     interval_id: int
     started_at: datetime | None = None
     warnings: tuple[str, ...] = ()  # e.g. "org has used 83 % of its budget" (for the spawn progress page)
-
-
-def as_request(req, groups: Iterable[str] | None = None) -> AllocationRequest:
-    """An :class:`AllocationRequest` from any object with the same fields."""
-    if isinstance(req, AllocationRequest) and groups is None:
-        return req
-    g = frozenset(groups if groups is not None else getattr(req, "groups", ()) or ())
-    return AllocationRequest(user=req.user, server_name=req.server_name, org=req.org, image=req.image,
-                             gpus=req.gpus, gpu_model=getattr(req, "gpu_model", None), groups=g)
 
 
 def _transient(e: DBAPIError) -> bool:
@@ -190,16 +181,19 @@ class QuotaStore:
 
     # ------------------------------------------------------------------ allocation
 
-    def allocate(self, req, groups: Iterable[str] | None = None) -> Grant:
-        """Take devices for ``req`` and open its usage interval, or raise :class:`QuotaRefused`.
+    def allocate(self, req: AllocationRequest) -> Grant:
+        """Take devices for ``req`` and open its usage interval, or raise (and count) its :class:`Refusal`.
 
-        ``req`` is an :class:`AllocationRequest` or anything with its fields (the spawner's SpawnRequest);
-        ``groups`` are the user's IdP groups, needed when membership comes from ``idp_groups``.
+        ``req.groups`` are the user's hub groups, through which membership may come (``idp_groups``).
+        The rules that need only the site are checked before the transaction, the rest inside it.
         """
-        req = as_request(req, groups)
-        out = self._write(lambda conn: self._allocate(conn, req))
+        checked = policy.check(self.site, req)
+        if isinstance(checked, Refusal):
+            self._count_quietly(req.org, checked)
+            raise checked
+        out = self._write(lambda conn: self._allocate(conn, checked))
         if isinstance(out, Refusal):
-            raise QuotaRefused.of(out)
+            raise out
         return out
 
     def _allocate(self, conn: Connection, req: AllocationRequest) -> Grant | Refusal:
@@ -215,7 +209,7 @@ class QuotaStore:
         snap = Snapshot(holdings, used, frozenset({req.server_key}) if is_open else frozenset(), self.inventory())
         decision = policy.decide(self.site, req, snap)
         if isinstance(decision, Refusal):
-            self._bump_refusal(conn, req.org or "", decision.rule)
+            self._bump_refusal(conn, decision.org or req.org, decision.rule)
             return decision
         interval_id = conn.execute(_INSERT_INTERVAL, dict(
             server_key=req.server_key, user=req.user, server_name=req.server_name, org=req.org, image=req.image,
@@ -233,13 +227,29 @@ class QuotaStore:
             note = (msg,) if msg else ()
         return Grant(req.server_key, list(decision.devices), decision.model, decision.weight, interval_id, now, note)
 
-    def record_refusal(self, org: str | None, rule: str) -> None:
-        """Count a refusal decided outside the store (e.g. the spawner's option validation)."""
-        self._write(lambda conn: self._bump_refusal(conn, org or "", rule))
+    def record_refusal(self, org: str | None, rule: Refusal | Rule | str) -> None:
+        """Count a refusal decided outside the store (the spawner's parsing of ``user_options``).
 
-    def _bump_refusal(self, conn: Connection, org: str, rule: str) -> None:
+        ``rule`` is the refusal, its rule or its id; an id that is not in the rule table is refused
+        (ValueError), so the counter and the metric only ever carry the table's ids.
+        """
+        if isinstance(rule, Refusal):
+            org, rule_id = rule.org or org, rule.rule
+        else:
+            rule_id = (rule if isinstance(rule, Rule) else Rule.of(rule)).id
+        self._write(lambda conn: self._bump_refusal(conn, org, rule_id))
+
+    def _count_quietly(self, org: str | None, refusal: Refusal) -> None:
+        """Count a refusal that needed no database; an outage must not hide the refusal's own reason."""
+        try:
+            self.record_refusal(org, refusal)
+        except QuotaUnavailable as e:
+            log.warning("refusal %s not counted: %s", refusal.rule, e)
+
+    def _bump_refusal(self, conn: Connection, org: str | None, rule_id: str) -> None:
+        label = org if isinstance(org, str) and org in self.site.organizations else ""
         ins = (sqlite_insert if self.sql.name == "sqlite" else pg_insert)(spawn_refusals)
-        conn.execute(ins.values(org=org, reason=rule, count=1).on_conflict_do_update(
+        conn.execute(ins.values(org=label, reason=rule_id, count=1).on_conflict_do_update(
             index_elements=["org", "reason"], set_={"count": spawn_refusals.c.count + 1}))
 
     def adopt(self, a: Adopt) -> Grant:
@@ -247,10 +257,9 @@ class QuotaStore:
         def run(conn):
             held = set(conn.execute(select(allocations.c.device_uuid).where(
                 allocations.c.device_uuid.in_(a.devices))).scalars())
-            key = f"{a.user}/{a.server_name}"
+            key = key_of(a.user, a.server_name)
             if held or conn.execute(select(IV.id).where(IV.server_key == key, IV.ended_at.is_(None))).first():
-                return Refusal(409, "adopt-conflict", f"cannot adopt {a.container}: devices {sorted(held)} or "
-                               f"server {key} are already recorded; stop the container instead")
+                return Rule.ADOPT_CONFLICT.refuse(container=a.container, held=sorted(held), key=key)
             model = a.model if a.devices else None
             weight = self.site.weight_of(model) if model in self.site.gpus.models else (1.0 if model else 0.0)
             start = min(utc(a.started_at), self.now())
@@ -264,7 +273,7 @@ class QuotaStore:
             return Grant(key, list(a.devices), model, weight, iid, start)
         out = self._write(run, lock=True)
         if isinstance(out, Refusal):
-            raise QuotaRefused.of(out)
+            raise out
         return out
 
     # ------------------------------------------------------------------ release / ledger upkeep
@@ -317,8 +326,14 @@ class QuotaStore:
         return self._read(lambda conn: [dict(r) for r in conn.execute(q).mappings()])
 
     def refusal_counts(self) -> dict[tuple[str, str], int]:
-        q = select(spawn_refusals)
-        return self._read(lambda conn: {(r.org, r.reason): r.count for r in conn.execute(q)})
+        """{(org, rule id): count}; counts an older release stored under a former id are added to the current one."""
+        def run(conn):
+            counts: dict[tuple[str, str], int] = {}
+            for r in conn.execute(select(spawn_refusals)):
+                key = (r.org, current_id(r.reason))
+                counts[key] = counts.get(key, 0) + r.count
+            return counts
+        return self._read(run)
 
     def _usage(self, conn: Connection, now: datetime, org: str | None = None,
                month_at: datetime | None = None) -> dict[str, float]:
@@ -427,11 +442,29 @@ class QuotaStore:
             return uid
         return self._write(run, lock=True)
 
+    # ------------------------------------------------------------------ idle culls (gpuhub.hub.idle_service)
+
+    def set_end_reason(self, interval_id: int, reason: str, replaces: str = "stopped") -> str:
+        """Name why a culled server stopped: the spawner closes every hub stop as ``replaces``; the culler
+        that asked for the stop turns that into ``reason`` (``gpu-idle``, ``http-idle``). Only the reason
+        changes, never the times or charges. Returns ``open`` (not closed yet), ``set`` or ``other``."""
+        def run(conn):
+            row = conn.execute(select(IV.ended_at, IV.end_reason).where(IV.id == interval_id)).first()
+            if row is None or row.ended_at is None:
+                return "open" if row is not None else "other"
+            if row.end_reason != replaces:
+                return "set" if row.end_reason == reason else "other"
+            conn.execute(update(usage_intervals).where(IV.id == interval_id, IV.end_reason == replaces)
+                         .values(end_reason=reason))
+            return "set"
+        return self._write(run)
+
 
 def _server(r: dict, now: datetime) -> dict:
     return {"server_key": r["server_key"], "user": r["user"], "gpus": r["gpus"], "model": r["model"],
             "devices": [d for d in r["device_uuids"].split(",") if d], "image": r["image"],
-            "started_at": r["started_at"].isoformat(), "running_seconds": max(0.0, (now - r["started_at"]).total_seconds())}
+            "started_at": r["started_at"].isoformat(),
+            "running_seconds": max(0.0, (now - r["started_at"]).total_seconds())}
 
 
 def _holder(h: dict | None) -> dict | None:

@@ -100,6 +100,8 @@ class Organization:
     gpu_hours_per_month: float = 0.0
     max_gpus_per_server: int = 1
     images: tuple[str, ...] = ()
+    idle_timeout_minutes: float | None = None  # GPU idle cull (None: idle.timeout_minutes)
+    idle_http_timeout_minutes: float | None = None  # CPU-only HTTP idle cull (None: idle.http_timeout_minutes)
 
 
 def course_gid(key: str) -> int:
@@ -119,6 +121,8 @@ class Course:
     students: tuple[str, ...] = ()
     instructors_idp_groups: tuple[str, ...] = ()
     students_idp_groups: tuple[str, ...] = ()
+    idle_timeout_minutes: float | None = None  # for members' servers charged to ``org`` (see quota.idle)
+    idle_http_timeout_minutes: float | None = None
 
     @property
     def gid(self) -> int:
@@ -148,9 +152,29 @@ class QuotaSettings:
 
 
 @dataclass(frozen=True)
+class IdleSettings:
+    """Idle culling (see :mod:`quota.idle`): GPU servers on utilisation windows, CPU-only on HTTP."""
+
+    gpu_threshold: float = 0.05  # a window whose peak utilisation is <= this counts as idle
+    window_seconds: float = 30.0
+    timeout_minutes: float = 30.0
+    warn_minutes: float = 10.0
+    http_timeout_minutes: float = 120.0
+    check_interval_seconds: float | None = None  # the culler's tick (default: window_seconds)
+    gpu_exporters: tuple[str, ...] = ()  # base URLs of the GPU exporters (their /idle endpoint)
+    cull_http: bool = True  # run jupyterhub-idle-culler for CPU-only servers
+
+    @property
+    def interval(self) -> float:
+        return self.check_interval_seconds or self.window_seconds
+
+
+@dataclass(frozen=True)
 class ContainerSettings:
     mem_limit: str = "4G"
     cpu_limit: float = 2.0
+    # CPU weight under contention: a user container weighs half of the hub and the system services (1024)
+    cpu_shares: int = 512
     pids_limit: int = 512
     read_only_root: bool = True
     stop_timeout_seconds: int = 5
@@ -170,6 +194,7 @@ class Site:
     currency: str = "KRW"
     metrics_token_env: str | None = None
     courses: dict[str, Course] = field(default_factory=dict)
+    idle: IdleSettings = IdleSettings()
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -320,6 +345,7 @@ def _orgs(data, images: dict, gpus: GpuSettings) -> dict[str, Organization]:
             gpu_hours_per_month=o.get("gpu_hours_per_month", float, 0.0, check=_nonneg, allowed="a number >= 0"),
             max_gpus_per_server=o.get("max_gpus_per_server", int, 1, check=_nonneg, allowed="an integer >= 0"),
             images=o.str_list("images") or tuple(images),
+            **_idle_overrides(o),
         )
         o.done()
         for i, img in enumerate(org.images):
@@ -363,6 +389,7 @@ def _courses(data, images: dict, orgs: dict[str, Organization]) -> dict[str, Cou
             students=c.str_list("students"),
             instructors_idp_groups=c.str_list("instructors_idp_groups"),
             students_idp_groups=c.str_list("students_idp_groups"),
+            **_idle_overrides(c),
         )
         c.done()
         both = sorted(set(course.instructors) & set(course.students))
@@ -392,12 +419,40 @@ def _quota(data) -> QuotaSettings:
     return q
 
 
+def _idle_overrides(r: _Reader) -> dict:
+    """An organization's or course's own idle timeouts (minutes > 0; absent: the ``idle`` section's)."""
+    return {k: r.get(k, float, None, check=_positive, allowed="minutes > 0")
+            for k in ("idle_timeout_minutes", "idle_http_timeout_minutes")}
+
+
+def _idle(data) -> IdleSettings:
+    r = _Reader(data, "idle")
+    i = IdleSettings(
+        gpu_threshold=r.get("gpu_threshold", float, 0.05, check=lambda v: 0 <= v < 1, allowed="a number in [0, 1)"),
+        window_seconds=r.get("window_seconds", float, 30.0, check=_positive, allowed="seconds > 0"),
+        timeout_minutes=r.get("timeout_minutes", float, 30.0, check=_positive, allowed="minutes > 0"),
+        warn_minutes=r.get("warn_minutes", float, 10.0, check=_nonneg, allowed="minutes >= 0"),
+        http_timeout_minutes=r.get("http_timeout_minutes", float, 120.0, check=_positive, allowed="minutes > 0"),
+        check_interval_seconds=r.get("check_interval_seconds", float, None, check=_positive, allowed="seconds > 0"),
+        gpu_exporters=tuple(u.rstrip("/") for u in r.str_list("gpu_exporters")),
+        cull_http=r.get("cull_http", bool, True),
+    )
+    r.done()
+    for n, url in enumerate(i.gpu_exporters):
+        if not re.match(r"^https?://", url):
+            raise SiteConfigError(f"idle.gpu_exporters[{n}]: {url!r} is not allowed; allowed: the GPU exporter's "
+                                  "base URL, e.g. http://gpu-host-1:9835")
+    return i
+
+
 def _containers(data) -> ContainerSettings:
     r = _Reader(data, "containers")
     c = ContainerSettings(
         mem_limit=r.get("mem_limit", str, "4G", check=lambda v: re.match(r"^\d+[kmgKMG]?$", v),
                         allowed="a size like 512M or 4G"),
         cpu_limit=r.get("cpu_limit", float, 2.0, check=_positive, allowed="a number > 0"),
+        cpu_shares=r.get("cpu_shares", int, 512, check=lambda v: 2 <= v <= 262144,
+                         allowed="an integer from 2 to 262144 (Docker's range; 1024 is an unweighted container)"),
         pids_limit=r.get("pids_limit", int, 512, check=_positive, allowed="an integer > 0"),
         read_only_root=r.get("read_only_root", bool, True),
         stop_timeout_seconds=r.get("stop_timeout_seconds", int, 5, check=_nonneg, allowed="an integer >= 0"),
@@ -419,8 +474,12 @@ def parse_site(data: Any, path: Path) -> Site:
     gpus = _gpus(r.get("gpus", dict, {}))
     rates = r.get("rates", dict, {}, allowed="a mapping of GPU model: price per weighted GPU-hour")
     for model, price in rates.items():
-        if model not in gpus.models or not isinstance(price, (int, float)) or price < 0:
-            raise SiteConfigError(f"rates.{model}: expected a declared GPU model with a price >= 0, got {price!r}")
+        if model not in gpus.models:
+            raise SiteConfigError(f"rates.{model}: {model!r} is not a GPU model in gpus.models; declare it there "
+                                  f"(gpus.models.{model}: {{weight: ...}}) or remove its rate; models: "
+                                  f"{', '.join(gpus.models) or '(none)'}")
+        if isinstance(price, bool) or not isinstance(price, (int, float)) or price < 0:
+            raise SiteConfigError(f"rates.{model}: expected a price >= 0 per weighted GPU-hour, got {price!r}")
     hub = _hub(r.get("hub", dict, {}), base)
     organizations = _orgs(r.get("organizations", dict, {}), images, gpus)
     site = Site(
@@ -432,6 +491,7 @@ def parse_site(data: Any, path: Path) -> Site:
         organizations=organizations,
         quota=_quota(r.get("quota", dict, {})),
         containers=_containers(r.get("containers", dict, {})),
+        idle=_idle(r.get("idle", dict, {})),
         rates={k: float(v) for k, v in rates.items()},
         currency=r.get("currency", str, "KRW"),
         metrics_token_env=r.get("metrics_token_env", str, None),

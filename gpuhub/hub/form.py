@@ -1,5 +1,11 @@
 """The spawn form: what the user may choose right now, and why not the rest.
 
+The form holds no rules of its own: for every organization, image, GPU count and model it offers, it asks
+:func:`quota.policy.decide` — the same decision the spawn itself gets, on a snapshot made from the quota
+store's status — whether a request for it would be granted. An option is disabled when the policy refuses
+it for each of the user's organizations; its reason is that refusal's sentence and ``rule`` its rule id
+(``data-gpuhub-rule`` in the page), the id the REST answer, the ledger and the metric carry.
+
 :func:`form_context` is pure (site + quota status → template values) so it is table-tested;
 :func:`render_options_form` is the thin hook DockerSpawner calls with the spawner.
 """
@@ -11,69 +17,105 @@ from pathlib import Path
 
 import jinja2
 
+from gpuhub.core.site import Device, Site
 from gpuhub.hub import runtime
 from gpuhub.hub.pages import group_names, org_budget
-from gpuhub.core.site import Site
+from quota.policy import AllocationRequest, Holding, Refusal, Rule, Snapshot, decide
 
-_env = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")), autoescape=True
-)
+_env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")), autoescape=True)
 
 
-def form_context(site: Site, status: dict, user: str, groups: frozenset[str] = frozenset()) -> dict:
-    """Template values for ``user`` given ``status`` (the quota store's ``status(now)``)."""
-    org_status = status.get("orgs", {})
-    my_orgs = site.orgs_of(user, groups)
+def snapshot_of(status: dict, org: str | None) -> Snapshot:
+    """The policy's view of the world from the quota store's ``status()`` (holders, inventory, ``org``'s usage)."""
+    devices = status.get("devices", [])
+    holdings = tuple(
+        Holding(d["uuid"], h["server_key"], h["user"], h["org"], d["model"]) for d in devices if (h := d.get("holder"))
+    )
+    inventory = tuple(Device(d["uuid"], d["model"]) for d in devices if not d.get("not_in_inventory"))
+    used_h = float(status.get("orgs", {}).get(org, {}).get("used_gpu_hours", 0.0)) if org else 0.0
+    return Snapshot(holdings, used_h * 3600.0, frozenset(), inventory if devices else None)
+
+
+class _Asker:
+    """Asks the policy about one option for each of the user's organizations."""
+
+    def __init__(self, site: Site, status: dict, user: str, groups: frozenset[str], server_name: str):
+        self.site, self.user, self.groups, self.server_name = site, user, groups, server_name
+        self.orgs = site.orgs_of(user, groups)
+        self.snapshots = {org: snapshot_of(status, org) for org in self.orgs or [None]}
+
+    def refusal(
+        self, org: str | None, *, gpus: int = 0, image: str | None = None, model: str | None = None
+    ) -> Refusal | None:
+        req = AllocationRequest(self.user, self.server_name, org, image, gpus, model, self.groups)
+        out = decide(self.site, req, self.snapshots[org])
+        return out if isinstance(out, Refusal) else None
+
+    def any_org(self, **want) -> Refusal | None:
+        """None when some organization of the user may have ``want``; else the first organization's refusal."""
+        first = None
+        for org in self.snapshots:
+            out = self.refusal(org, **want)
+            if out is None:
+                return None
+            first = first or out
+        return first
+
+
+def _option(refusal: Refusal | None, **values) -> dict:
+    return {
+        **values,
+        "disabled": refusal is not None,
+        "checked": False,
+        "reason": refusal.message if refusal else "",
+        "rule": refusal.rule if refusal else "",
+    }
+
+
+def form_context(
+    site: Site, status: dict, user: str, groups: frozenset[str] = frozenset(), server_name: str = ""
+) -> dict:
+    """Template values for ``user``'s server ``server_name`` given ``status`` (the quota store's ``status(now)``)."""
+    ask = _Asker(site, status, user, groups, server_name)
     orgs = []
-    for key in my_orgs:
-        o = org_budget(site, key, org_status.get(key, {}))
-        exhausted = o["level"] == "exhausted"
+    for key in ask.orgs:
+        o = org_budget(site, key, status.get("orgs", {}).get(key, {}))
+        cpu, gpu = ask.refusal(key), ask.refusal(key, gpus=1)
+        note = cpu or (gpu if gpu is not None and gpu.spec is Rule.BUDGET_EXHAUSTED else None)  # CPU still works
         o.update(
-            free_for_org=max(0, o["gpu_limit"] - o["gpus_in_use"]), disabled=False, checked=False,
-            reason="the monthly GPU-hour budget is spent; CPU-only servers still work" if exhausted else "",
+            _option(note),
+            disabled=cpu is not None,
             warning=f"{100 * o['fraction']:.0f} % of this month's budget used" if o["level"] == "warning" else "",
         )
         orgs.append(o)
-    if orgs:
-        orgs[0]["checked"] = True
+    for o in orgs[:1]:
+        o["checked"] = True
 
-    allowed_images = set().union(*(site.organizations[o].images for o in my_orgs)) if my_orgs else set(site.images)
-    images = []
-    for key, spec in site.images.items():
-        ok = key in allowed_images and (my_orgs or site.hub.allow_cpu_without_org)
-        images.append({"key": key, "display_name": spec.display_name, "image": spec.image, "disabled": not ok,
-                       "reason": "" if ok else "not allowed for your organizations", "checked": False})
-    for i in images:
-        if not i["disabled"]:
-            i["checked"] = True
-            break
+    images = [
+        _option(ask.any_org(image=key), key=key, display_name=spec.display_name, image=spec.image)
+        for key, spec in site.images.items()
+    ]
+    for i in [i for i in images if not i["disabled"]][:1]:
+        i["checked"] = True
 
-    held = {d["uuid"] for d in status.get("devices", []) if d.get("holder")}
+    inventory = snapshot_of(status, None).inventory or site.gpus.devices
+    held = {h.device_uuid for h in snapshot_of(status, None).holdings}
     models = []
     for name, model in site.gpus.models.items():
-        total = [d for d in site.gpus.devices if d.model == name]
-        free = sum(1 for d in total if d.uuid not in held)
-        models.append({"name": name, "weight": model.weight, "free": free, "total": len(total),
-                       "disabled": free == 0 or not my_orgs,
-                       "reason": "none free right now" if free == 0 else ("you are in no organization" if not my_orgs else "")})
+        total = [d for d in inventory if d.model == name]
+        models.append(
+            _option(
+                ask.any_org(gpus=1, model=name),
+                name=name,
+                weight=model.weight,
+                free=sum(1 for d in total if d.uuid not in held),
+                total=len(total),
+            )
+        )
 
-    most_free = max((m["free"] for m in models), default=0)
-    per_server = max((site.organizations[o].max_gpus_per_server for o in my_orgs), default=0)
-    org_room = max((o["free_for_org"] for o in orgs if not o["reason"]), default=0)
-    counts = [{"value": 0, "disabled": False, "reason": ""}]
-    for n in range(1, max(per_server, 1) + 1):
-        reason = ""
-        if not my_orgs:
-            reason = "you are in no organization"
-        elif n > per_server:
-            reason = f"over max_gpus_per_server ({per_server})"
-        elif n > org_room:
-            reason = f"your organizations have {org_room} GPU(s) of their limit left"
-        elif n > most_free:
-            reason = f"only {most_free} free of one model"
-        elif n > site.gpus.max_gpus_per_user:
-            reason = f"over the per-user limit ({site.gpus.max_gpus_per_user})"
-        counts.append({"value": n, "disabled": bool(reason), "reason": reason})
+    per_server = max((site.organizations[o].max_gpus_per_server for o in ask.orgs), default=0)
+    most = max(1, min(len(inventory), max(per_server, site.gpus.max_gpus_per_user)))
+    counts = [_option(None, value=0)] + [_option(ask.any_org(gpus=n), value=n) for n in range(1, most + 1)]
     return {"orgs": orgs, "images": images, "models": models, "gpu_counts": counts}
 
 
@@ -84,5 +126,5 @@ async def render_options_form(spawner) -> str:
     except Exception as e:  # the form still renders; the spawn itself fails closed
         spawner.log.warning("quota status unavailable for the spawn form: %s", e)
         status = {}
-    ctx = form_context(spawner.site, status, spawner.user.name, group_names(spawner.user))
+    ctx = form_context(spawner.site, status, spawner.user.name, group_names(spawner.user), spawner.name)
     return _env.get_template("gpuhub_form.html").render(**ctx)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpuhub.core.site import Site, load_site, site_config_path
+from gpuhub.hub.container import HOME_VOLUME
 
 QUOTA_SERVICE = "gpuhub-quota"
 AUTOMATION_SERVICE = "gpuhub-automation"
@@ -128,7 +129,13 @@ def apply_auth(c, site: Site, facts: HubFacts) -> None:
 
 
 def apply_spawner(c, site: Site, facts: HubFacts) -> None:
-    """One container per server, on the user network, from the catalog only."""
+    """One container per server, on the user network, from the catalog only.
+
+    Limits (``mem_limit``, ``cpu_limit``, ``cpu_shares``) are not set here: the spawner's defaults come
+    from the site config's ``containers`` section, so an operator's own value in the JupyterHub config
+    is honoured, and the spawner merges the operator's ``extra_host_config`` / ``extra_create_kwargs`` /
+    ``volumes`` with its own at each start, refusing what would weaken the hardening
+    (:mod:`gpuhub.hub.container`)."""
     c.JupyterHub.spawner_class = "gpuhub.hub.spawner.GpuhubSpawner"
     c.GpuhubSpawner.site_config = str(site.path)
     c.GpuhubSpawner.network_name = facts.network
@@ -141,7 +148,7 @@ def apply_spawner(c, site: Site, facts: HubFacts) -> None:
     c.GpuhubSpawner.prefix = site.hub.instance  # containers: <instance>-<user>[__<server>] (gpuhub.core.naming)
     c.GpuhubSpawner.hub_instance = site.hub.instance
     c.GpuhubSpawner.notebook_dir = "/home/jovyan"
-    c.GpuhubSpawner.volumes = {"{prefix}-home-{username}": "/home/jovyan"}
+    c.GpuhubSpawner.volumes = {HOME_VOLUME: "/home/jovyan"}  # the spawner mounts it even if config replaces this
     c.GpuhubSpawner.default_url = "/lab"
     c.GpuhubSpawner.poll_interval = 10  # a dead server frees its GPUs within ~10 s (inspect is cheap)
     c.GpuhubSpawner.start_timeout = 300  # a class of 50 starting at once on 2 cores needs minutes
@@ -156,10 +163,14 @@ def apply_services(c, site: Site, facts: HubFacts) -> None:
     services = [
         {
             "name": QUOTA_SERVICE,
-            "command": [sys.executable, "-m", "gpuhub.hub.quota_service"],
+            "command": [sys.executable, "-m", "gpuhub", "service", "quota"],  # gpuhub.hub.quota_service
             "url": f"http://127.0.0.1:{site.hub.quota_service_port}",
             "api_token": facts.quota_service_token,
-            "environment": {"GPUHUB_SITE_CONFIG": str(site.path), **facts.service_env},
+            "environment": {
+                "GPUHUB_SITE_CONFIG": str(site.path),
+                "GPUHUB_HUB_PID": str(os.getpid()),  # this config runs in the hub: quota_service.bind_to_hub
+                **facts.service_env,
+            },
             "display": False,
         }
     ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 
@@ -58,7 +58,7 @@ def quota_status(path: str | Path, max_age: float = 2.0) -> dict:
     hit = _status_cache.get(key)
     if hit and time.monotonic() - hit[0] < max_age:
         return hit[1]
-    status = quota_store(key).status(datetime.now(timezone.utc))
+    status = quota_store(key).status(datetime.now(UTC))
     _status_cache[key] = (time.monotonic(), status)
     return status
 

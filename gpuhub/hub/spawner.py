@@ -1,9 +1,12 @@
 """GpuhubSpawner: DockerSpawner that gives each server exactly the GPUs it was allocated.
 
-A thin adapter: the request is checked by :mod:`gpuhub.hub.options`, devices are taken by the
-quota store in one transaction, and then DockerSpawner creates the container with our
-labels, hardening and (for ``runtime: nvidia``) a device request by UUID. Docker API calls
-run on a shared thread pool instead of DockerSpawner's single worker thread.
+A thin adapter: ``user_options`` are parsed by :mod:`gpuhub.hub.options`, the request is decided by
+:mod:`quota.policy` and devices are taken by the quota store in one transaction; then DockerSpawner
+creates the container with our labels, limits, hardening and (for ``runtime: nvidia``) a device
+request by UUID, merged over the operator's own DockerSpawner config (:mod:`gpuhub.hub.container`).
+A refusal answers with its HTTP status, the sentence as the message and the rule id in the
+``X-Gpuhub-Rule`` header (JupyterHub's API copies an ``HTTPError``'s ``headers`` onto the answer).
+Docker API calls run on a shared thread pool instead of DockerSpawner's single worker thread.
 """
 
 from __future__ import annotations
@@ -12,25 +15,44 @@ import asyncio
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import docker
 from dockerspawner import DockerSpawner
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from traitlets import Bool, Float, Integer, Unicode, default
+from traitlets import Bool, Dict, Float, Instance, Integer, List, Unicode, default
 
-from gpuhub.core import labels as lb
-from gpuhub.hub import runtime
-from gpuhub.host.dockerenv import docker_time
+from gpuhub.core.keys import server_key
 from gpuhub.core.naming import container_name
-from gpuhub.hub.options import OptionsError, options_from_form, validate_options
+from gpuhub.host.dockerenv import docker_time
+from gpuhub.hub import courses, runtime, volumes
+from gpuhub.hub.container import (
+    HOME_VOLUME,
+    OperatorConfigError,
+    configured_in,
+    deep_merge,
+    operator_layer,
+    our_layer,
+)
+from gpuhub.hub.form import render_options_form
+from gpuhub.hub.options import options_from_form, validate_options
 from gpuhub.hub.pages import group_names
+from quota.policy import AllocationRequest, Refusal
+from quota.store import Grant, QuotaUnavailable
 
+RULE_HEADER = "X-Gpuhub-Rule"
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
+
+
+def refusal_error(refusal: Refusal) -> web.HTTPError:
+    """The HTTP answer to a refusal: its status, its sentence, its rule id in the ``X-Gpuhub-Rule`` header."""
+    error = web.HTTPError(refusal.status, refusal.message, reason=refusal.rule)
+    error.headers = {RULE_HEADER: refusal.rule}  # JupyterHub's write_error sets these (User.spawn resets reason)
+    return error
 
 
 class GpuhubSpawner(DockerSpawner):
@@ -77,9 +99,36 @@ class GpuhubSpawner(DockerSpawner):
         engine and each reconciler only touches its own containers.""",
     ).tag(config=True)
 
+    cpu_shares = Integer(
+        help="""Docker CPU shares (relative CPU weight under contention) of each user container.
+        Default: the site config's ``containers.cpu_shares`` (512: a user container weighs half of
+        the hub and the system services, which run at Docker's 1024).""",
+    ).tag(config=True)
+
+    # -- per-server state (one spawner per server); gpu_uuids is persisted with get_state/load_state
+    gpu_uuids = List(Unicode(), help="UUIDs of the devices this server holds (the quota store's grant).")
+    spawn_request = Instance(
+        AllocationRequest,
+        allow_none=True,
+        help="This start's request as quota.policy checked it (org and image resolved).",
+    )
+    grant = Instance(Grant, allow_none=True, help="What the quota store granted this start.")
+    uid = Integer(None, allow_none=True, help="The user's numeric UID (quota store), for the container and volumes.")
+    course_plan = Instance(
+        courses.ContainerPlan,
+        allow_none=True,
+        help="The user's course mounts, groups and env for this server (gpuhub.hub.courses).",
+    )
+    operator_container = Dict(
+        help="""This start's operator layer: the evaluated ``extra_create_kwargs``
+        (``create``) and ``extra_host_config`` (``host``), checked by gpuhub.hub.container.operator_problems."""
+    )
+    progress_events = List(Dict(), help="Spawn progress events of this start, for progress().")
+
     _pool: ThreadPoolExecutor | None = None
     _start_gate: asyncio.Semaphore | None = None
     _queued = 0  # spawns waiting for a start slot, for the progress message
+    _noted: set[str] = set()  # operator settings already logged (once per process)
 
     # ------------------------------------------------------------ plumbing
 
@@ -108,6 +157,18 @@ class GpuhubSpawner(DockerSpawner):
     def _default_client_kwargs(self):
         return {"max_pool_size": self.docker_api_threads}
 
+    @default("mem_limit")
+    def _default_mem_limit(self):
+        return self.site.containers.mem_limit
+
+    @default("cpu_limit")
+    def _default_cpu_limit(self):
+        return self.site.containers.cpu_limit
+
+    @default("cpu_shares")
+    def _default_cpu_shares(self):
+        return self.site.containers.cpu_shares
+
     @property
     def site(self):
         return runtime.site(self.site_config)
@@ -118,23 +179,22 @@ class GpuhubSpawner(DockerSpawner):
 
     @property
     def server_key(self) -> str:
-        return f"{self.user.name}/{self.name}"
+        return server_key(self.user.name, self.name)
 
     def _groups(self) -> frozenset[str]:
         return group_names(self.user)
 
-    def _emit(self, progress: int, message: str) -> None:
+    def emit(self, progress: int, message: str) -> None:
+        """Add a spawn progress event (shown on the progress page) and log it."""
         self.log.info("%s: %s", self._log_name, message)
-        self._events.append({"progress": progress, "message": message})
+        self.progress_events.append({"progress": progress, "message": message})
 
     async def _quota_call(self, fn, *args):
         """Run a quota-store call off the event loop; an unreachable DB fails GPU spawns closed."""
-        from quota.store import QuotaRefused, QuotaUnavailable
-
         try:
             return await asyncio.to_thread(fn, *args)
-        except QuotaRefused as e:
-            raise web.HTTPError(e.status, e.message, reason=e.rule) from None
+        except Refusal as e:
+            raise refusal_error(e) from None
         except QuotaUnavailable as e:
             raise web.HTTPError(503, str(e)) from None
 
@@ -142,13 +202,11 @@ class GpuhubSpawner(DockerSpawner):
 
     @default("options_form")
     def _default_options_form(self):
-        from gpuhub.hub.form import render_options_form
-
         return render_options_form
 
     @default("apply_user_options")
     def _default_apply_user_options(self):
-        # start() validates and applies user_options itself (gpuhub.hub.options); nothing to map here
+        # start() parses and applies user_options itself (gpuhub.hub.options); nothing to map here
         return lambda spawner, options: None
 
     @default("options_from_form")
@@ -156,7 +214,7 @@ class GpuhubSpawner(DockerSpawner):
         # JupyterHub calls options_from_form(formdata, spawner=...)
         return lambda formdata, spawner=None: options_from_form(formdata)
 
-    # ------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------ state
 
     def load_state(self, state):
         super().load_state(state)
@@ -165,205 +223,186 @@ class GpuhubSpawner(DockerSpawner):
     def get_state(self):
         state = super().get_state()
         if self.object_id:
-            state["gpu_uuids"] = list(getattr(self, "gpu_uuids", []))
+            state["gpu_uuids"] = list(self.gpu_uuids)
         return state
+
+    def clear_state(self):
+        super().clear_state()
+        self.gpu_uuids = []
+        self.spawn_request = self.grant = self.uid = self.course_plan = None
+        self.operator_container = {}
 
     def get_env(self):
         env = super().get_env()
-        uuids = list(getattr(self, "gpu_uuids", []))
+        uuids = list(self.gpu_uuids)
         # Ours alone: the container env overrides any image ENV, and users cannot pass env.
         env["NVIDIA_VISIBLE_DEVICES"] = ",".join(uuids) if uuids else "void"
         # Inside the container the granted GPUs are numbered 0..n-1; an image's own value is replaced.
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(len(uuids)))
         env["GPUHUB_GPUS"] = ",".join(uuids)
-        request = getattr(self, "_request", None)
-        env["GPUHUB_ORG"] = (request.org or "") if request else ""
-        env.update(getattr(self, "_course_env", {}))  # courses hook: JUPYTER_CONFIG_PATH, GPUHUB_COURSES
+        env["GPUHUB_ORG"] = (self.spawn_request.org or "") if self.spawn_request else ""
+        if self.course_plan is not None:  # courses hook: JUPYTER_CONFIG_PATH, GPUHUB_COURSES
+            env.update(self.course_plan.env)
         return env
 
+    # ------------------------------------------------------------ operator config
+
+    @property
+    def volume_binds(self):
+        """DockerSpawner's binds from ``volumes`` / ``read_only_volumes``, and always the user's home volume
+        at ``notebook_dir`` (config that replaces ``volumes`` adds to it instead of dropping the home)."""
+        binds = super().volume_binds
+        return {**binds, **self._volumes_to_binds({HOME_VOLUME: self.notebook_dir}, {})}
+
+    async def _check_operator_config(self) -> None:
+        """The operator's layer for this start, or refuse the start (500: the hub's config is wrong, not the
+        user's request) naming each key that cannot be merged with ours."""
+        try:
+            self.operator_container = await operator_layer(self)
+        except OperatorConfigError as e:
+            self.log.error("%s: the JupyterHub config cannot be merged with gpuhub's: %s", self._log_name, e)
+            message = f"this hub's JupyterHub config is refused; ask an operator to fix it: {e}"
+            raise web.HTTPError(500, message) from None
+        for name in ("mem_limit", "cpu_limit", "cpu_shares"):
+            source = configured_in(self, name)
+            if source and source not in GpuhubSpawner._noted:
+                GpuhubSpawner._noted.add(source)
+                self.log.info(
+                    "%s = %r from the JupyterHub config is used instead of the site config's containers.%s",
+                    source,
+                    getattr(self, name),
+                    name,
+                )
+
+    def _our_container(self) -> tuple[dict, dict]:
+        """Our create arguments and host config for this start (gpuhub.hub.container.our_layer)."""
+        period = self.operator_container.get("host", {}).get("cpu_period", 100_000)
+        return our_layer(
+            self.site,
+            self.spawn_request,
+            self.grant,
+            hub_instance=self.hub_instance,
+            user=self.user.name,
+            server_name=self.name,
+            uid=self.uid,
+            network=self.network_name,
+            mem_limit=self.mem_limit,
+            cpu_limit=self.cpu_limit,
+            cpu_shares=self.cpu_shares,
+            cpu_period=period,
+            plan=self.course_plan,
+        )
+
+    async def create_object(self):
+        """The container: DockerSpawner's arguments, the operator's layer (checked in start), ours last."""
+        ours_create, ours_host = self._our_container()
+        create = dict(
+            image=self.image,
+            environment=self.get_env(),
+            volumes=self.volume_mount_points,
+            name=self.container_name,
+            command=await self.get_command(),
+            ports={f"{self.port}/tcp": None},
+        )
+        host = dict(binds=self.volume_binds, links=self.links, mounts=self.mount_binds)
+        if not self.use_internal_ip:
+            host["port_bindings"] = {self.port: (self.host_ip,)}
+        deep_merge(create, self.operator_container.get("create", {}))
+        deep_merge(create, ours_create)
+        deep_merge(host, self.operator_container.get("host", {}))
+        deep_merge(host, ours_host)
+        self.log.debug("Creating %s with host config %s", self.object_name, host)
+        create["host_config"] = self.client.create_host_config(**host)
+        return await self.docker("create_container", **create)
+
+    # ------------------------------------------------------------ lifecycle
+
     async def start(self):
-        self._events = []
+        self.progress_events = []
         site = self.site
-        self._emit(5, "Checking your request")
+        self.emit(5, "Checking your request")
+        await self._check_operator_config()
         try:
             request = validate_options(
                 self.user_options, site, user=self.user.name, server_name=self.name, groups=self._groups()
             )
-        except OptionsError as e:
-            await self._record_refusal(e.rule, self.user_options.get("org") if isinstance(self.user_options, dict) else None)
-            raise web.HTTPError(e.status, e.message, reason=e.rule) from None
-        self._request = request
+        except Refusal as e:
+            org = self.user_options.get("org") if isinstance(self.user_options, dict) else None
+            await self._record_refusal(e, org)
+            raise refusal_error(e) from None
+        self.spawn_request = request
         spec = site.images[request.image]
         self.image = spec.image
         what = f"{request.gpus} GPU{'s' if request.gpus != 1 else ''}"
-        self._emit(15, f"Allocating {what} for {request.org or 'no organization'}")
-        grant = await self._quota_call(self.quota.allocate, request, self._groups())
+        self.emit(15, f"Allocating {what} for {request.org or 'no organization'}")
+        grant = await self._quota_call(self.quota.allocate, request)
         runtime.forget_status(self.site_config)
-        self.gpu_uuids = list(grant.devices)
+        self.grant, self.gpu_uuids = grant, list(grant.devices)
         if grant.devices:
-            self._emit(25, f"Allocated {grant.model} {', '.join(grant.devices)} to {request.org}")
+            self.emit(25, f"Allocated {grant.model} {', '.join(grant.devices)} to {request.org}")
         for warning in grant.warnings:
-            self._emit(27, warning)
+            self.emit(27, warning)
         try:
-            self._configure_container(request, grant)
-            uid = await self._quota_call(self.quota.uid_for, self.user.name)
-            self.extra_create_kwargs["user"] = f"{uid}:{uid}"
-            await self._ensure_home(uid)
-            await self._prepare_courses(uid)  # courses hook (gpuhub.hub.courses)
+            self.uid = await self._quota_call(self.quota.uid_for, self.user.name)
+            await volumes.ensure_home(self, self.uid)
+            await self._prepare_courses(self.uid)  # courses hook (gpuhub.hub.courses)
             await self._take_start_slot()
             try:
-                self._emit(35, f"Creating and starting container from {spec.display_name}")
+                self.emit(35, f"Creating and starting container from {spec.display_name}")
                 try:
                     ip, port = await super().start()
                 except docker.errors.APIError as e:
                     if site.gpus.runtime == "nvidia" and grant.devices:
                         raise web.HTTPError(
-                            503, f"Docker could not hand GPUs {', '.join(grant.devices)} to the container "
+                            503,
+                            f"Docker could not hand GPUs {', '.join(grant.devices)} to the container "
                             f"({e.explanation or e}); this host needs the NVIDIA container toolkit for "
                             "gpus.runtime: nvidia — ask an operator (or use runtime: none for simulated GPUs)",
                         ) from None
                     raise
                 if self.wait_ready:
-                    self._emit(70, "Waiting for JupyterLab to answer")
+                    self.emit(70, "Waiting for JupyterLab to answer")
                     await self._wait_until_ready(ip, port)
             finally:
                 self.start_gate.release()
-            self._emit(90, "Server is ready")
+            self.emit(90, "Server is ready")
             return ip, port
         except BaseException:
             await self._remove_failed_container()
             await self._release("spawn-failed")
             raise
 
-    def _configure_container(self, request, grant) -> None:
-        site = self.site
-        labels = {
-            lb.MANAGED: "1",
-            lb.HUB: self.hub_instance,
-            lb.USER: self.user.name,
-            lb.SERVER: self.name,
-            lb.ORG: request.org or "",
-            lb.IMAGE: request.image,
-            lb.GPUS: ",".join(grant.devices),
-            lb.GPU_MODEL: grant.model or "",
-        }
-        self.extra_create_kwargs = {"labels": labels}
-        box = site.containers
-        host = {
-            # Keep a dead container until we have read its FinishedAt (stop() still removes it):
-            # the ledger closes the interval at Docker's own finish time, even after a hub outage.
-            "auto_remove": False,
-            "cap_drop": ["ALL"],
-            "security_opt": ["no-new-privileges"],
-            "pids_limit": box.pids_limit,
-            "privileged": False,
-            "read_only": box.read_only_root,
-            "tmpfs": {"/tmp": "rw,nosuid,nodev,size=1g"},
-        }
-        if site.gpus.runtime == "nvidia" and grant.devices:
-            host["device_requests"] = [
-                docker.types.DeviceRequest(driver="nvidia", device_ids=list(grant.devices), capabilities=[["gpu"]])
-            ]
-        self.extra_host_config = host
-        self.mem_limit = box.mem_limit
-        self.cpu_limit = box.cpu_limit
-
     async def _take_start_slot(self) -> None:
         gate = self.start_gate
         if gate.locked():
-            self._emit(33, f"Waiting for a start slot: {GpuhubSpawner._queued} other server(s) queued, "
-                           "servers start a few at a time so each is ready sooner")
+            self.emit(
+                33,
+                f"Waiting for a start slot: {GpuhubSpawner._queued} other server(s) queued, "
+                "servers start a few at a time so each is ready sooner",
+            )
         GpuhubSpawner._queued += 1
         try:
             await gate.acquire()
         finally:
             GpuhubSpawner._queued -= 1
 
-    async def _ensure_home(self, uid: int) -> None:
-        """Create the home volume owned by the user's UID (a one-shot root container chowns it).
-
-        Runs only when the volume is new or was owned by another UID, so later starts cost nothing.
-        It works the same with the hub on the host and in a container (docker.sock only).
-        """
-        volume = next((name for name, spec in self.volume_binds.items() if spec["bind"] == self.notebook_dir), None)
-        if volume is None:
-            return
-        try:
-            info = await self.docker("inspect_volume", volume)
-            if (info.get("Labels") or {}).get(lb.UID) == str(uid):
-                return
-        except docker.errors.NotFound:
-            pass
-        self._emit(30, "Preparing your home folder")
-        try:
-            await self.docker("create_volume", volume, labels={lb.UID: str(uid), lb.USER: self.user.name,
-                                                               lb.HUB: self.hub_instance})
-        except docker.errors.APIError:
-            pass  # exists (unlabelled, from an older setup): chown it below all the same
-        # The marker file keeps the volume non-empty: Docker copies the image's folder (and its
-        # owner) into an EMPTY volume at every mount, which would undo the chown.
-        await self._run_as_root(
-            ["sh", "-c", f'touch "$0/.gpuhub-home" && chown -R {uid}:{uid} "$0"', self.notebook_dir],
-            binds={volume: {"bind": self.notebook_dir, "mode": "rw"}}, cap_add=["CHOWN", "FOWNER", "DAC_OVERRIDE"],
-            what=f"the home volume {volume} for UID {uid}")
-
-    async def _run_as_root(self, command: list[str], *, binds: dict, cap_add: list[str], what: str,
-                           environment: dict | None = None) -> None:
-        """A one-shot root container of the server's image that prepares volumes: no network, only
-        the capabilities named, removed afterwards. Its failure fails the spawn with its log."""
-        host = self.client.create_host_config(binds=binds, network_mode="none", cap_drop=["ALL"], cap_add=cap_add,
-                                              security_opt=["no-new-privileges"])
-        box = await self.docker("create_container", image=self.image, user="0", host_config=host, command=command,
-                                environment=environment, labels={lb.HUB: self.hub_instance, lb.INIT: "1"})
-        try:
-            await self.docker("start", box["Id"])
-            result = await self.docker("wait", box["Id"], timeout=120)
-            if result.get("StatusCode") != 0:
-                logs = (await self.docker("logs", box["Id"], tail=20)).decode(errors="replace")
-                self.log.error("%s: preparing %s failed: %s", self._log_name, what, logs)
-                raise web.HTTPError(500, f"could not prepare {what}")
-        finally:
-            await self.docker("remove_container", box["Id"], force=True)
-
     # ------------------------------------------------------------ courses hook (gpuhub.hub.courses)
 
     async def _prepare_courses(self, uid: int) -> None:
-        """nbgrader courses: sync the user's course groups, mount the course volumes, add the
-        instructors' course GIDs, and prepare the volumes (:meth:`_ensure_course_volumes`)."""
-        from gpuhub.hub import courses
-
+        """nbgrader courses: sync the user's course groups, plan the course volumes and the instructors'
+        course GIDs for this container (:meth:`_our_container`), and prepare the volumes."""
         site = self.site
-        self._course_env = {}
+        self.course_plan = None
         if not site.courses:
             return
         added, removed = courses.sync_hub_groups(self.user, site, self._groups())
         if added or removed:
             self.log.info("%s: course groups +%s -%s", self._log_name, sorted(added), sorted(removed))
-        plan = courses.container_plan(site, self.user.name, uid, self._groups(), self.hub_instance, self._request.org,
-                                      server_name=self.name)
-        if plan is None:
-            return
-        self.extra_host_config.setdefault("binds", {}).update(plan.binds)  # merged with the home bind
-        if plan.group_add:
-            self.extra_host_config["group_add"] = plan.group_add
-        self._course_env = dict(plan.env)
-        await self._ensure_course_volumes(plan)
-
-    async def _ensure_course_volumes(self, plan) -> None:
-        """One-shot root container (no network; CHOWN, FOWNER, DAC_OVERRIDE, FSETID only) that lays
-        out the course volumes with their owners and modes, registers the user's UID in each
-        exchange and writes the nbgrader config. Idempotent; runs at every course member's start."""
-        from gpuhub.hub.courses import INIT_CAPS
-
-        self._emit(32, f"Preparing course files ({', '.join(sorted(plan.courses))})")
-        for volume, labels in plan.volume_labels.items():
-            try:
-                await self.docker("create_volume", volume, labels=labels)
-            except docker.errors.APIError:
-                pass  # exists
-        await self._run_as_root(plan.init_command, binds=plan.init_binds, cap_add=INIT_CAPS,
-                                environment=plan.init_env,
-                                what=f"the course volumes for {', '.join(sorted(plan.courses))}")
+        self.course_plan = courses.container_plan(
+            site, self.user.name, uid, self._groups(), self.hub_instance, self.spawn_request.org, server_name=self.name
+        )
+        if self.course_plan is not None:
+            await volumes.ensure_course_volumes(self, self.course_plan)
 
     async def _wait_until_ready(self, ip: str, port: int) -> None:
         """Probe with a bare TCP connect (cheap while refused), then one HTTP GET once the port is open.
@@ -378,7 +417,7 @@ class GpuhubSpawner(DockerSpawner):
             try:
                 _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 1)
                 writer.close()
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 await asyncio.sleep(self.ready_poll_interval)
                 continue
             try:
@@ -401,8 +440,8 @@ class GpuhubSpawner(DockerSpawner):
 
     async def progress(self):
         sent = 0
-        while self._spawn_pending or sent < len(getattr(self, "_events", [])):
-            events = getattr(self, "_events", [])
+        while self._spawn_pending or sent < len(self.progress_events):
+            events = self.progress_events
             while sent < len(events):
                 yield events[sent]
                 sent += 1
@@ -448,8 +487,8 @@ class GpuhubSpawner(DockerSpawner):
             # The reconciler closes it from Docker's own times once the database is back.
             self.log.exception("could not release %s (%s); the reconciler will close it", self.server_key, reason)
 
-    async def _record_refusal(self, rule: str, org) -> None:
+    async def _record_refusal(self, refusal: Refusal, org) -> None:
         try:
-            await asyncio.to_thread(self.quota.record_refusal, org if isinstance(org, str) else None, rule)
+            await asyncio.to_thread(self.quota.record_refusal, org if isinstance(org, str) else None, refusal)
         except Exception:
-            self.log.warning("could not count refusal %s for %s", rule, self.server_key)
+            self.log.warning("could not count refusal %s for %s", refusal.rule, self.server_key)

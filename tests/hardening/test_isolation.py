@@ -77,6 +77,7 @@ def test_docker_inspect_shows_the_limits(hub):
     assert hc["PidsLimit"] == 256
     assert hc["Memory"] == 1024**3
     assert hc["CpuQuota"] == 100_000 and hc["CpuPeriod"] == 100_000
+    assert hc["CpuShares"] == 512  # containers.cpu_shares' default: half the weight of the hub (docker-bench 5.12)
     assert hc["CapDrop"] == ["ALL"] and not hc["CapAdd"]
     assert "no-new-privileges" in hc["SecurityOpt"]
     assert hc["Privileged"] is False and hc["ReadonlyRootfs"] is True

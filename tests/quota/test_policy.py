@@ -1,11 +1,10 @@
 """Admission policy: one row per rule; each refusal names the rule, the numbers and the fix."""
 
 import pytest
+from quotakit import make_site
 
 from gpuhub.core.site import Device
 from quota.policy import AllocationRequest, Decision, Holding, Refusal, Snapshot, decide
-
-from quotakit import make_site
 
 
 def req(user="alice", org="lab-a", gpus=1, image="python", model=None, server="", groups=frozenset()):
@@ -21,16 +20,23 @@ A = [f"GPU-a100-{i}" for i in range(4)]
 
 REFUSALS = [
     # (id, request, snapshot, status, rule, words that must appear)
-    ("negative-gpus", req(gpus=-1), Snapshot(), 400, "invalid-gpus", ["-1", ">= 0"]),
-    ("bool-gpus", req(gpus=True), Snapshot(), 400, "invalid-gpus", ["True"]),
+    # issue 11, one vocabulary: "invalid-gpus" became the parser's "gpus-negative" / "gpus-type"
+    ("negative-gpus", req(gpus=-1), Snapshot(), 400, "gpus-negative", ["-1", ">= 0"]),
+    ("bool-gpus", req(gpus=True), Snapshot(), 400, "gpus-type", ["True"]),
     ("already-running", req(), Snapshot(open_servers=frozenset({"alice/"})), 409, "server-already-running",
      ["alice/", "stop it"]),
-    ("unknown-org", req(org="nope"), Snapshot(), 403, "not-a-member", ["nope", "lab-a"]),
+    # issue 11: an organization the site does not have is "unknown-org" (400), as the REST parser said
+    ("unknown-org", req(org="nope"), Snapshot(), 400, "unknown-org", ["nope", "lab-a"]),
     ("not-member", req(user="carol", org="lab-a"), Snapshot(), 403, "not-a-member",
      ["carol", "lab-a", "lab-b", "ask an operator"]),
-    ("gpu-without-org", req(org=None, gpus=1), Snapshot(), 403, "not-a-member", ["1 GPU", "lab-a"]),
+    # issue 11: the policy now implies a user's only organization (the user_options contract), so "no org"
+    # is a user in none ("no-organization", as the REST parser said) or in several ("org-required")
+    ("gpu-without-org", req(user="zed", org=None, gpus=1), Snapshot(), 403, "no-organization",
+     ["zed", "GPU servers", "0 GPUs"]),
+    ("several-orgs", req(user="bob", org=None, gpus=1), Snapshot(), 400, "org-required", ["lab-a, lab-b", "'org'"]),
     ("image-not-in-org", req(image="torch"), Snapshot(), 403, "image-not-allowed", ["torch", "lab-a", "python, cpu"]),
-    ("image-not-in-catalog", req(image="evil/miner"), Snapshot(), 403, "image-not-allowed", ["evil/miner"]),
+    # issue 11: an image outside the catalog is "unknown-image" (400), as the REST parser said
+    ("image-not-in-catalog", req(image="evil/miner"), Snapshot(), 400, "unknown-image", ["evil/miner", "catalog"]),
     ("gpu-on-cpu-image", req(image="cpu", gpus=1), Snapshot(), 400, "image-cpu-only", ["cpu", "1 GPU"]),
     ("unknown-model", req(model="B200"), Snapshot(), 400, "unknown-model", ["B200", "H100", "A100"]),
     ("max-per-server", req(gpus=3), Snapshot(), 400, "max-gpus-per-server", ["at most 2", "3 requested",
@@ -65,8 +71,9 @@ def test_every_rule_refuses_with_numbers(case):
 def test_cpu_only_servers_without_org_follow_the_site_switch():
     assert decide(make_site(), req(org=None, gpus=0), Snapshot()) == Decision((), None, 0.0)
     strict = make_site(hub={"allow_cpu_without_org": False})
-    out = decide(strict, req(org=None, gpus=0), Snapshot())
-    assert isinstance(out, Refusal) and out.rule == "not-a-member" and "lab-a" in out.message
+    assert isinstance(decide(strict, req(org=None, gpus=0), Snapshot()), Decision)  # alice's only org: lab-a
+    out = decide(strict, req(user="zed", org=None, gpus=0), Snapshot())  # issue 11: was "not-a-member"
+    assert isinstance(out, Refusal) and out.rule == "no-organization" and "allow_cpu_without_org" in out.message
 
 
 def test_idp_group_grants_membership():
@@ -107,3 +114,12 @@ def test_refusals_stop_at_the_most_permanent_rule():
     out = decide(make_site(), req(), Snapshot(org_used_gpu_seconds=200 * 3600,
                                               holdings=tuple(held(u, "bob") for u in H[:3])))
     assert out.rule == "budget-exhausted"
+
+
+def test_the_policy_fills_in_the_org_and_the_image():
+    site = make_site(organizations={"lab-z": {"members": ["alice"], "gpu_limit": 2, "gpu_hours_per_month": 10,
+                                              "images": ["cpu", "torch"]}})
+    gpu = decide(site, req(org=None, image=None, gpus=1), Snapshot())
+    cpu = decide(site, req(org=None, image=None, gpus=0), Snapshot())
+    assert (gpu.request.org, gpu.request.image) == ("lab-z", "torch")  # the first GPU image for a GPU server
+    assert (cpu.request.org, cpu.request.image) == ("lab-z", "cpu")  # else the organization's first

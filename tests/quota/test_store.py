@@ -1,18 +1,16 @@
 """QuotaStore against real SQLite and PostgreSQL: allocation, release, ledger, races, outages."""
 
 import threading
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from quotakit import make_site
 
 from quota import db
 from quota.policy import AllocationRequest
 from quota.reconcile import Adopt
 from quota.store import QuotaRefused, QuotaStore, QuotaUnavailable
-from quotakit import make_site
-
-UTC = timezone.utc
 
 
 def req(user="alice", org="lab-a", gpus=1, server="", **kw):
@@ -59,20 +57,12 @@ def test_refusals_raise_and_are_counted(store):
                                       ("", "unknown-option"): 1}
 
 
-def test_idp_groups_and_foreign_request_objects(store):
-    @dataclass(frozen=True)
-    class SpawnRequest:  # the spawner's own type: same fields, no groups
-        user: str
-        server_name: str
-        image: str
-        gpus: int
-        gpu_model: str | None
-        org: str | None
-
-    r = SpawnRequest("erin", "", "python", 1, "H100", "lab-b")
+def test_idp_groups_grant_membership(store):
+    # issue 11: one request type (the duck-typed bridge for the spawner's own type is gone); groups travel in it
+    r = AllocationRequest("erin", "", "lab-b", "python", 1, "H100")
     with pytest.raises(QuotaRefused, match="not a member"):
         store.allocate(r)
-    assert store.allocate(r, groups={"lab-b-staff"}).devices == ["GPU-h100-0"]
+    assert store.allocate(replace(r, groups=frozenset({"lab-b-staff"}))).devices == ["GPU-h100-0"]
 
 
 def test_usage_includes_open_intervals_and_splits_at_month_end(store, clock):
@@ -194,3 +184,27 @@ def test_sixty_concurrent_spawns_never_share_a_device(db_url, engine, clock, cap
     assert sum(store.refusal_counts().values()) == 60 - expected
     for e in engines[1:]:
         e.dispose()
+
+
+def test_refusal_counter_speaks_the_rule_table(store, engine):
+    """One vocabulary: the counter holds rule ids of quota.policy.Rule, a made-up org is never a label, the
+    organization a request was for is, and ids an older release stored count under the id that replaced them."""
+    from sqlalchemy import insert
+
+    from quota.models import spawn_refusals
+
+    with pytest.raises(QuotaRefused) as e:
+        store.allocate(req(org="no-such-org"))
+    assert (e.value.status, e.value.rule) == (400, "unknown-org")
+    with pytest.raises(QuotaRefused) as e:
+        store.allocate(req(org=None, gpus=3))  # alice's only organization, lab-a, allows 2 per server
+    assert (e.value.status, e.value.rule) == (400, "max-gpus-per-server")
+    assert "lab-a allows at most 2" in e.value.message
+    with pytest.raises(ValueError, match="not an admission rule id"):
+        store.record_refusal(None, "gpu-limit")
+    with engine.begin() as conn:
+        conn.execute(insert(spawn_refusals), [dict(org="lab-a", reason="unknown-gpu-model", count=2),
+                                              dict(org="lab-a", reason="cpu-only-image", count=1)])
+    store.record_refusal("lab-a", "unknown-model")
+    assert store.refusal_counts() == {("", "unknown-org"): 1, ("lab-a", "max-gpus-per-server"): 1,
+                                      ("lab-a", "unknown-model"): 3, ("lab-a", "image-cpu-only"): 1}

@@ -4,12 +4,13 @@ from pathlib import Path
 
 from traitlets.config import Config
 
-from gpuhub.hub import hubconfig
 from gpuhub.core.site import load_site
+from gpuhub.hub import hubconfig
 
 SITE = load_site(Path(__file__).resolve().parents[2] / "examples/site.yaml")
 FACTS = hubconfig.HubFacts(
-    hub_ip="172.30.0.1", network="gpuhub-users", demo_password="pw-123456789", admin_password="a" * 32, admin_token="adm",
+    hub_ip="172.30.0.1", network="gpuhub-users", demo_password="pw-123456789", admin_password="a" * 32,
+    admin_token="adm",
     quota_service_token="qst", crypt_key="00" * 32, hub_metrics_token="hmt", proxy_command="/x/configurable-http-proxy",
 )
 
@@ -31,10 +32,21 @@ def test_spawner_uses_the_catalog_and_the_user_network():
     hubconfig.apply_spawner(c, SITE, FACTS)
     assert c.JupyterHub.spawner_class == "gpuhub.hub.spawner.GpuhubSpawner"
     assert c.GpuhubSpawner.network_name == "gpuhub-users"
-    assert c.GpuhubSpawner.allowed_images == {"python": "gpuhub/base-notebook:latest"}
+    assert c.GpuhubSpawner.allowed_images == {
+        "python": "gpuhub/base-notebook:latest", "pytorch": "gpuhub/pytorch:latest"}
     assert c.GpuhubSpawner.pull_policy == "never"
     assert c.GpuhubSpawner.volumes == {"{prefix}-home-{username}": "/home/jovyan"}
     assert c.GpuhubSpawner.site_config == str(SITE.path)
+
+
+def test_spawner_limits_and_extras_are_left_to_the_spawner():
+    """mem_limit / cpu_limit / cpu_shares default to the site's ``containers`` in the spawner itself, and the
+    spawner merges extra_host_config / extra_create_kwargs at start, so nothing here overwrites an operator's
+    ``c.GpuhubSpawner.mem_limit`` in a later config file (tests/hardening/test_operator_config_hub.py, live)."""
+    c = Config()
+    hubconfig.apply_spawner(c, SITE, FACTS)
+    ours = {"mem_limit", "cpu_limit", "cpu_shares", "extra_host_config", "extra_create_kwargs"}
+    assert not ours & set(c.GpuhubSpawner)
 
 
 def test_admin_token_becomes_an_admin_service_only_when_given():
@@ -46,7 +58,8 @@ def test_admin_token_becomes_an_admin_service_only_when_given():
     c = Config()
     hubconfig.apply_services(c, SITE, FACTS.__class__(**{**FACTS.__dict__, "admin_token": None}))
     assert [s["name"] for s in c.JupyterHub.services] == ["gpuhub-quota", "gpuhub-metrics"]
-    assert {"name": "gpuhub-metrics", "scopes": ["read:metrics"], "services": ["gpuhub-metrics"]} in c.JupyterHub.load_roles
+    metrics_role = {"name": "gpuhub-metrics", "scopes": ["read:metrics"], "services": ["gpuhub-metrics"]}
+    assert metrics_role in c.JupyterHub.load_roles
     quota_role = c.JupyterHub.load_roles[0]
     assert "delete:servers" in quota_role["scopes"] and "admin:users" not in quota_role["scopes"]
 
@@ -58,7 +71,8 @@ class FakeDocker:  # prepare only asks Docker for the user network and the catal
         @staticmethod
         def get(name):
             class N:
-                attrs = {"IPAM": {"Config": [{"Subnet": "172.30.0.0/16"}]}}
+                attrs = {"Driver": "bridge", "Options": {"com.docker.network.bridge.enable_icc": "false"},  # isolated
+                         "IPAM": {"Config": [{"Subnet": "172.30.0.0/16"}]}}
             return N
 
     class images:
@@ -87,7 +101,8 @@ def test_prepare_keeps_a_generated_demo_password(tmp_path):
     site_file = tmp_path / "site.yaml"
     site_file.write_text((Path(SITE.path)).read_text().replace("state_dir: ../state", "state_dir: st"))
     printed = []
-    site, facts = hubconfig.prepare({"GPUHUB_SITE_CONFIG": str(site_file)}, docker_client=FakeDocker, log=printed.append)
+    site, facts = hubconfig.prepare({"GPUHUB_SITE_CONFIG": str(site_file)}, docker_client=FakeDocker,
+                                    log=printed.append)
     assert facts.hub_ip == "172.30.0.1" and facts.demo_password and facts.demo_password in printed[0]
     _, again = hubconfig.prepare({"GPUHUB_SITE_CONFIG": str(site_file)}, docker_client=FakeDocker, log=printed.append)
     assert again.demo_password == facts.demo_password
