@@ -5,6 +5,7 @@ each part of the hub is set by one small function in gpuhub/hub/hubconfig.py.
 """
 
 from gpuhub.hub import hubconfig
+from gpuhub.hub.idle_config import apply_idle
 
 c = get_config()  # noqa: F821 (provided by JupyterHub when it loads this file)
 
@@ -13,4 +14,5 @@ hubconfig.apply_hub(c, site, facts)
 hubconfig.apply_auth(c, site, facts)
 hubconfig.apply_spawner(c, site, facts)
 hubconfig.apply_services(c, site, facts)
+apply_idle(c, site, facts)  # after apply_services and apply_hub: it extends their services and template_vars
 hubconfig.apply_courses(c, site, facts)

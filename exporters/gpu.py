@@ -16,8 +16,13 @@ Series (device series carry only ``uuid``; descriptive labels live on ``gpuhub_g
   ``gpuhub_gpu_unallocated{uuid,model}`` 1 for each inventory unit nobody holds
 - ``gpuhub_gpu_allocated_seconds_total{org,model}``, ``gpuhub_gpu_active_seconds_total{org,model}``
   (allocated × utilization), ``gpuhub_gpu_idle_allocated_seconds_total{org,model}`` (allocated while
-  utilization < ``idle_threshold``): accumulated by this process, so they restart at 0 with it;
-  the ledger-derived counters in :mod:`exporters.usage` are the ones to bill from.
+  utilization <= ``idle.gpu_threshold``, the threshold of :mod:`quota.idle`): accumulated by this
+  process, so they restart at 0 with it; the ledger-derived counters in :mod:`exporters.usage` are the
+  ones to bill from.
+- ``gpuhub_gpu_idle_seconds{org,user,server,uuid}`` per held device: its idle seconds by
+  :mod:`quota.idle` (consecutive windows of ``idle.window_seconds`` at or under the threshold), at
+  most the time this exporter has seen the holder. The GPU idle culler (:mod:`gpuhub.hub.idle_service`)
+  reads this series from ``/metrics``; kernel state is the culler's to add.
 - ``gpuhub_exporter_up``, ``gpuhub_exporter_last_success_timestamp_seconds``,
   ``gpuhub_exporter_collection_duration_seconds``, ``gpuhub_exporter_errors_total{source}``
   (all with ``exporter="gpu"``).
@@ -40,6 +45,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from gpuhub.core import labels as lb
+from quota.idle import WindowLog
 
 from .attribution import Attributor, Workload, docker_api
 from gpuhub.host.nvml import ERROR_SOURCES, DeviceSample, NvmlSource, ProcessSample, SourceError
@@ -89,6 +95,7 @@ class GpuState:
     allocated_seconds: Mapping[tuple[str, str], float] = field(default_factory=dict)
     active_seconds: Mapping[tuple[str, str], float] = field(default_factory=dict)
     idle_seconds: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    device_idle: Mapping[tuple[str, str], float] = field(default_factory=dict)  # (uuid, container) -> seconds
     errors_total: Mapping[str, int] = field(default_factory=dict)
     up: bool = False
     last_success: float | None = None
@@ -110,7 +117,7 @@ class GpuSampler(PeriodicSampler):
     def __init__(self, site: Any, source: NvmlSource | None = None, docker_client: Any = None, *,
                  docker_factory: Callable[[], Any] | None = None, attributor: Attributor | None = None,
                  proc_root: str = "/proc", interval: float = 1.0, containers_interval: float = 5.0,
-                 idle_threshold: float = 0.05, max_step_seconds: float = 60.0,
+                 idle_threshold: float | None = None, max_step_seconds: float = 60.0,
                  clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic):
         self.site = site
         self.source = source
@@ -119,7 +126,11 @@ class GpuSampler(PeriodicSampler):
         self.attributor = attributor or Attributor(docker_client, proc_root=proc_root, clock=monotonic)
         self.interval = interval
         self.containers_interval = containers_interval
-        self.idle_threshold = idle_threshold
+        idle = getattr(site, "idle", None)
+        self.idle_threshold = idle_threshold if idle_threshold is not None else (idle.gpu_threshold if idle else 0.05)
+        self.window_seconds = idle.window_seconds if idle else 30.0
+        self._windows: dict[str, WindowLog] = {}
+        self._holder_seen: dict[tuple[str, str], float] = {}  # (uuid, container id) -> first seen (wall)
         self.max_step_seconds = max_step_seconds
         self.clock = clock
         self.monotonic = monotonic
@@ -217,12 +228,13 @@ class GpuSampler(PeriodicSampler):
                 dev = by_uuid.get(a.uuid)
                 if dev is not None and dev.utilization is not None:
                     self._active[key] += step * share * dev.utilization
-                    if dev.utilization < self.idle_threshold:
+                    if dev.utilization <= self.idle_threshold:
                         self._idle[key] += step * share
             for err in errors:
                 self._errors[err.source] += 1
             if up:
                 self._last_success = wall
+            device_idle = self._device_idle(devices, wall)
             state = GpuState(
                 nvml_configured=self.source is not None,
                 taken_at=wall,
@@ -233,6 +245,7 @@ class GpuSampler(PeriodicSampler):
                 allocated_seconds=MappingProxyType(dict(self._allocated)),
                 active_seconds=MappingProxyType(dict(self._active)),
                 idle_seconds=MappingProxyType(dict(self._idle)),
+                device_idle=MappingProxyType(device_idle),
                 errors_total=MappingProxyType(dict(self._errors)),
                 up=up,
                 last_success=self._last_success,
@@ -244,6 +257,24 @@ class GpuSampler(PeriodicSampler):
             self._logged_sources.add(err.source)
             (log.warning if first else log.debug)("sampling error [%s] %s", err.source, err.detail)
         return state
+
+    def _device_idle(self, devices: Iterable[DeviceSample], wall: float) -> dict[tuple[str, str], float]:
+        """Feed the idle windows; per held device, its idle seconds bounded by how long we saw the holder."""
+        for dev in devices:
+            if dev.utilization is not None:
+                self._windows.setdefault(dev.uuid, WindowLog(self.window_seconds, self.idle_threshold)).observe(
+                    wall, dev.utilization)
+        held = {(a.uuid, a.container_id) for a in self._allocations}
+        for gone in set(self._holder_seen) - held:
+            del self._holder_seen[gone]
+        out = {}
+        for uuid, cid in held:
+            seen = self._holder_seen.setdefault((uuid, cid), wall)
+            log_ = self._windows.get(uuid)
+            idle = log_.idle_seconds(wall) if log_ is not None else None
+            if idle is not None:
+                out[(uuid, cid)] = min(idle, max(0.0, wall - seen))
+        return out
 
     @staticmethod
     def _share(by_uuid: dict[str, DeviceSample], uuid: str) -> float:
@@ -376,6 +407,16 @@ class GpuCollector(Collector):
                 free.add_metric([d.uuid, d.model], 1)
         yield free
 
+        idle = GaugeMetricFamily("gpuhub_gpu_idle_seconds",
+                                 "How long the held GPU has been idle: consecutive windows of idle.window_seconds "
+                                 "with utilization <= idle.gpu_threshold (quota.idle), since its holder appeared",
+                                 labels=["org", "user", "server", "uuid"])
+        for a in s.allocations:
+            seconds = s.device_idle.get((a.uuid, a.container_id))
+            if seconds is not None:
+                idle.add_metric([a.org, a.user, a.server, a.uuid], seconds)
+        yield idle
+
         def org_counter(name: str, doc: str, values: Mapping[tuple[str, str], float]) -> CounterMetricFamily:
             fam = CounterMetricFamily(name, doc, labels=["org", "model"])
             for (org, model), v in sorted(values.items()):
@@ -390,7 +431,8 @@ class GpuCollector(Collector):
                               "Allocated GPU-seconds weighted by GPU utilization, as sampled by this exporter",
                               s.active_seconds)
             yield org_counter("gpuhub_gpu_idle_allocated_seconds",
-                              f"Allocated GPU-seconds during which utilization was below {self.sampler.idle_threshold:g}",
+                              "Allocated GPU-seconds during which utilization was at or under "
+                              f"{self.sampler.idle_threshold:g} (idle.gpu_threshold)",
                               s.idle_seconds)
         yield from self_metrics(EXPORTER, s.up, s.last_success, s.duration_seconds, s.errors_total)
 

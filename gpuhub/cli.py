@@ -27,7 +27,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from gpuhub import audit_cli
+from gpuhub import audit_cli, idle_cli
 from gpuhub.core.periods import parse_period, period_of, utcnow
 from gpuhub.core.site import Site, SiteConfigError, load_site, site_config_path
 from gpuhub.host import images
@@ -119,6 +119,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_service_quota(args) -> int:
+    ppid = os.getppid()  # first: the hub that started us, before any work (quota_service.bind_to_hub)
     missing = [k for k in ("JUPYTERHUB_API_URL", "JUPYTERHUB_API_TOKEN") if not os.environ.get(k)]
     if missing:
         raise UsageError(
@@ -129,7 +130,7 @@ def cmd_service_quota(args) -> int:
     os.environ["GPUHUB_SITE_CONFIG"] = str(site.path)
     from gpuhub.hub import quota_service  # jupyterhub, tornado and docker: only the running service needs them
 
-    quota_service.main()
+    quota_service.main(ppid)
     return 0
 
 
@@ -141,10 +142,11 @@ def _progress(line: str) -> None:
 
 
 def _image_names(names: list[str]) -> list[str]:
-    unknown = [n for n in names if n not in images.IMAGES]
+    unknown = [n for n in names if n not in images.IMAGES and n not in images.STANDINS]
     if unknown:
         raise UsageError(
             f"unknown image {unknown[0]!r}; gpuhub's images are {', '.join(images.BUILD_ORDER)} (`gpuhub images list`)"
+            f", and the compose stand-ins {', '.join(images.STANDINS)}"
         )
     return names
 
@@ -158,6 +160,7 @@ def _docker_has(name: str) -> bool:
 
 def cmd_images_build(args) -> int:
     names = _image_names(list(args.names))
+    standins = [n for n in names if n in images.STANDINS and not (args.missing and _docker_has(n))]
     if args.catalog:  # the images the site's catalog names
         names += [n for n in (images.image_name_of(s.image) for s in _site(args).images.values()) if n]
     if args.all or not (args.names or args.catalog):  # no NAME and no --catalog: every image
@@ -165,13 +168,16 @@ def cmd_images_build(args) -> int:
     names = [n for n in images.BUILD_ORDER if n in set(names)]
     if args.missing:
         names = [n for n in names if not _docker_has(n)]
-    if not names:
+    if not names and not standins:
         print(
             "gpuhub: images up to date" if args.missing else "gpuhub: the site's catalog names none of gpuhub's images"
         )
         return 0
     try:
-        images.build(names, images.repo_root(), _progress, no_cache=args.no_cache)
+        if standins:
+            images.build_standins(standins, images.repo_root(), _progress, no_cache=args.no_cache)
+        if names:
+            images.build(names, images.repo_root(), _progress, no_cache=args.no_cache)
     except images.ImageBuildError as e:
         print(f"gpuhub: error: image build failed: {e}", file=sys.stderr)
         return 1
@@ -242,6 +248,38 @@ def cmd_billing_statement(args) -> int:
             f"--output {args.output}: cannot write it ({e.strerror}); name a file in a writable "
             "folder, or leave --output out to print the statement"
         ) from None
+    return 0
+
+
+def cmd_backup(args) -> int:
+    from quota import backup  # sqlalchemy + alembic: only for the commands that open a database
+
+    site = _site(args)
+    with _database(site):
+        try:
+            m = backup.backup(site.hub.database_url, Path(args.to))
+        except backup.BackupError as e:
+            raise UsageError(str(e)) from None
+    print(
+        f"gpuhub: backed up {len(m['tables'])} tables ({backup.data_rows(m['tables'])} rows, schema revision "
+        f"{m['revision']}, {m['backend']}) to {Path(args.to) / m['file']} with {backup.MANIFEST}"
+    )
+    return 0
+
+
+def cmd_restore(args) -> int:
+    from quota import backup  # sqlalchemy + alembic: only for the commands that open a database
+
+    site = _site(args)
+    with _database(site):
+        try:
+            rows = backup.restore(site.hub.database_url, Path(getattr(args, "from")), force=args.force)
+        except backup.BackupError as e:
+            raise UsageError(str(e)) from None
+    print(
+        f"gpuhub: restored {len(rows)} tables ({backup.data_rows(rows)} rows) from {getattr(args, 'from')} "
+        f"into hub.db_url of {site.path}; start the hub to serve them"
+    )
     return 0
 
 
@@ -388,7 +426,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     img = _group(sub, "images", "curated images: offline builds and lock files", "images_cmd")
     s = _leaf(img, "build", "build images offline (all of them when no NAME or flag is given)", cmd_images_build)
-    s.add_argument("names", nargs="*", metavar="NAME", help=", ".join(images.BUILD_ORDER))
+    s.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=", ".join(images.BUILD_ORDER) + "; compose stand-ins: " + ", ".join(images.STANDINS),
+    )
     s.add_argument("--missing", action="store_true", help="only those not built yet")
     s.add_argument("--catalog", action="store_true", help="the images the site config's catalog names")
     s.add_argument("--all", action="store_true", help="every curated image (also the bench baseline)")
@@ -408,6 +451,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--org", help="one organization (default: all)")
     s.add_argument("--output", "-o", metavar="FILE", help="write the statement here (default: standard output)")
 
+    s = _leaf(sub, "backup", "dump the ledger and every gpuhub_* table, with a manifest", cmd_backup)
+    s.add_argument("--to", required=True, metavar="DIR", help="a new or empty folder for the dump and manifest.json")
+    s = _leaf(sub, "restore", "load a `gpuhub backup` into the hub database (stop the hub first)", cmd_restore)
+    s.add_argument("--from", required=True, metavar="DIR", help="a folder that `gpuhub backup` wrote")
+    s.add_argument("--force", action="store_true", help="replace the quota rows the database already holds")
+
     co = _group(sub, "course", "nbgrader courses", "course_cmd")
     _leaf(co, "list", "courses, their org, image and member counts", cmd_course_list, ("table", "json"))
     for name, what, func in (
@@ -424,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(func=cmd_exporter)  # its flags are parsed by exporters.server (see main)
 
     audit_cli.add_parsers(sub)  # `gpuhub audit verify|export` (its handlers print their own errors)
+    idle_cli.add_parsers(sub)  # `gpuhub idle status|exempt` (likewise)
 
     sv = _group(sub, "service", "processes the hub starts itself (c.JupyterHub.services)", "service_cmd")
     _leaf(sv, "quota", "the gpuhub-quota service: budget enforcer, reconciler, status API", cmd_service_quota)

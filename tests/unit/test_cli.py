@@ -71,6 +71,8 @@ COMMANDS = [
     ("quota", "status"),
     ("billing",),
     ("billing", "statement"),
+    ("backup",),
+    ("restore",),
     ("course",),
     ("course", "list"),
     ("course", "members"),
@@ -81,6 +83,9 @@ COMMANDS = [
     ("audit",),
     ("audit", "verify"),
     ("audit", "export"),
+    ("idle",),
+    ("idle", "status"),
+    ("idle", "exempt"),
     ("service",),
     ("service", "quota"),
 ]
@@ -253,7 +258,7 @@ def test_images_build_takes_names_in_build_order(builds, site):
     assert builds == [
         (["base-notebook", "pytorch"], True),
         (list(images.BUILD_ORDER), False),
-        (["base-notebook"], False),
+        (["base-notebook", "pytorch"], False),  # examples/site.yaml offers python and pytorch
     ]
 
 
