@@ -4,7 +4,8 @@ export GPUHUB_SITE_CONFIG ?= examples/site.yaml
 PY := .venv/bin/python
 RUFF := .venv/bin/ruff
 
-.PHONY: run test lint fmt lint-tools setup setup-test docker images check-config bench clean-containers
+.PHONY: run test lint fmt lint-tools setup setup-test docker images check-config bench clean-containers \
+	compose-up compose-down
 
 run: setup  ## install what is missing, build images, serve the hub on http://127.0.0.1:8000
 	exec .venv/bin/gpuhub run
@@ -46,3 +47,11 @@ bench: setup-test
 
 clean-containers:  ## remove every container gpuhub's tests or hub created
 	-docker ps -aq --filter label=gpuhub.managed=1 | xargs -r docker rm -f
+
+compose-up:  ## production stack (docker-compose.yml): build the hub image, start it; see README "Production"
+	.venv/bin/gpuhub images build hub
+	docker-compose up -d
+	docker-compose ps
+
+compose-down:  ## stop and remove the stack's containers; volumes (database, hub state, metrics) are kept
+	docker-compose down

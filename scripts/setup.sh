@@ -40,5 +40,11 @@ if [ ! -x .venv/bin/configurable-http-proxy ]; then
 fi
 
 # 5. Images in the site catalog (built offline; see images/README.md).
-if [ "$mode" = test ]; then .venv/bin/gpuhub images build --missing --all; else .venv/bin/gpuhub images build --missing --catalog; fi
+if [ "$mode" = test ]; then
+  .venv/bin/gpuhub images build --missing --all
+  # offline stand-ins for the registry images docker-compose names (the compose stack test starts them)
+  .venv/bin/gpuhub images build --missing postgres prometheus
+else
+  .venv/bin/gpuhub images build --missing --catalog
+fi
 step "setup done ($mode)"

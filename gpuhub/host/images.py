@@ -95,6 +95,12 @@ IMAGES: dict[str, ImageDef] = {
 #: build order: every image after the images it needs
 BUILD_ORDER: tuple[str, ...] = tuple(IMAGES)
 
+#: Offline stand-ins for the registry images docker-compose.yml names, where no registry can be reached:
+#: images/NAME/ builds them from Debian's packages on the base image, tagged with exactly the name compose
+#: uses (production pulls the real ones). No wheelhouse, no lock; built only when named
+#: (`gpuhub images build postgres prometheus`).
+STANDINS: dict[str, str] = {"postgres": "postgres:15-bookworm", "prometheus": "prom/prometheus:v2.54.1"}
+
 
 class ImageBuildError(RuntimeError):
     """A build step failed; the message says which step and where its log is."""
@@ -446,7 +452,21 @@ def build(names: list[str], root: Path, log: Log = print, *, no_cache: bool = Fa
 
 
 def docker_has(name: str) -> bool:
-    return subprocess.run(["docker", "image", "inspect", IMAGES[name].tag], capture_output=True).returncode == 0
+    tag = STANDINS[name] if name in STANDINS else IMAGES[name].tag
+    return subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0
+
+
+def build_standins(names: list[str], root: Path, log: Log = print, *, no_cache: bool = False) -> None:
+    """Build the named :data:`STANDINS` from images/NAME/ on the base image, tagged as compose names them."""
+    root = Path(root)
+    rd = run_dir(root)
+    _run_logged([str(root / "scripts" / "base-image.sh")], rd / "build" / "base-image.log", log, show=lambda _l: True)
+    for name in names:
+        tag, t0 = STANDINS[name], time.monotonic()
+        cmd = ["docker", "build", "--network", "host", "-t", tag] + (["--no-cache"] if no_cache else [])
+        log(f"==> [{name}] docker build -t {tag} (offline stand-in; log: {rd / 'build' / f'{name}.log'})")
+        _run_logged([*cmd, str(image_dir(root, name))], rd / "build" / f"{name}.log", log, show=_docker_build_line)
+        log(f"    {tag}: {time.monotonic() - t0:.0f} s")
 
 
 # --------------------------------------------------------------------------------------------

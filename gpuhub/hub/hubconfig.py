@@ -90,7 +90,10 @@ def prepare(environ: dict | None = None, *, docker_client=None, log=print) -> tu
         hub_metrics_token=_state_secret(state, "hub-metrics-token", lambda: secrets.token_urlsafe(32)),
         crypt_key=env.get("JUPYTERHUB_CRYPT_KEY") or _state_secret(state, "crypt-key", lambda: secrets.token_hex(32)),
         proxy_command=str(chp) if chp.exists() else "configurable-http-proxy",
-        service_env={k: env[k] for k in ("PGPASSFILE", "PGPASSWORD", "DOCKER_HOST") if k in env},
+        service_env={
+            **{k: env[k] for k in ("PGPASSFILE", "PGPASSWORD", "DOCKER_HOST") if k in env},
+            "GPUHUB_HUB_PID": str(os.getpid()),  # prepare() runs in the hub (quota_service.bind_to_hub)
+        },
     )
     return site, facts
 
@@ -168,7 +171,6 @@ def apply_services(c, site: Site, facts: HubFacts) -> None:
             "api_token": facts.quota_service_token,
             "environment": {
                 "GPUHUB_SITE_CONFIG": str(site.path),
-                "GPUHUB_HUB_PID": str(os.getpid()),  # this config runs in the hub: quota_service.bind_to_hub
                 **facts.service_env,
             },
             "display": False,

@@ -19,6 +19,7 @@ from jupyterhub_idle_culler import IdleCuller
 
 from gpuhub.hub import runtime
 from gpuhub.hub.idle_state import HTTP_CULLS_FILE, read_json, write_json
+from gpuhub.hub.quota_service import bind_to_hub
 from quota import idle
 
 
@@ -50,6 +51,8 @@ def arbiter(*, inactive, inactive_limit, server, **_):
 
 
 def main(argv=None) -> None:
+    ppid = os.getppid()  # first, before any work: the hub that started us (see quota_service.bind_to_hub)
+    bind_to_hub(ppid, name="jupyterhub-idle-culler")
     IdleCuller.launch_instance(argv, cull_arbiter_hook=arbiter)
 
 

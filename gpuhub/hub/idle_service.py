@@ -48,7 +48,7 @@ from gpuhub.hub.idle_state import (
     read_json,
     write_json,
 )
-from gpuhub.hub.quota_service import HubClient, _watch_parent
+from gpuhub.hub.quota_service import HubClient, _watch_parent, bind_to_hub
 from quota import idle
 
 log = logging.getLogger("gpuhub.idle")
@@ -255,7 +255,7 @@ def banner_html(user: str, status: dict, now: float) -> str:
 # ---------------------------------------------------------------- entry point
 
 
-async def amain() -> None:
+async def amain(hub_pid: int) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(levelname).1s %(asctime)s gpuhub-idle] %(message)s")
     site = runtime.site(os.environ["GPUHUB_SITE_CONFIG"])
     store = runtime.quota_store(site.path)
@@ -276,12 +276,14 @@ async def amain() -> None:
                 log.exception("idle tick failed; retrying in %s s", site.idle.interval)
             await asyncio.sleep(site.idle.interval)
 
-    await asyncio.gather(_watch_parent(os.getppid()), loop())
+    await asyncio.gather(_watch_parent(hub_pid), loop())
 
 
 def main() -> None:
+    ppid = os.getppid()  # first, before any work: the hub that started us (see quota_service.bind_to_hub)
+    hub_pid = bind_to_hub(ppid, name="gpuhub-idle")
     try:
-        asyncio.run(amain())
+        asyncio.run(amain(hub_pid))
     except KeyboardInterrupt:
         sys.exit(0)
 

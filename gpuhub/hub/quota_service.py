@@ -8,15 +8,18 @@ REST client its stops go through, the read-only status JSON for holders of a tok
 Why a managed service and not a loop inside the hub: stops go through the hub's public REST
 API (route removal, spawner.stop, release — the same path as a user's stop), a crash or a slow
 Docker call here never stalls the hub's event loop, and the hub restarts it with itself.
-It exits when its parent hub dies so a ``kill -9`` of the hub never leaves two enforcers.
+It dies with its hub so a stop or a ``kill -9`` of the hub never leaves two enforcers
+(:func:`bind_to_hub`): the stale one would hold the port and enforce the old site config.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import logging
 import os
+import signal
 import sys
 from urllib.parse import quote, urlparse
 
@@ -30,6 +33,10 @@ from gpuhub.hub import runtime
 from quota.enforcer import QuotaService
 
 log = logging.getLogger("gpuhub.quota")
+
+#: the hub's pid, set by the hub in each managed service's environment (gpuhub.hub.hubconfig.apply_services)
+HUB_PID_ENV = "GPUHUB_HUB_PID"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class HubClient:
@@ -74,14 +81,46 @@ async def _every(seconds: float, fn, name: str) -> None:
         await asyncio.sleep(seconds)
 
 
+def _set_parent_death_signal(sig: int) -> bool:
+    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux prctl); False elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+
+
+def bind_to_hub(ppid_at_start: int | None = None, name: str = "gpuhub-quota") -> int:
+    """Tie this service's life to its hub's; returns the hub's pid. Call it before any start-up work.
+
+    The hub (pid in ``$GPUHUB_HUB_PID``; else ``ppid_at_start``, the parent read as the entry point's
+    first statement) may already be gone when this runs: a service the hub (re)started while going
+    away used to find pid 1 as its parent, watch it forever and hold the port, so the next hub's
+    service died with "Address already in use". So: first the kernel's parent-death signal (SIGTERM
+    when the hub dies from now on), then one check that the parent still is the hub (it died before).
+    """
+    hub_pid = int(os.environ.get(HUB_PID_ENV) or 0) or ppid_at_start or os.getppid()
+    _set_parent_death_signal(signal.SIGTERM)
+    parent = os.getppid()
+    if parent != hub_pid:
+        print(
+            f"[W {name}] the hub (pid {hub_pid}) that started this service is gone (parent is now pid "
+            f"{parent}); exiting so the next hub's own {name} can serve",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(0)
+    return hub_pid
+
+
 async def _watch_parent(ppid: int) -> None:
+    """Backstop where there is no parent-death signal (not Linux): poll the parent once a second."""
     while os.getppid() == ppid:
         await asyncio.sleep(1)
     log.warning("parent hub %s is gone; exiting", ppid)
     os._exit(0)
 
 
-async def amain() -> None:
+async def amain(hub_pid: int) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(levelname).1s %(asctime)s gpuhub-quota] %(message)s")
     site = runtime.site(os.environ["GPUHUB_SITE_CONFIG"])
     store = runtime.quota_store(site.path)
@@ -94,16 +133,18 @@ async def amain() -> None:
     app.listen(url.port, url.hostname)
     log.info("serving %sstatus on %s", prefix, url.geturl())
     await asyncio.gather(
-        _watch_parent(os.getppid()),
+        _watch_parent(hub_pid),
         _every(site.quota.reconcile_interval_seconds, service.reconcile, "reconcile"),
         _every(site.quota.enforce_interval_seconds, service.enforce, "enforce"),
     )
 
 
-def main() -> None:
-    """Run the service until the hub stops it; ``gpuhub service quota`` checks its environment, then calls this."""
+def main(ppid_at_start: int | None = None) -> None:
+    """Run the service until the hub stops it; ``gpuhub service quota`` checks its environment, then calls this
+    with the parent pid it read first (see :func:`bind_to_hub`)."""
+    hub_pid = bind_to_hub(ppid_at_start)
     try:
-        asyncio.run(amain())
+        asyncio.run(amain(hub_pid))
     except KeyboardInterrupt:
         sys.exit(0)
 
