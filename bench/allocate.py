@@ -24,32 +24,46 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-from gpuhub.core.site import parse_site  # noqa: E402
-from quota import db  # noqa: E402
 from bench._pg import pg_schema_url  # noqa: E402
 from bench._stats import percentile  # noqa: E402
+from gpuhub.core.site import parse_site  # noqa: E402
+from quota import db  # noqa: E402
 from quota.policy import AllocationRequest  # noqa: E402
 from quota.store import QuotaRefused, QuotaStore  # noqa: E402
 
 
 def bench_site(orgs: int = 6, users: int = 10, devices: int = 16):
-    return parse_site({
-        "timezone": "Asia/Seoul",
-        "images": {"python": {"image": "x"}},
-        "gpus": {"models": {"H100": {"weight": 1.0}, "A100": {"weight": 0.6}},
-                 "devices": [{"uuid": f"GPU-{m}-{i}", "model": m} for m in ("H100", "A100")
-                             for i in range(devices // 2)],
-                 "max_gpus_per_user": 2},
-        "organizations": {f"org-{o}": {"members": [f"o{o}-u{u}" for u in range(users)], "gpu_limit": 4,
-                                       "gpu_hours_per_month": 1e9, "max_gpus_per_server": 2} for o in range(orgs)},
-    }, Path("/tmp/bench-alloc-site.yaml"))
+    return parse_site(
+        {
+            "timezone": "Asia/Seoul",
+            "images": {"python": {"image": "x"}},
+            "gpus": {
+                "models": {"H100": {"weight": 1.0}, "A100": {"weight": 0.6}},
+                "devices": [
+                    {"uuid": f"GPU-{m}-{i}", "model": m} for m in ("H100", "A100") for i in range(devices // 2)
+                ],
+                "max_gpus_per_user": 2,
+            },
+            "organizations": {
+                f"org-{o}": {
+                    "members": [f"o{o}-u{u}" for u in range(users)],
+                    "gpu_limit": 4,
+                    "gpu_hours_per_month": 1e9,
+                    "max_gpus_per_server": 2,
+                }
+                for o in range(orgs)
+            },
+        },
+        Path("/tmp/bench-alloc-site.yaml"),
+    )
 
 
 def run(backend: str, url: str, args) -> bool:
     site = bench_site()
     db.upgrade(url)
-    engine = db.make_engine(url, **({"pool_size": args.threads, "max_overflow": 0} if backend != "sqlite" else
-                                    {"pool_size": args.threads}))
+    engine = db.make_engine(
+        url, **({"pool_size": args.threads, "max_overflow": 0} if backend != "sqlite" else {"pool_size": args.threads})
+    )
     store = QuotaStore(engine, site)
     holder: dict[str, str] = {}
     lock = threading.Lock()
@@ -114,13 +128,19 @@ def run(backend: str, url: str, args) -> bool:
     ok = stats["duplicates"] == 0 and not held and not store.open_intervals()
     lat = sorted(latencies)
     p = lambda q: percentile(lat, q) * 1000  # noqa: E731
-    print(f"{backend:10s} threads={args.threads} {elapsed:.1f}s decisions={decisions} ({decisions / elapsed:.0f}/s, "
-          f"target >= 500/s) grants={stats['grants']} refusals={stats['refusals']} releases={stats['releases']} "
-          f"(+{(stats['releases']) / elapsed:.0f} releases/s)")
-    print(f"{backend:10s} latency ms p50={p(0.5):.1f} p95={p(0.95):.1f} p99={p(0.99):.1f} "
-          f"mean={statistics.fmean(lat) * 1000 if lat else 0:.1f} | refusal rules {dict(sorted(rules.items()))}")
-    print(f"{backend:10s} duplicate device grants={stats['duplicates']} leftover allocations={len(held)} -> "
-          f"{'OK' if ok else 'FAIL'}")
+    print(
+        f"{backend:10s} threads={args.threads} {elapsed:.1f}s decisions={decisions} ({decisions / elapsed:.0f}/s, "
+        f"target >= 500/s) grants={stats['grants']} refusals={stats['refusals']} releases={stats['releases']} "
+        f"(+{(stats['releases']) / elapsed:.0f} releases/s)"
+    )
+    print(
+        f"{backend:10s} latency ms p50={p(0.5):.1f} p95={p(0.95):.1f} p99={p(0.99):.1f} "
+        f"mean={statistics.fmean(lat) * 1000 if lat else 0:.1f} | refusal rules {dict(sorted(rules.items()))}"
+    )
+    print(
+        f"{backend:10s} duplicate device grants={stats['duplicates']} leftover allocations={len(held)} -> "
+        f"{'OK' if ok else 'FAIL'}"
+    )
     engine.dispose()
     return ok and decisions / elapsed >= 500
 

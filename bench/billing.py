@@ -22,24 +22,40 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-from gpuhub.core.site import parse_site  # noqa: E402
-from gpuhub.core import periods  # noqa: E402
-from quota import billing, db  # noqa: E402
 from bench._pg import pg_schema_url  # noqa: E402
+from gpuhub.core import periods  # noqa: E402
+from gpuhub.core.site import parse_site  # noqa: E402
+from quota import billing, db  # noqa: E402
 from quota.models import to_db_text  # noqa: E402
 
-COLUMNS = ("server_key", "user", "server_name", "org", "image", "device_uuids", "gpus", "model", "weight",
-           "started_at", "ended_at", "end_reason", "heartbeat_at")
+COLUMNS = (
+    "server_key",
+    "user",
+    "server_name",
+    "org",
+    "image",
+    "device_uuids",
+    "gpus",
+    "model",
+    "weight",
+    "started_at",
+    "ended_at",
+    "end_reason",
+    "heartbeat_at",
+)
 
 
 def bench_site(orgs: int):
-    return parse_site({
-        "timezone": "Asia/Seoul",
-        "images": {"python": {"image": "x"}},
-        "gpus": {"models": {"H100": {"weight": 1.0}, "A100": {"weight": 0.6}}},
-        "organizations": {f"org-{i:03d}": {"gpu_limit": 8, "gpu_hours_per_month": 1000} for i in range(orgs)},
-        "rates": {"H100": 4000, "A100": 2500},
-    }, Path("/tmp/bench-site.yaml"))
+    return parse_site(
+        {
+            "timezone": "Asia/Seoul",
+            "images": {"python": {"image": "x"}},
+            "gpus": {"models": {"H100": {"weight": 1.0}, "A100": {"weight": 0.6}}},
+            "organizations": {f"org-{i:03d}": {"gpu_limit": 8, "gpu_hours_per_month": 1000} for i in range(orgs)},
+            "rates": {"H100": 4000, "A100": 2500},
+        },
+        Path("/tmp/bench-site.yaml"),
+    )
 
 
 def generate(n: int, orgs: int, period: str, months: int, tz, seed: int = 1):
@@ -61,8 +77,23 @@ def generate(n: int, orgs: int, period: str, months: int, tz, seed: int = 1):
         org = f"org-{rnd.randrange(orgs):03d}"
         model, w = ("H100", 1.0) if rnd.random() < 0.5 else ("A100", 0.6)
         user = f"{org}-user-{rnd.randrange(10)}"  # 10 users per org, 1,000 in all
-        rows.append((f"{user}/b{i}", user, f"b{i}", org, "python", "", rnd.randint(1, 4), model, w, start, end,
-                     None if end is None else "stopped", start))
+        rows.append(
+            (
+                f"{user}/b{i}",
+                user,
+                f"b{i}",
+                org,
+                "python",
+                "",
+                rnd.randint(1, 4),
+                model,
+                w,
+                start,
+                end,
+                None if end is None else "stopped",
+                start,
+            )
+        )
     return rows, lo
 
 
@@ -72,12 +103,16 @@ def load(engine, rows) -> float:
     try:
         cur = raw.cursor()
         if engine.dialect.name == "sqlite":
+
             def conv(r):
                 return r[:9] + (to_db_text(r[9]), to_db_text(r[10]) if r[10] else None, r[11], to_db_text(r[12]))
+
             cur.execute("BEGIN IMMEDIATE")
             cols = ", ".join(f'"{c}"' for c in COLUMNS)
-            cur.executemany(f"INSERT INTO gpuhub_usage_intervals ({cols}) VALUES ({', '.join('?' * len(COLUMNS))})",
-                            (conv(r) for r in rows))
+            cur.executemany(
+                f"INSERT INTO gpuhub_usage_intervals ({cols}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                (conv(r) for r in rows),
+            )
             cur.execute("COMMIT")
         else:
             cols = ", ".join(f'"{c}"' for c in COLUMNS)
@@ -93,8 +128,14 @@ def load(engine, rows) -> float:
 
 
 def python_reference(rows, org, lo, hi, now) -> float:
-    return sum(periods.interval_charge(g, w, s, e, now, lo, hi) for (_, _, _, o, _, _, g, _, w, s, e, _, _) in rows
-               if o == org) / 3600
+    return (
+        sum(
+            periods.interval_charge(g, w, s, e, now, lo, hi)
+            for (_, _, _, o, _, _, g, _, w, s, e, _, _) in rows
+            if o == org
+        )
+        / 3600
+    )
 
 
 def run(backend: str, url: str, args) -> None:
@@ -123,12 +164,18 @@ def run(backend: str, url: str, args) -> None:
     got = sum(r["weighted_gpu_hours"] for r in one)
     day_sum = sum(d["weighted_gpu_hours"] for d in daily["org-007"])
     ok = abs(got - want) <= 1e-9 * max(1.0, want) and abs(day_sum - want) <= 1e-6 * max(1.0, want)
-    print(f"{backend:10s} intervals={len(rows):,} orgs={args.orgs} months={args.months} in-period={in_month:,} "
-          f"generate={gen_s:.1f}s load={load_s:.1f}s")
-    print(f"{backend:10s} statement {args.period}: {len(statement)} rows, best {min(timings):.3f}s "
-          f"worst {max(timings):.3f}s (target <= 2 s) | daily chart {daily_s:.3f}s | one org {org_s:.3f}s")
-    print(f"{backend:10s} check org-007: SQL {got:.6f} vs Python {want:.6f} weighted GPU-h, daily sum {day_sum:.6f}"
-          f" -> {'OK' if ok else 'MISMATCH'}")
+    print(
+        f"{backend:10s} intervals={len(rows):,} orgs={args.orgs} months={args.months} in-period={in_month:,} "
+        f"generate={gen_s:.1f}s load={load_s:.1f}s"
+    )
+    print(
+        f"{backend:10s} statement {args.period}: {len(statement)} rows, best {min(timings):.3f}s "
+        f"worst {max(timings):.3f}s (target <= 2 s) | daily chart {daily_s:.3f}s | one org {org_s:.3f}s"
+    )
+    print(
+        f"{backend:10s} check org-007: SQL {got:.6f} vs Python {want:.6f} weighted GPU-h, daily sum {day_sum:.6f}"
+        f" -> {'OK' if ok else 'MISMATCH'}"
+    )
     engine.dispose()
     if not ok or min(timings) > 2.0:
         raise SystemExit(1)

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import requests
@@ -34,55 +34,102 @@ from sqlalchemy import create_engine, insert
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._stats import percentile  # noqa: E402
-from exporters.gpu import build_gpu_exporter  # noqa: E402
-from exporters.server import serve  # noqa: E402
-from exporters.testing import (  # noqa: E402
-    H100_CALL_CPU_SECONDS, FakeDocker, FakeNvmlSource, fake_gpus, gpuhub_labels, make_proc_tree)
-from exporters.usage import build_usage_exporter  # noqa: E402
-from gpuhub.core.site import parse_site  # noqa: E402
-from quota import models as ledger  # noqa: E402
+from bench._stats import percentile
+from exporters.gpu import build_gpu_exporter
+from exporters.server import serve
+from exporters.testing import (
+    H100_CALL_CPU_SECONDS,
+    FakeDocker,
+    FakeNvmlSource,
+    fake_gpus,
+    gpuhub_labels,
+    make_proc_tree,
+)
+from exporters.usage import build_usage_exporter
+from gpuhub.core.site import parse_site
+from quota import models as ledger
 
 
 def make_site(tmp: Path, gpus: int, orgs: int):
-    return parse_site({
-        "timezone": "Asia/Seoul",
-        "gpus": {"runtime": "nvidia", "inventory": "static",
-                 "devices": [{"uuid": f"GPU-fake-{i}", "model": "H100"} for i in range(gpus)],
-                 "models": {"H100": {"weight": 1.0}, "A100": {"weight": 0.6}}},
-        "images": {"python": {"image": "gpuhub/base-notebook:latest"}},
-        "organizations": {f"org-{i}": {"gpu_limit": 4, "gpu_hours_per_month": 500} for i in range(orgs)},
-    }, tmp / "site.yaml")
+    return parse_site(
+        {
+            "timezone": "Asia/Seoul",
+            "gpus": {
+                "runtime": "nvidia",
+                "inventory": "static",
+                "devices": [{"uuid": f"GPU-fake-{i}", "model": "H100"} for i in range(gpus)],
+                "models": {"H100": {"weight": 1.0}, "A100": {"weight": 0.6}},
+            },
+            "images": {"python": {"image": "gpuhub/base-notebook:latest"}},
+            "organizations": {f"org-{i}": {"gpu_limit": 4, "gpu_hours_per_month": 500} for i in range(orgs)},
+        },
+        tmp / "site.yaml",
+    )
 
 
 def fill_ledger(engine, servers: int, closed: int, orgs: int, gpus: int) -> None:
     ledger.metadata.create_all(engine)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rnd = random.Random(7)
     rows = []
     for i in range(servers):
         g = 1 if i < gpus else 0  # the GPUs are held by the first servers; the rest are CPU servers
-        rows.append(dict(server_key=f"user{i}/", user=f"user{i}", server_name="", org=f"org-{i % orgs}",
-                         image="python", device_uuids=f"GPU-fake-{i}" if g else "", gpus=g,
-                         model="H100" if g else None, weight=1.0,
-                         started_at=now - timedelta(seconds=rnd.randint(60, 86400)), ended_at=None,
-                         heartbeat_at=now))
+        rows.append(
+            dict(
+                server_key=f"user{i}/",
+                user=f"user{i}",
+                server_name="",
+                org=f"org-{i % orgs}",
+                image="python",
+                device_uuids=f"GPU-fake-{i}" if g else "",
+                gpus=g,
+                model="H100" if g else None,
+                weight=1.0,
+                started_at=now - timedelta(seconds=rnd.randint(60, 86400)),
+                ended_at=None,
+                heartbeat_at=now,
+            )
+        )
     for i in range(closed):
         start = now - timedelta(days=rnd.uniform(0, 60))
-        rows.append(dict(server_key=f"old{i}/", user=f"old{i}", server_name="", org=f"org-{i % orgs}",
-                         image="python", device_uuids="GPU-x", gpus=rnd.choice((0, 1, 1, 2)),
-                         model=rnd.choice(("H100", "A100")), weight=1.0, started_at=start,
-                         ended_at=start + timedelta(seconds=rnd.randint(60, 36000)), end_reason="stopped",
-                         heartbeat_at=start))
+        rows.append(
+            dict(
+                server_key=f"old{i}/",
+                user=f"old{i}",
+                server_name="",
+                org=f"org-{i % orgs}",
+                image="python",
+                device_uuids="GPU-x",
+                gpus=rnd.choice((0, 1, 1, 2)),
+                model=rnd.choice(("H100", "A100")),
+                weight=1.0,
+                started_at=start,
+                ended_at=start + timedelta(seconds=rnd.randint(60, 36000)),
+                end_reason="stopped",
+                heartbeat_at=start,
+            )
+        )
     with engine.begin() as conn:
         conn.execute(insert(ledger.usage_intervals), rows)
-        conn.execute(insert(ledger.allocations), [
-            dict(device_uuid=f"GPU-fake-{i}", server_key=f"user{i}/", user=f"user{i}", org=f"org-{i % orgs}",
-                 model="H100", interval_id=i + 1, allocated_at=now) for i in range(gpus)])
-        conn.execute(insert(ledger.spawn_refusals), [
-            dict(org=f"org-{i}", reason=r, count=i) for i in range(orgs) for r in ("gpu-limit", "budget")])
-
-
+        conn.execute(
+            insert(ledger.allocations),
+            [
+                dict(
+                    device_uuid=f"GPU-fake-{i}",
+                    server_key=f"user{i}/",
+                    user=f"user{i}",
+                    org=f"org-{i % orgs}",
+                    model="H100",
+                    interval_id=i + 1,
+                    allocated_at=now,
+                )
+                for i in range(gpus)
+            ],
+        )
+        conn.execute(
+            insert(ledger.spawn_refusals),
+            [dict(org=f"org-{i}", reason=r, count=i) for i in range(orgs) for r in ("gpu-limit", "budget")],
+        )
 
 
 def scrape_latency(url: str, n: int) -> list[float]:
@@ -107,8 +154,9 @@ def cpu_per_pass(fn, n: int) -> float:
 def calibrated_share(site, docker, proc: Path, gpus: list, slow_interval: float, passes: int = 60) -> float:
     """Share of a core at one pass a second, with H100 call costs, on a clock that advances 1 s a pass."""
     clock = [0.0]
-    source = FakeNvmlSource(gpus, call_cpu_seconds=H100_CALL_CPU_SECONDS, slow_interval=slow_interval,
-                            clock=lambda: clock[0])
+    source = FakeNvmlSource(
+        gpus, call_cpu_seconds=H100_CALL_CPU_SECONDS, slow_interval=slow_interval, clock=lambda: clock[0]
+    )
     _, sampler = build_gpu_exporter(site, docker, source, registry=CollectorRegistry(), proc_root=str(proc))
     sampler.sample_once()  # the first pass also initialises NVML
     t = time.thread_time()
@@ -141,8 +189,9 @@ def main() -> int:
         for p in g.processes:
             pids[p.pid] = f"0::/docker/{cid}\n"
     proc = make_proc_tree(tmp / "proc", pids)
-    gpu_registry, gpu_sampler = build_gpu_exporter(site, docker, FakeNvmlSource(gpus), registry=CollectorRegistry(),
-                                                   proc_root=str(proc))
+    gpu_registry, gpu_sampler = build_gpu_exporter(
+        site, docker, FakeNvmlSource(gpus), registry=CollectorRegistry(), proc_root=str(proc)
+    )
     per_pass = cpu_per_pass(gpu_sampler.sample_once, 200)
     h100_every_pass = calibrated_share(site, docker, proc, gpus, slow_interval=0)
     h100_ours = calibrated_share(site, docker, proc, gpus, slow_interval=15)
@@ -181,22 +230,36 @@ def main() -> int:
     usage_sampler.stop()
 
     ms = lambda x: f"{x * 1e3:.2f} ms"  # noqa: E731
-    print(f"setup: {args.gpus} simulated GPUs x 2 processes, {args.servers} running servers + {args.closed} closed "
-          f"intervals in SQLite (filled in {fill_s:.1f} s), {args.orgs} orgs; {threading.active_count()} threads; "
-          f"python {sys.version.split()[0]}")
-    print(f"gpu exporter   scrape ({gpu_bytes} B):   p50 {ms(statistics.median(gpu_lat))}  "
-          f"p99 {ms(percentile(gpu_lat, 0.99))}  max {ms(max(gpu_lat))}  (n={len(gpu_lat)})")
-    print(f"usage exporter scrape ({usage_bytes} B): p50 {ms(statistics.median(usage_lat))}  "
-          f"p99 {ms(percentile(usage_lat, 0.99))}  max {ms(max(usage_lat))}  (n={len(usage_lat)})")
-    print(f"gpu sampling: {ms(per_pass)} CPU per pass -> {per_pass * 100:.3f} % of a core at 1 pass/s; "
-          f"measured in the background: {bg_gpu * 100:.3f} % of a core over {args.window:.0f} s")
-    print(f"gpu sampling, H100 call costs: every call every pass {h100_every_pass * 100:.3f} % of a core; "
-          f"slow calls every 15 s {h100_ours * 100:.3f} % (ratio {h100_ours / h100_every_pass:.2f})")
-    print(f"usage ledger refresh: first {ms(first_refresh)}; then {ms(refresh_wall)} wall, {ms(refresh_cpu)} CPU -> "
-          f"{refresh_cpu / default_interval * 100:.2f} % of a core at 1 refresh per {default_interval:g} s")
+    print(
+        f"setup: {args.gpus} simulated GPUs x 2 processes, {args.servers} running servers + {args.closed} closed "
+        f"intervals in SQLite (filled in {fill_s:.1f} s), {args.orgs} orgs; {threading.active_count()} threads; "
+        f"python {sys.version.split()[0]}"
+    )
+    print(
+        f"gpu exporter   scrape ({gpu_bytes} B):   p50 {ms(statistics.median(gpu_lat))}  "
+        f"p99 {ms(percentile(gpu_lat, 0.99))}  max {ms(max(gpu_lat))}  (n={len(gpu_lat)})"
+    )
+    print(
+        f"usage exporter scrape ({usage_bytes} B): p50 {ms(statistics.median(usage_lat))}  "
+        f"p99 {ms(percentile(usage_lat, 0.99))}  max {ms(max(usage_lat))}  (n={len(usage_lat)})"
+    )
+    print(
+        f"gpu sampling: {ms(per_pass)} CPU per pass -> {per_pass * 100:.3f} % of a core at 1 pass/s; "
+        f"measured in the background: {bg_gpu * 100:.3f} % of a core over {args.window:.0f} s"
+    )
+    print(
+        f"gpu sampling, H100 call costs: every call every pass {h100_every_pass * 100:.3f} % of a core; "
+        f"slow calls every 15 s {h100_ours * 100:.3f} % (ratio {h100_ours / h100_every_pass:.2f})"
+    )
+    print(
+        f"usage ledger refresh: first {ms(first_refresh)}; then {ms(refresh_wall)} wall, {ms(refresh_cpu)} CPU -> "
+        f"{refresh_cpu / default_interval * 100:.2f} % of a core at 1 refresh per {default_interval:g} s"
+    )
     p99 = max(percentile(gpu_lat, 0.99), percentile(usage_lat, 0.99))
-    verdict = [("scrape p99 <= 20 ms", p99 <= 0.020),
-               ("gpu sampling <= 1 % of a core (H100-calibrated)", max(per_pass, bg_gpu, h100_ours) <= 0.01)]
+    verdict = [
+        ("scrape p99 <= 20 ms", p99 <= 0.020),
+        ("gpu sampling <= 1 % of a core (H100-calibrated)", max(per_pass, bg_gpu, h100_ours) <= 0.01),
+    ]
     for name, good in verdict:
         print(f"{'PASS' if good else 'FAIL'}  {name}")
     return 0 if all(g for _, g in verdict) else 1

@@ -114,8 +114,9 @@ def make_trace(rng: random.Random, days: int) -> Trace:
     if rng.random() < 0.3:
         add(FORGOT, _windows(rng.uniform(6, 48) * 60), rng.random() < 0.5)
     noisy = rng.random() < 0.3
-    peaks = [rng.uniform(0.4, 1.0) if k in (GPU, TRAIN) else (0.02 if noisy and rng.random() < 0.3 else 0.0)
-             for k in kinds]
+    peaks = [
+        rng.uniform(0.4, 1.0) if k in (GPU, TRAIN) else (0.02 if noisy and rng.random() < 0.3 else 0.0) for k in kinds
+    ]
     return Trace(start // W, kinds, http, peaks)
 
 
@@ -165,8 +166,9 @@ class Ours(Policy):
 
     def cull(self, now, peak, kernel_busy, http):
         self.log.observe(now - W, peak)  # the window that just ended
-        view = idle.ServerView("u/", "u", "org", ("G",), self.started, {"G": self.log.idle_seconds(now)},
-                               kernel_busy, self.timeout)
+        view = idle.ServerView(
+            "u/", "u", "org", ("G",), self.started, {"G": self.log.idle_seconds(now)}, kernel_busy, self.timeout
+        )
         return idle.judge(view, self.clock, now, self.warn).action == idle.CULL
 
 
@@ -208,7 +210,7 @@ def simulate(traces: list[Trace], gpus: int, make_policy) -> dict:
             pos[i] = p + 1
             if policy[i].cull((step + 1) * W, tr.peaks[p], kind in WORK, bool(tr.http[p])):
                 culls += 1
-                ahead = tr.kinds[p + 1:p + 1 + LOOKAHEAD]
+                ahead = tr.kinds[p + 1 : p + 1 + LOOKAHEAD]
                 if kind in WORK or any(k in WORK for k in ahead):
                     false_culls += 1
                 running.discard(i)
@@ -226,8 +228,13 @@ def simulate(traces: list[Trace], gpus: int, make_policy) -> dict:
             else:
                 pos[i] = p + 1
         step += 1
-    return {"allocated_h": allocated / 3600, "idle_h": held_idle / 3600, "culls": culls,
-            "false_culls": false_culls, "wait_h": wait / 3600}
+    return {
+        "allocated_h": allocated / 3600,
+        "idle_h": held_idle / 3600,
+        "culls": culls,
+        "false_culls": false_culls,
+        "wait_h": wait / 3600,
+    }
 
 
 def idle_floor(traces: list[Trace], timeout: int) -> tuple[float, float]:
@@ -256,26 +263,40 @@ def main(argv=None) -> int:
     rng = random.Random(args.seed)
     traces = [make_trace(rng, args.days) for _ in range(args.sessions)]
     work_h = sum(sum(1 for k in tr.kinds if k in WORK) for tr in traces) * W / 3600
-    print(f"{args.sessions} sessions over {args.days} days on {args.gpus} GPUs (seed {args.seed}); "
-          f"work in the traces: {work_h:.0f} GPU-hours")
+    print(
+        f"{args.sessions} sessions over {args.days} days on {args.gpus} GPUs (seed {args.seed}); "
+        f"work in the traces: {work_h:.0f} GPU-hours"
+    )
     for timeout in (300, 900, 1800, 3600):
         kept, work = idle_floor(traces, timeout)
-        print(f"  floor for any policy with a {timeout // 60}-minute timeout: {kept / (kept + work):.1%} idle-held "
-              "(every idle gap held up to the timeout, no queueing)")
-    policies = [Policy, lambda: HttpIdle(3600), lambda: ZeroWindows(3600),
-                lambda: Ours(900), lambda: Ours(1800), lambda: Ours(3600)]
+        print(
+            f"  floor for any policy with a {timeout // 60}-minute timeout: {kept / (kept + work):.1%} idle-held "
+            "(every idle gap held up to the timeout, no queueing)"
+        )
+    policies = [
+        Policy,
+        lambda: HttpIdle(3600),
+        lambda: ZeroWindows(3600),
+        lambda: Ours(900),
+        lambda: Ours(1800),
+        lambda: Ours(3600),
+    ]
     rows = []
     for make in policies:
         t0 = time.perf_counter()
         r = simulate(traces, args.gpus, make)
         rows.append((make().name, r, time.perf_counter() - t0))
     base_wait = rows[0][1]["wait_h"]
-    print(f"{'policy':<12} {'allocated GPU-h':>15} {'held idle GPU-h':>15} {'idle-held':>9} {'false culls':>11} "
-          f"{'culls':>6} {'queue wait h':>12} {'wait saved h':>12} {'sim s':>6}")
+    print(
+        f"{'policy':<12} {'allocated GPU-h':>15} {'held idle GPU-h':>15} {'idle-held':>9} {'false culls':>11} "
+        f"{'culls':>6} {'queue wait h':>12} {'wait saved h':>12} {'sim s':>6}"
+    )
     for name, r, secs in rows:
-        print(f"{name:<12} {r['allocated_h']:>15.1f} {r['idle_h']:>15.1f} {r['idle_h'] / r['allocated_h']:>9.1%} "
-              f"{r['false_culls']:>11d} {r['culls']:>6d} {r['wait_h']:>12.1f} {base_wait - r['wait_h']:>12.1f} "
-              f"{secs:>6.1f}")
+        print(
+            f"{name:<12} {r['allocated_h']:>15.1f} {r['idle_h']:>15.1f} {r['idle_h'] / r['allocated_h']:>9.1%} "
+            f"{r['false_culls']:>11d} {r['culls']:>6d} {r['wait_h']:>12.1f} {base_wait - r['wait_h']:>12.1f} "
+            f"{secs:>6.1f}"
+        )
     return 0
 
 

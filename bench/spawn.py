@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 from bench._stats import percentile as pct  # noqa: E402
 from tests.harness import HubProcess, free_port  # noqa: E402
 
+
 class StockHub(HubProcess):
     """Plain DockerSpawner configured like jupyterhub-deploy-docker."""
 
@@ -34,10 +35,15 @@ class StockHub(HubProcess):
         net = ensure_user_network(self.docker, f"{self.instance}-users")
         env = super().env()
         env.update(
-            BENCH_BIND_URL=self.url, BENCH_HUB_BIND_URL=f"http://{net.gateway}:{free_port()}",
-            BENCH_PROXY_API_URL=f"http://127.0.0.1:{free_port()}", BENCH_DB_URL=f"sqlite:///{self.state}/hub.sqlite",
-            BENCH_STATE=str(self.state), BENCH_IMAGE=self.image, BENCH_NETWORK=net.name,
-            BENCH_PREFIX=self.instance, BENCH_TOKEN=self.admin_token,
+            BENCH_BIND_URL=self.url,
+            BENCH_HUB_BIND_URL=f"http://{net.gateway}:{free_port()}",
+            BENCH_PROXY_API_URL=f"http://127.0.0.1:{free_port()}",
+            BENCH_DB_URL=f"sqlite:///{self.state}/hub.sqlite",
+            BENCH_STATE=str(self.state),
+            BENCH_IMAGE=self.image,
+            BENCH_NETWORK=net.name,
+            BENCH_PREFIX=self.instance,
+            BENCH_TOKEN=self.admin_token,
         )
         return env
 
@@ -52,14 +58,16 @@ def timed_start(hub, user, options):
     hub.wait_ready(user, timeout=300)
     return time.perf_counter() - t0
 
+
 def timed_stop(hub, user):
     t0 = time.perf_counter()
     hub.stop_server(user, timeout=300)
     return time.perf_counter() - t0
 
+
 def scenario(hub, users: int, singles: int, options: dict) -> dict:
     out = {"single start": [], "single stop": []}
-    for i in range(singles):
+    for _i in range(singles):
         out["single start"].append(timed_start(hub, "alice", options))
         out["single stop"].append(timed_stop(hub, "alice"))
     names = [f"u{i:02d}" for i in range(users)]
@@ -69,6 +77,7 @@ def scenario(hub, users: int, singles: int, options: dict) -> dict:
         out[f"{users} starts at once"] = list(pool.map(lambda n: timed_start(hub, n, options), names))
         out[f"{users} stops at once"] = list(pool.map(lambda n: timed_stop(hub, n), names))
     return out
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -95,7 +104,9 @@ def main() -> int:
             try:
                 hub.start()
                 print(f"[{label}] running...", file=sys.stderr, flush=True)
-                results[label] = scenario(hub, args.users, args.singles, {"image": "python"} if label == "gpuhub" else {})
+                results[label] = scenario(
+                    hub, args.users, args.singles, {"image": "python"} if label == "gpuhub" else {}
+                )
             except Exception:
                 print(hub.dump_logs(), file=sys.stderr)
                 raise
@@ -105,11 +116,12 @@ def main() -> int:
     for name in results["stock"]:
         for label in ("stock", "gpuhub"):
             v = results[label][name]
-            print(f"{name:24} {label:7} {pct(v, .5):7.2f} {pct(v, .95):7.2f} {max(v):7.2f}")
+            print(f"{name:24} {label:7} {pct(v, 0.5):7.2f} {pct(v, 0.95):7.2f} {max(v):7.2f}")
         s, g = results["stock"][name], results["gpuhub"][name]
-        print(f"{'':24} ratio   {pct(g, .5) / pct(s, .5):7.2f} {pct(g, .95) / pct(s, .95):7.2f}")
+        print(f"{'':24} ratio   {pct(g, 0.5) / pct(s, 0.5):7.2f} {pct(g, 0.95) / pct(s, 0.95):7.2f}")
     print(f"(stock image {args.stock_image or args.image}, ours {args.image}; {os.cpu_count()} cores)")
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

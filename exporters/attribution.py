@@ -19,12 +19,12 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from gpuhub.core import labels as lb
-
 from gpuhub.host.nvml import SourceError
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class Workload:
     managed: bool = False
 
     @classmethod
-    def from_labels(cls, container_id: str, labels: dict[str, str] | None, name: str = "") -> "Workload":
+    def from_labels(cls, container_id: str, labels: dict[str, str] | None, name: str = "") -> Workload:
         labels = labels or {}
         return cls(
             container_id=container_id,
@@ -82,8 +82,14 @@ def _is_not_found(exc: BaseException) -> bool:
 class Attributor:
     """Maps host PIDs to :class:`Workload`s. Used from the sampler thread only (not thread-safe)."""
 
-    def __init__(self, docker_client: Any = None, *, proc_root: str | Path = "/proc",
-                 retry_seconds: float = 30.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        docker_client: Any = None,
+        *,
+        proc_root: str | Path = "/proc",
+        retry_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.docker = docker_client
         self.proc_root = Path(proc_root)
         self.retry_seconds = retry_seconds

@@ -37,18 +37,19 @@ import logging
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from gpuhub.core import labels as lb
+from gpuhub.host.nvml import ERROR_SOURCES, DeviceSample, NvmlSource, ProcessSample, SourceError
 from quota.idle import WindowLog
 
 from .attribution import Attributor, Workload, docker_api
-from gpuhub.host.nvml import ERROR_SOURCES, DeviceSample, NvmlSource, ProcessSample, SourceError
 from .periodic import PeriodicSampler
 
 log = logging.getLogger(__name__)
@@ -114,11 +115,22 @@ class GpuSampler(PeriodicSampler):
 
     thread_name = "gpuhub-gpu-sampler"
 
-    def __init__(self, site: Any, source: NvmlSource | None = None, docker_client: Any = None, *,
-                 docker_factory: Callable[[], Any] | None = None, attributor: Attributor | None = None,
-                 proc_root: str = "/proc", interval: float = 1.0, containers_interval: float = 5.0,
-                 idle_threshold: float | None = None, max_step_seconds: float = 60.0,
-                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        site: Any,
+        source: NvmlSource | None = None,
+        docker_client: Any = None,
+        *,
+        docker_factory: Callable[[], Any] | None = None,
+        attributor: Attributor | None = None,
+        proc_root: str = "/proc",
+        interval: float = 1.0,
+        containers_interval: float = 5.0,
+        idle_threshold: float | None = None,
+        max_step_seconds: float = 60.0,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ):
         self.site = site
         self.source = source
         self.docker = docker_client
@@ -153,9 +165,11 @@ class GpuSampler(PeriodicSampler):
         self._last_listing: float | None = None
         self._last_step: float | None = None
         self._last_success: float | None = None
-        self._state = GpuState(nvml_configured=source is not None,
-                               inventory=tuple(DeviceInfo(d.uuid, d.model) for d in site.gpus.devices),
-                               errors_total=MappingProxyType(dict(self._errors)))
+        self._state = GpuState(
+            nvml_configured=source is not None,
+            inventory=tuple(DeviceInfo(d.uuid, d.model) for d in site.gpus.devices),
+            errors_total=MappingProxyType(dict(self._errors)),
+        )
         self._logged_sources: set[str] = set()
 
     def _expected_error_sources(self) -> Iterable[str]:
@@ -210,8 +224,9 @@ class GpuSampler(PeriodicSampler):
 
         inventory: dict[str, DeviceInfo] = {d.uuid: DeviceInfo(d.uuid, d.model) for d in self.site.gpus.devices}
         for dev in devices:
-            inventory[dev.uuid] = DeviceInfo(dev.uuid, self._site_models.get(dev.uuid) or dev.name,
-                                             dev.name, dev.index, dev.parent_uuid or "")
+            inventory[dev.uuid] = DeviceInfo(
+                dev.uuid, self._site_models.get(dev.uuid) or dev.name, dev.name, dev.index, dev.parent_uuid or ""
+            )
 
         now = self.monotonic()
         step = 0.0 if self._last_step is None else min(max(now - self._last_step, 0.0), self.max_step_seconds)
@@ -263,7 +278,8 @@ class GpuSampler(PeriodicSampler):
         for dev in devices:
             if dev.utilization is not None:
                 self._windows.setdefault(dev.uuid, WindowLog(self.window_seconds, self.idle_threshold)).observe(
-                    wall, dev.utilization)
+                    wall, dev.utilization
+                )
         held = {(a.uuid, a.container_id) for a in self._allocations}
         for gone in set(self._holder_seen) - held:
             del self._holder_seen[gone]
@@ -331,8 +347,11 @@ class GpuCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         s = self.sampler.state
-        info = GaugeMetricFamily("gpuhub_gpu_info", "GPU or MIG unit known to gpuhub (value 1); "
-                                 "model is the site's model name", labels=["uuid", "model", "name", "index", "parent_uuid"])
+        info = GaugeMetricFamily(
+            "gpuhub_gpu_info",
+            "GPU or MIG unit known to gpuhub (value 1); model is the site's model name",
+            labels=["uuid", "model", "name", "index", "parent_uuid"],
+        )
         for d in s.inventory:
             info.add_metric([d.uuid, d.model, d.name, d.index, d.parent_uuid], 1)
         yield info
@@ -346,34 +365,49 @@ class GpuCollector(Collector):
             return fam
 
         if s.nvml_configured:
-            yield gauge("gpuhub_gpu_utilization_ratio",
-                        "Fraction of the last sample period a kernel ran on the GPU (NVML; not on MIG units)",
-                        "utilization")
-            yield gauge("gpuhub_gpu_memory_utilization_ratio",
-                        "Fraction of the last sample period device memory was read or written (NVML)",
-                        "memory_utilization")
-            yield gauge("gpuhub_gpu_memory_used_bytes", "Device memory held by processes and contexts "
-                        "(without the driver's reservation, as nvidia-smi shows it)", "memory_used_bytes")
+            yield gauge(
+                "gpuhub_gpu_utilization_ratio",
+                "Fraction of the last sample period a kernel ran on the GPU (NVML; not on MIG units)",
+                "utilization",
+            )
+            yield gauge(
+                "gpuhub_gpu_memory_utilization_ratio",
+                "Fraction of the last sample period device memory was read or written (NVML)",
+                "memory_utilization",
+            )
+            yield gauge(
+                "gpuhub_gpu_memory_used_bytes",
+                "Device memory held by processes and contexts "
+                "(without the driver's reservation, as nvidia-smi shows it)",
+                "memory_used_bytes",
+            )
             yield gauge("gpuhub_gpu_memory_total_bytes", "Device memory installed", "memory_total_bytes")
             yield gauge("gpuhub_gpu_power_watts", "Board power draw", "power_watts")
             yield gauge("gpuhub_gpu_temperature_celsius", "GPU core temperature", "temperature_celsius")
-            energy = CounterMetricFamily("gpuhub_gpu_energy_joules",
-                                         "Energy consumed since the driver loaded (NVML; read on slow passes)",
-                                         labels=["uuid"])
+            energy = CounterMetricFamily(
+                "gpuhub_gpu_energy_joules",
+                "Energy consumed since the driver loaded (NVML; read on slow passes)",
+                labels=["uuid"],
+            )
             for d in s.devices:
                 if d.energy_joules is not None:
                     energy.add_metric([d.uuid], d.energy_joules)
             yield energy
 
             plabels = ["uuid", "pid", "user", "org", "server"]
-            sm = GaugeMetricFamily("gpuhub_gpu_process_sm_utilization_ratio",
-                                   "Fraction of the GPU's SMs a process kept busy, as of the last slow pass",
-                                   labels=plabels)
-            pmem = GaugeMetricFamily("gpuhub_gpu_process_memory_utilization_ratio",
-                                     "Fraction of the GPU's memory bandwidth a process used, as of the last slow pass",
-                                     labels=plabels)
-            pused = GaugeMetricFamily("gpuhub_gpu_process_memory_used_bytes",
-                                      "Device memory held by a process", labels=plabels)
+            sm = GaugeMetricFamily(
+                "gpuhub_gpu_process_sm_utilization_ratio",
+                "Fraction of the GPU's SMs a process kept busy, as of the last slow pass",
+                labels=plabels,
+            )
+            pmem = GaugeMetricFamily(
+                "gpuhub_gpu_process_memory_utilization_ratio",
+                "Fraction of the GPU's memory bandwidth a process used, as of the last slow pass",
+                labels=plabels,
+            )
+            pused = GaugeMetricFamily(
+                "gpuhub_gpu_process_memory_used_bytes", "Device memory held by a process", labels=plabels
+            )
             seen: set[tuple[str, int]] = set()
             for p in s.processes:
                 if (p.uuid, p.process.pid) in seen:
@@ -391,26 +425,31 @@ class GpuCollector(Collector):
             yield pmem
             yield pused
 
-        allocated = GaugeMetricFamily("gpuhub_gpu_allocated",
-                                      "1 for the server currently holding this GPU (from container labels)",
-                                      labels=["uuid", "model", "org", "user", "server"])
+        allocated = GaugeMetricFamily(
+            "gpuhub_gpu_allocated",
+            "1 for the server currently holding this GPU (from container labels)",
+            labels=["uuid", "model", "org", "user", "server"],
+        )
         held = set()
         parents = {d.parent_uuid for d in s.inventory if d.parent_uuid}
         for a in s.allocations:
             allocated.add_metric([a.uuid, a.model, a.org, a.user, a.server], 1)
             held.add(a.uuid)
         yield allocated
-        free = GaugeMetricFamily("gpuhub_gpu_unallocated", "1 for each GPU or MIG unit no server holds",
-                                 labels=["uuid", "model"])
+        free = GaugeMetricFamily(
+            "gpuhub_gpu_unallocated", "1 for each GPU or MIG unit no server holds", labels=["uuid", "model"]
+        )
         for d in s.inventory:
             if d.uuid not in held and d.uuid not in parents:
                 free.add_metric([d.uuid, d.model], 1)
         yield free
 
-        idle = GaugeMetricFamily("gpuhub_gpu_idle_seconds",
-                                 "How long the held GPU has been idle: consecutive windows of idle.window_seconds "
-                                 "with utilization <= idle.gpu_threshold (quota.idle), since its holder appeared",
-                                 labels=["org", "user", "server", "uuid"])
+        idle = GaugeMetricFamily(
+            "gpuhub_gpu_idle_seconds",
+            "How long the held GPU has been idle: consecutive windows of idle.window_seconds "
+            "with utilization <= idle.gpu_threshold (quota.idle), since its holder appeared",
+            labels=["org", "user", "server", "uuid"],
+        )
         for a in s.allocations:
             seconds = s.device_idle.get((a.uuid, a.container_id))
             if seconds is not None:
@@ -423,33 +462,51 @@ class GpuCollector(Collector):
                 fam.add_metric([org, model], v)
             return fam
 
-        yield org_counter("gpuhub_gpu_allocated_seconds",
-                          "GPU-seconds allocated to an organization's servers, as sampled by this exporter "
-                          "(restarts at 0; bill from gpuhub_org_allocated_gpu_seconds_total)", s.allocated_seconds)
+        yield org_counter(
+            "gpuhub_gpu_allocated_seconds",
+            "GPU-seconds allocated to an organization's servers, as sampled by this exporter "
+            "(restarts at 0; bill from gpuhub_org_allocated_gpu_seconds_total)",
+            s.allocated_seconds,
+        )
         if s.nvml_configured:
-            yield org_counter("gpuhub_gpu_active_seconds",
-                              "Allocated GPU-seconds weighted by GPU utilization, as sampled by this exporter",
-                              s.active_seconds)
-            yield org_counter("gpuhub_gpu_idle_allocated_seconds",
-                              "Allocated GPU-seconds during which utilization was at or under "
-                              f"{self.sampler.idle_threshold:g} (idle.gpu_threshold)",
-                              s.idle_seconds)
+            yield org_counter(
+                "gpuhub_gpu_active_seconds",
+                "Allocated GPU-seconds weighted by GPU utilization, as sampled by this exporter",
+                s.active_seconds,
+            )
+            yield org_counter(
+                "gpuhub_gpu_idle_allocated_seconds",
+                "Allocated GPU-seconds during which utilization was at or under "
+                f"{self.sampler.idle_threshold:g} (idle.gpu_threshold)",
+                s.idle_seconds,
+            )
         yield from self_metrics(EXPORTER, s.up, s.last_success, s.duration_seconds, s.errors_total)
 
 
-def self_metrics(exporter: str, up: bool, last_success: float | None, duration: float | None,
-                 errors: Mapping[str, int]) -> Iterable[Metric]:
+def self_metrics(
+    exporter: str, up: bool, last_success: float | None, duration: float | None, errors: Mapping[str, int]
+) -> Iterable[Metric]:
     """The exporter's own health series, shared by both exporters."""
-    yield _single("gpuhub_exporter_up", "1 when the exporter's last pass read all of its sources",
-                  exporter, 1.0 if up else 0.0)
+    yield _single(
+        "gpuhub_exporter_up", "1 when the exporter's last pass read all of its sources", exporter, 1.0 if up else 0.0
+    )
     if last_success is not None:
-        yield _single("gpuhub_exporter_last_success_timestamp_seconds",
-                      "Unix time of the exporter's last pass that read all of its sources", exporter, last_success)
+        yield _single(
+            "gpuhub_exporter_last_success_timestamp_seconds",
+            "Unix time of the exporter's last pass that read all of its sources",
+            exporter,
+            last_success,
+        )
     if duration is not None:
-        yield _single("gpuhub_exporter_collection_duration_seconds",
-                      "How long the exporter's last pass over its sources took", exporter, duration)
-    fam = CounterMetricFamily("gpuhub_exporter_errors", "Errors reading a source, by source",
-                              labels=["exporter", "source"])
+        yield _single(
+            "gpuhub_exporter_collection_duration_seconds",
+            "How long the exporter's last pass over its sources took",
+            exporter,
+            duration,
+        )
+    fam = CounterMetricFamily(
+        "gpuhub_exporter_errors", "Errors reading a source, by source", labels=["exporter", "source"]
+    )
     for source, n in sorted(errors.items()):
         fam.add_metric([exporter, source], n)
     yield fam
@@ -461,18 +518,26 @@ def _single(name: str, doc: str, exporter: str, value: float) -> GaugeMetricFami
     return fam
 
 
-def build_gpu_exporter(site: Any, docker_client: Any = None, nvml: NvmlSource | None = None, *,
-                       registry: CollectorRegistry | None = None, use_nvml: bool | None = None,
-                       docker_factory: Callable[[], Any] | None = None, nvml_slow_interval: float = 15.0,
-                       **sampler_args: Any) -> tuple[CollectorRegistry, GpuSampler]:
+def build_gpu_exporter(
+    site: Any,
+    docker_client: Any = None,
+    nvml: NvmlSource | None = None,
+    *,
+    registry: CollectorRegistry | None = None,
+    use_nvml: bool | None = None,
+    docker_factory: Callable[[], Any] | None = None,
+    nvml_slow_interval: float = 15.0,
+    **sampler_args: Any,
+) -> tuple[CollectorRegistry, GpuSampler]:
     """A registry with the GPU collector and its (not yet started) sampler.
 
     ``nvml``: an NVML source; when None, a :class:`~gpuhub.host.nvml.PynvmlSource` is created if the
     site uses NVML (``gpus.runtime: nvidia`` or ``gpus.inventory: nvml``) or ``use_nvml`` is true,
     reading energy and per-process utilization every ``nvml_slow_interval`` seconds.
     """
-    if nvml is None and (use_nvml if use_nvml is not None
-                         else site.gpus.runtime == "nvidia" or site.gpus.inventory == "nvml"):
+    if nvml is None and (
+        use_nvml if use_nvml is not None else site.gpus.runtime == "nvidia" or site.gpus.inventory == "nvml"
+    ):
         from gpuhub.host.nvml import PynvmlSource
 
         nvml = PynvmlSource(slow_interval=nvml_slow_interval)

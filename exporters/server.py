@@ -23,9 +23,10 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from socketserver import ThreadingMixIn
-from typing import Any, Callable, Mapping
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import make_wsgi_app
@@ -78,8 +79,9 @@ def make_app(registry: CollectorRegistry, token: str | None = None) -> Callable:
         if expected is not None:
             given = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
             if not hmac.compare_digest(given, expected):
-                start_response("401 Unauthorized", [("Content-Type", "text/plain"),
-                                                    ("WWW-Authenticate", 'Bearer realm="gpuhub"')])
+                start_response(
+                    "401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", 'Bearer realm="gpuhub"')]
+                )
                 return [b"a bearer token is required\n"]
         return metrics(environ, start_response)
 
@@ -125,8 +127,9 @@ def serve(registry: CollectorRegistry, listen: str, token: str | None = None) ->
     host, port = parse_listen(listen)
     server_class = _Server6 if ":" in host else _Server
     httpd = make_server(host, port, make_app(registry, token), server_class=server_class, handler_class=_QuietHandler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                              name="gpuhub-metrics-http", daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="gpuhub-metrics-http", daemon=True
+    )
     thread.start()
     return MetricsServer(host, httpd.server_address[1], httpd, thread)
 
@@ -139,9 +142,18 @@ def _wait(stop: threading.Event | None) -> None:
     stop.wait()
 
 
-def run_gpu_exporter(site: Any, listen: str, docker_client: Any = None, nvml: Any = None, *,
-                     interval: float = 1.0, slow_interval: float = 15.0, proc_root: str = "/proc",
-                     stop: threading.Event | None = None, environ: Mapping[str, str] | None = None) -> int:
+def run_gpu_exporter(
+    site: Any,
+    listen: str,
+    docker_client: Any = None,
+    nvml: Any = None,
+    *,
+    interval: float = 1.0,
+    slow_interval: float = 15.0,
+    proc_root: str = "/proc",
+    stop: threading.Event | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
     """Serve the GPU exporter until SIGINT/SIGTERM (or ``stop``). Returns the exit status.
 
     ``docker_client``: default ``docker.from_env()``, created lazily and retried by the sampler.
@@ -152,22 +164,40 @@ def run_gpu_exporter(site: Any, listen: str, docker_client: Any = None, nvml: An
     token = metrics_token(site, environ)
     factory = None
     if docker_client is None:
+
         def factory() -> Any:
             import docker
 
             return docker.from_env(timeout=5)
-    registry, sampler = build_gpu_exporter(site, docker_client, nvml, docker_factory=factory,
-                                           interval=interval, proc_root=proc_root, nvml_slow_interval=slow_interval)
+
+    registry, sampler = build_gpu_exporter(
+        site,
+        docker_client,
+        nvml,
+        docker_factory=factory,
+        interval=interval,
+        proc_root=proc_root,
+        nvml_slow_interval=slow_interval,
+    )
     try:
         sampler.sample_once()  # first values before the first scrape
     except Exception:
         log.exception("first GPU sampling pass failed")
-    return _serve_until_stopped(registry, sampler, listen, token, stop, "gpu",
-                                f", NVML {'on' if sampler.source is not None else 'off'}")
+    return _serve_until_stopped(
+        registry, sampler, listen, token, stop, "gpu", f", NVML {'on' if sampler.source is not None else 'off'}"
+    )
 
 
-def run_usage_exporter(site: Any, listen: str, engine: Any = None, *, source: Any = None, interval: float = 5.0,
-                       stop: threading.Event | None = None, environ: Mapping[str, str] | None = None) -> int:
+def run_usage_exporter(
+    site: Any,
+    listen: str,
+    engine: Any = None,
+    *,
+    source: Any = None,
+    interval: float = 5.0,
+    stop: threading.Event | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
     """Serve the usage exporter (ledger at ``site.hub.database_url`` unless ``engine``/``source``)."""
     from .usage import build_usage_exporter
 
@@ -177,8 +207,15 @@ def run_usage_exporter(site: Any, listen: str, engine: Any = None, *, source: An
     return _serve_until_stopped(registry, sampler, listen, token, stop, "usage")
 
 
-def _serve_until_stopped(registry: CollectorRegistry, sampler: Any, listen: str, token: str | None,
-                         stop: threading.Event | None, kind: str, detail: str = "") -> int:
+def _serve_until_stopped(
+    registry: CollectorRegistry,
+    sampler: Any,
+    listen: str,
+    token: str | None,
+    stop: threading.Event | None,
+    kind: str,
+    detail: str = "",
+) -> int:
     """Start the sampler's loop and the endpoint; on SIGINT/SIGTERM (or ``stop``) close both."""
     sampler.start()
     server = serve(registry, listen, token)
@@ -218,15 +255,20 @@ def _seconds(text: str) -> float:
 def _parser(kind: str, default_listen: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"gpuhub exporter {kind}", description=f"Serve gpuhub's {kind} exporter")
     p.add_argument("--site", help="site config YAML (default: $GPUHUB_SITE_CONFIG or examples/site.yaml)")
-    p.add_argument("--listen", default=default_listen,
-                   help=f"HOST:PORT to serve /metrics on (default {default_listen})")
+    p.add_argument(
+        "--listen", default=default_listen, help=f"HOST:PORT to serve /metrics on (default {default_listen})"
+    )
     p.add_argument("--interval", type=_seconds, help="seconds between samples (gpu: 1, usage: 5)")
     p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS, help="default INFO")
     if kind == "gpu":
         p.add_argument("--proc-root", default="/proc", help="the host's /proc (when running in a container)")
-        p.add_argument("--slow-interval", type=_seconds, default=15.0,
-                       help="seconds between NVML's costly reads: energy, per-process utilization, MIG layout "
-                            "(default 15, a usual scrape interval; ~6.8 ms CPU per H100 each time)")
+        p.add_argument(
+            "--slow-interval",
+            type=_seconds,
+            default=15.0,
+            help="seconds between NVML's costly reads: energy, per-process utilization, MIG layout "
+            "(default 15, a usual scrape interval; ~6.8 ms CPU per H100 each time)",
+        )
     return p
 
 
@@ -239,15 +281,24 @@ def _main(kind: str, argv: list[str] | None) -> int:
         parse_listen(args.listen)  # before any sampling starts, so a typo is the only line printed
         site = load_site(args.site)
         if kind == "gpu":
-            return run_gpu_exporter(site, args.listen, interval=args.interval or 1.0,
-                                    slow_interval=args.slow_interval, proc_root=args.proc_root)
+            return run_gpu_exporter(
+                site,
+                args.listen,
+                interval=args.interval or 1.0,
+                slow_interval=args.slow_interval,
+                proc_root=args.proc_root,
+            )
         return run_usage_exporter(site, args.listen, interval=args.interval or 5.0)
     except (SiteConfigError, MetricsConfigError) as e:
         log.error("%s", e, extra={"user_error": True})
         return 2
     except OSError as e:
-        log.error("cannot listen on %s: %s; choose a free HOST:PORT with --listen", args.listen, e.strerror or e,
-                  extra={"user_error": True})
+        log.error(
+            "cannot listen on %s: %s; choose a free HOST:PORT with --listen",
+            args.listen,
+            e.strerror or e,
+            extra={"user_error": True},
+        )
         return 2
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from gpuhub.core import labels as lb
-
 from gpuhub.host.nvml import (
     NVML_DEVICE_MIG_ENABLE,
     NVML_ERROR_NOT_FOUND,
@@ -33,9 +32,18 @@ NVML_ERROR_FUNCTION_NOT_FOUND = 13
 #: device machine by scripts/device_nvml_check.py (mean of 13 calls under a matmul load). The bench
 #: spends them in :class:`FakeNvmlLibrary` so its sampling cost resembles real hardware's.
 H100_CALL_CPU_SECONDS = {
-    "energy": 4.113e-3, "process_utilization": 2.221e-3, "mig": 0.433e-3, "handle": 0.134e-3,
-    "processes": 0.132e-3, "utilization": 0.109e-3, "power": 0.099e-3, "count": 0.032e-3,
-    "memory": 0.027e-3, "uuid": 0.023e-3, "temperature": 0.012e-3, "name": 0.010e-3,
+    "energy": 4.113e-3,
+    "process_utilization": 2.221e-3,
+    "mig": 0.433e-3,
+    "handle": 0.134e-3,
+    "processes": 0.132e-3,
+    "utilization": 0.109e-3,
+    "power": 0.099e-3,
+    "count": 0.032e-3,
+    "memory": 0.027e-3,
+    "uuid": 0.023e-3,
+    "temperature": 0.012e-3,
+    "name": 0.010e-3,
 }
 
 
@@ -70,7 +78,7 @@ class FakeGpu:
     processes: list[FakeProcess] = field(default_factory=list)
     fail: set[str] = field(default_factory=set)  # call names that raise, e.g. {"power"}; "handle" = whole device
     unsupported: set[str] = field(default_factory=set)
-    migs: list["FakeGpu"] = field(default_factory=list)  # non-empty: MIG mode on, these are the units
+    migs: list[FakeGpu] = field(default_factory=list)  # non-empty: MIG mode on, these are the units
     is_mig: bool = False
 
 
@@ -81,8 +89,14 @@ class FakeNvmlLibrary:
 
     nvmlMemory_v2 = 0x02000028
 
-    def __init__(self, gpus: list[FakeGpu], *, fail_init: int | None = None, memory_v2: bool = True,
-                 call_cpu_seconds: dict[str, float] | None = None):
+    def __init__(
+        self,
+        gpus: list[FakeGpu],
+        *,
+        fail_init: int | None = None,
+        memory_v2: bool = True,
+        call_cpu_seconds: dict[str, float] | None = None,
+    ):
         self.gpus = gpus
         self.fail_init = fail_init
         self.memory_v2 = memory_v2
@@ -164,8 +178,9 @@ class FakeNvmlLibrary:
         self.calls["memory_v2"] += 1
         if not self.memory_v2:
             raise FakeNvmlError(NVML_ERROR_FUNCTION_NOT_FOUND)
-        return SimpleNamespace(version=version, used=h.memory_used, reserved=h.memory_reserved,
-                               total=h.memory_total, free=free)
+        return SimpleNamespace(
+            version=version, used=h.memory_used, reserved=h.memory_reserved, total=h.memory_total, free=free
+        )
 
     def nvmlDeviceGetPowerUsage(self, h):
         self._check(h, "power")
@@ -187,17 +202,21 @@ class FakeNvmlLibrary:
 
     def nvmlDeviceGetComputeRunningProcesses(self, h):
         self._check(h, "processes")
-        return [SimpleNamespace(pid=p.pid, usedGpuMemory=p.used_memory, gpuInstanceId=0, computeInstanceId=0)
-                for p in h.processes]
+        return [
+            SimpleNamespace(pid=p.pid, usedGpuMemory=p.used_memory, gpuInstanceId=0, computeInstanceId=0)
+            for p in h.processes
+        ]
 
     def nvmlDeviceGetProcessUtilization(self, h, last_seen):
         self._check(h, "process_utilization")
         if h.is_mig:
             raise FakeNvmlError(NVML_ERROR_NOT_SUPPORTED)
         ts = next(self._ts)
-        busy = [SimpleNamespace(pid=p.pid, timeStamp=ts, smUtil=p.sm_percent, memUtil=p.mem_percent,
-                                encUtil=0, decUtil=0)
-                for p in h.processes if p.sm_percent or p.mem_percent]
+        busy = [
+            SimpleNamespace(pid=p.pid, timeStamp=ts, smUtil=p.sm_percent, memUtil=p.mem_percent, encUtil=0, decUtil=0)
+            for p in h.processes
+            if p.sm_percent or p.mem_percent
+        ]
         busy = [s for s in busy if s.timeStamp > last_seen]
         if not busy:
             raise FakeNvmlError(NVML_ERROR_NOT_FOUND)
@@ -207,8 +226,15 @@ class FakeNvmlLibrary:
 class FakeNvmlSource(PynvmlSource):
     """The real :class:`PynvmlSource` over :class:`FakeNvmlLibrary` (tests and bench only)."""
 
-    def __init__(self, gpus: list[FakeGpu], *, fail_init: int | None = None, retry_init_seconds: float = 0.0,
-                 call_cpu_seconds: dict[str, float] | None = None, **source_args):
+    def __init__(
+        self,
+        gpus: list[FakeGpu],
+        *,
+        fail_init: int | None = None,
+        retry_init_seconds: float = 0.0,
+        call_cpu_seconds: dict[str, float] | None = None,
+        **source_args,
+    ):
         self.library = FakeNvmlLibrary(gpus, fail_init=fail_init, call_cpu_seconds=call_cpu_seconds)
         self.gpus = gpus
         super().__init__(nvml=self.library, retry_init_seconds=retry_init_seconds, **source_args)
@@ -217,8 +243,13 @@ class FakeNvmlSource(PynvmlSource):
 def fake_gpus(n: int, *, prefix: str = "GPU-fake-", procs_per_gpu: int = 0, first_pid: int = 10_000) -> list[FakeGpu]:
     pids = itertools.count(first_pid)
     return [
-        FakeGpu(uuid=f"{prefix}{i}", utilization=50, memory_utilization=20, memory_used=10 * 1024**3,
-                processes=[FakeProcess(next(pids), sm_percent=40, mem_percent=10) for _ in range(procs_per_gpu)])
+        FakeGpu(
+            uuid=f"{prefix}{i}",
+            utilization=50,
+            memory_utilization=20,
+            memory_used=10 * 1024**3,
+            processes=[FakeProcess(next(pids), sm_percent=40, mem_percent=10) for _ in range(procs_per_gpu)],
+        )
         for i in range(n)
     ]
 
@@ -231,7 +262,7 @@ class FakeDockerNotFound(Exception):
 
 
 class _FakeApi:
-    def __init__(self, owner: "FakeDocker"):
+    def __init__(self, owner: FakeDocker):
         self.owner = owner
 
     def containers(self, all=False, filters=None):
@@ -251,8 +282,12 @@ class _FakeApi:
             raise ConnectionError("fake Docker is down")
         for c in self.owner.containers.values():
             if c["Id"] == cid or c["Id"].startswith(cid):
-                return {"Id": c["Id"], "Name": c["Name"], "Config": {"Labels": dict(c["Labels"])},
-                        "State": {"Pid": c.get("Pid", 0)}}
+                return {
+                    "Id": c["Id"],
+                    "Name": c["Name"],
+                    "Config": {"Labels": dict(c["Labels"])},
+                    "State": {"Pid": c.get("Pid", 0)},
+                }
         raise FakeDockerNotFound(cid)
 
 
@@ -273,8 +308,16 @@ class FakeDocker:
 
 
 def gpuhub_labels(user: str, org: str, gpus: list[str] = (), server: str = "", model: str = "H100") -> dict[str, str]:
-    return {lb.USER: user, lb.ORG: org, lb.SERVER: server, lb.IMAGE: "python", lb.GPUS: ",".join(gpus),
-            lb.GPU_MODEL: model, lb.MANAGED: "1", lb.HUB: "test"}
+    return {
+        lb.USER: user,
+        lb.ORG: org,
+        lb.SERVER: server,
+        lb.IMAGE: "python",
+        lb.GPUS: ",".join(gpus),
+        lb.GPU_MODEL: model,
+        lb.MANAGED: "1",
+        lb.HUB: "test",
+    }
 
 
 def make_proc_tree(root: Path, pids: dict[int, str]) -> Path:

@@ -34,18 +34,19 @@ import logging
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import bindparam, func, literal_column, select, text
 from sqlalchemy.engine import Engine
 
+from gpuhub.core.periods import month_bounds_at, utcnow
 from quota import models as ledger
 from quota.policy import current_id
-from gpuhub.core.periods import month_bounds_at, utcnow
 from quota.sqlexpr import OVERLAP_WHERE, Dialect, timed, window
 
 from .gpu import self_metrics
@@ -99,8 +100,9 @@ class SqlLedgerSource:
     beyond the lag is picked up at the next re-freeze (counters then step up; they never go down).
     """
 
-    def __init__(self, engine: Engine, *, freeze_lag: timedelta = timedelta(days=1),
-                 refreeze_seconds: float = 6 * 3600):
+    def __init__(
+        self, engine: Engine, *, freeze_lag: timedelta = timedelta(days=1), refreeze_seconds: float = 6 * 3600
+    ):
         self.engine = engine
         self.dialect = Dialect(engine.dialect.name)
         self.freeze_lag = freeze_lag
@@ -112,19 +114,23 @@ class SqlLedgerSource:
     def _closed_totals_sql(self, where: str) -> str:
         d = self.dialect
         dur = d.greatest(f"{d.epoch_us('ended_at')} - {d.epoch_us('started_at')}", "0")
-        return (f"SELECT coalesce(org, '') AS org, coalesce(model, '') AS model, "
-                f"SUM(gpus * {dur}) AS us, SUM(gpus * weight * {dur}) AS wus "
-                f"FROM {ledger.usage_intervals.name} WHERE ended_at IS NOT NULL AND gpus > 0 AND {where} "
-                f"GROUP BY coalesce(org, ''), coalesce(model, '')")
+        return (
+            f"SELECT coalesce(org, '') AS org, coalesce(model, '') AS model, "
+            f"SUM(gpus * {dur}) AS us, SUM(gpus * weight * {dur}) AS wus "
+            f"FROM {ledger.usage_intervals.name} WHERE ended_at IS NOT NULL AND gpus > 0 AND {where} "
+            f"GROUP BY coalesce(org, ''), coalesce(model, '')"
+        )
 
     def _month_closed_sql(self, where: str) -> str:
-        return (f"SELECT coalesce(org, '') AS org, SUM(gpus * weight * {self.dialect.clipped_us()}) AS wus "
-                f"FROM {ledger.usage_intervals.name} WHERE ended_at IS NOT NULL AND gpus > 0 AND {OVERLAP_WHERE} "
-                f"AND {where} GROUP BY coalesce(org, '')")
+        return (
+            f"SELECT coalesce(org, '') AS org, SUM(gpus * weight * {self.dialect.clipped_us()}) AS wus "
+            f"FROM {ledger.usage_intervals.name} WHERE ended_at IS NOT NULL AND gpus > 0 AND {OVERLAP_WHERE} "
+            f"AND {where} GROUP BY coalesce(org, '')"
+        )
 
     def _freeze_bound(self, now: datetime) -> datetime:
         t = (now - self.freeze_lag).timestamp()
-        return datetime.fromtimestamp(t - t % self.refreeze_seconds, timezone.utc)
+        return datetime.fromtimestamp(t - t % self.refreeze_seconds, UTC)
 
     def read(self, now: datetime, month_start: datetime, month_end: datetime) -> LedgerReading:
         ui, al, rf = ledger.usage_intervals, ledger.allocations, ledger.spawn_refusals
@@ -140,12 +146,16 @@ class SqlLedgerSource:
                 self._frozen_totals = {
                     (org, model): ((us or 0) / 1e6, (wus or 0) / 1e6)
                     for org, model, us, wus in conn.execute(
-                        text(self._closed_totals_sql("ended_at < :frozen")).bindparams(frozen_param))}
+                        text(self._closed_totals_sql("ended_at < :frozen")).bindparams(frozen_param)
+                    )
+                }
                 self._frozen_month = None
                 self._frozen_before = bound
             if self._frozen_month is None or self._frozen_month[0] != month_start:
-                rows = conn.execute(timed(self._month_closed_sql("ended_at < :frozen")).bindparams(frozen_param),
-                                    window(month_start, month_end, now))
+                rows = conn.execute(
+                    timed(self._month_closed_sql("ended_at < :frozen")).bindparams(frozen_param),
+                    window(month_start, month_end, now),
+                )
                 self._frozen_month = (month_start, {org: (wus or 0) / 1e6 for org, wus in rows})
             for key, (us, wus) in self._frozen_totals.items():
                 closed_s[key] += us
@@ -153,31 +163,53 @@ class SqlLedgerSource:
             for org, wus in self._frozen_month[1].items():
                 month_w[org] += wus
             for org, model, us, wus in conn.execute(
-                    text(self._closed_totals_sql("ended_at >= :frozen")).bindparams(frozen_param)):
+                text(self._closed_totals_sql("ended_at >= :frozen")).bindparams(frozen_param)
+            ):
                 closed_s[(org, model)] += (us or 0) / 1e6
                 closed_w[(org, model)] += (wus or 0) / 1e6
-            for org, wus in conn.execute(timed(self._month_closed_sql("ended_at >= :frozen")).bindparams(frozen_param),
-                                         window(month_start, month_end, now)):
+            for org, wus in conn.execute(
+                timed(self._month_closed_sql("ended_at >= :frozen")).bindparams(frozen_param),
+                window(month_start, month_end, now),
+            ):
                 month_w[org] += (wus or 0) / 1e6
             started_us = literal_column(self.dialect.epoch_us(ui.c.started_at.name))
-            rows = conn.execute(select(ui.c.org, ui.c.model, ui.c.gpus, ui.c.weight, started_us)
-                                .where(ui.c.ended_at.is_(None)))
+            rows = conn.execute(
+                select(ui.c.org, ui.c.model, ui.c.gpus, ui.c.weight, started_us).where(ui.c.ended_at.is_(None))
+            )
             for org, model, gpus, weight, started in rows:
                 running[org or ""] += 1
                 if gpus and gpus > 0:
                     opened.append(OpenInterval(org or "", model or "", int(gpus), float(weight), started / 1e6))
-            in_use = {(org or "", model or ""): int(n) for org, model, n in conn.execute(
-                select(al.c.org, al.c.model, func.count()).group_by(al.c.org, al.c.model))}
+            in_use = {
+                (org or "", model or ""): int(n)
+                for org, model, n in conn.execute(
+                    select(al.c.org, al.c.model, func.count()).group_by(al.c.org, al.c.model)
+                )
+            }
             refusals: dict[tuple[str, str], int] = defaultdict(int)
             for org, reason, n in conn.execute(select(rf.c.org, rf.c.reason, rf.c.count)):
                 refusals[(org or "", current_id(reason or ""))] += int(n or 0)  # a former id counts as today's
-            culls = {(org or "", IDLE_REASONS[reason]): int(n) for org, reason, n in conn.execute(
-                select(ui.c.org, ui.c.end_reason, func.count()).where(ui.c.end_reason.in_(list(IDLE_REASONS)))
-                .group_by(ui.c.org, ui.c.end_reason))}
-        return LedgerReading(read_at=now, month_start=month_start, month_end=month_end, culls=culls,
-                             closed_seconds=dict(closed_s), closed_weighted=dict(closed_w),
-                             month_closed_weighted=dict(month_w), open_intervals=tuple(opened),
-                             running_servers=dict(running), gpus_in_use=in_use, refusals=dict(refusals))
+            culls = {
+                (org or "", IDLE_REASONS[reason]): int(n)
+                for org, reason, n in conn.execute(
+                    select(ui.c.org, ui.c.end_reason, func.count())
+                    .where(ui.c.end_reason.in_(list(IDLE_REASONS)))
+                    .group_by(ui.c.org, ui.c.end_reason)
+                )
+            }
+        return LedgerReading(
+            read_at=now,
+            month_start=month_start,
+            month_end=month_end,
+            culls=culls,
+            closed_seconds=dict(closed_s),
+            closed_weighted=dict(closed_w),
+            month_closed_weighted=dict(month_w),
+            open_intervals=tuple(opened),
+            running_servers=dict(running),
+            gpus_in_use=in_use,
+            refusals=dict(refusals),
+        )
 
 
 class _OpenSums:
@@ -209,8 +241,15 @@ class UsageSampler(PeriodicSampler):
 
     thread_name = "gpuhub-usage-refresh"
 
-    def __init__(self, site: Any, source: LedgerSource, *, interval: float = 5.0,
-                 clock: Callable[[], datetime] = utcnow, monotonic: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        site: Any,
+        source: LedgerSource,
+        *,
+        interval: float = 5.0,
+        clock: Callable[[], datetime] = utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
+    ):
         self.site = site
         self.source = source
         self.interval = interval
@@ -271,9 +310,13 @@ class UsageSampler(PeriodicSampler):
         lo, hi = month_bounds_at(now_dt, self.site.tz)
         with self._lock:
             r, sums = self._reading, self._open
-            out: dict[str, Any] = {"up": self._up, "last_success": self._last_success,
-                                   "duration": self._duration, "errors": dict(self._errors),
-                                   "month_start": lo.timestamp()}
+            out: dict[str, Any] = {
+                "up": self._up,
+                "last_success": self._last_success,
+                "duration": self._duration,
+                "errors": dict(self._errors),
+                "month_start": lo.timestamp(),
+            }
             if r is None:
                 return out
             if sums.month_start != lo.timestamp():  # the month turned since the last refresh
@@ -290,14 +333,20 @@ class UsageSampler(PeriodicSampler):
                 weighted[key] = self._monotonic("weighted", key, w)
             same_month = r.month_start == lo
             month_used = defaultdict(float)
-            for org, v in (r.month_closed_weighted.items() if same_month else ()):
+            for org, v in r.month_closed_weighted.items() if same_month else ():
                 month_used[org] += v
             end = min(t, hi.timestamp())
             for org, gw in sums.month_w.items():
                 month_used[org] += max(gw * end - sums.month_w_start[org], 0.0)
-            out.update(allocated=allocated, weighted=weighted, month_used=dict(month_used),
-                       running=dict(r.running_servers), in_use=dict(r.gpus_in_use), refusals=dict(r.refusals),
-                       culls=dict(r.culls))
+            out.update(
+                allocated=allocated,
+                weighted=weighted,
+                month_used=dict(month_used),
+                running=dict(r.running_servers),
+                in_use=dict(r.gpus_in_use),
+                refusals=dict(r.refusals),
+                culls=dict(r.culls),
+            )
             return out
 
 
@@ -312,16 +361,21 @@ class UsageCollector(Collector):
         v = self.sampler.values()
         site = self.sampler.site
         orgs = site.organizations
-        period = GaugeMetricFamily("gpuhub_budget_period_start_timestamp_seconds",
-                                   f"Start of the current budget month ({site.timezone}) as Unix time")
+        period = GaugeMetricFamily(
+            "gpuhub_budget_period_start_timestamp_seconds",
+            f"Start of the current budget month ({site.timezone}) as Unix time",
+        )
         period.add_metric([], v["month_start"])
         yield period
 
-        limit = GaugeMetricFamily("gpuhub_org_gpu_limit", "GPUs an organization may hold at once (site config)",
-                                  labels=["org"])
-        budget = GaugeMetricFamily("gpuhub_org_budget_seconds",
-                                   "Weighted GPU-seconds an organization may use per calendar month (site config)",
-                                   labels=["org"])
+        limit = GaugeMetricFamily(
+            "gpuhub_org_gpu_limit", "GPUs an organization may hold at once (site config)", labels=["org"]
+        )
+        budget = GaugeMetricFamily(
+            "gpuhub_org_budget_seconds",
+            "Weighted GPU-seconds an organization may use per calendar month (site config)",
+            labels=["org"],
+        )
         for key, org in orgs.items():
             limit.add_metric([key], org.gpu_limit)
             budget.add_metric([key], org.gpu_hours_per_month * 3600.0)
@@ -332,24 +386,33 @@ class UsageCollector(Collector):
         yield from self_metrics(EXPORTER, v["up"], v["last_success"], v["duration"], v["errors"])
 
     def _ledger_series(self, v: dict, orgs: Mapping[str, Any]) -> Iterable[Metric]:
-        alloc = CounterMetricFamily("gpuhub_org_allocated_gpu_seconds",
-                                    "GPU-seconds allocated to an organization's servers, from the usage ledger",
-                                    labels=["org", "model"])
+        alloc = CounterMetricFamily(
+            "gpuhub_org_allocated_gpu_seconds",
+            "GPU-seconds allocated to an organization's servers, from the usage ledger",
+            labels=["org", "model"],
+        )
         for (org, model), x in sorted(v["allocated"].items()):
             alloc.add_metric([org, model], x)
         yield alloc
-        weighted = CounterMetricFamily("gpuhub_org_allocated_weighted_gpu_seconds",
-                                       "GPU-seconds allocated times the model's weight (what budgets and bills count), "
-                                       "from the usage ledger", labels=["org", "model"])
+        weighted = CounterMetricFamily(
+            "gpuhub_org_allocated_weighted_gpu_seconds",
+            "GPU-seconds allocated times the model's weight (what budgets and bills count), from the usage ledger",
+            labels=["org", "model"],
+        )
         for (org, model), x in sorted(v["weighted"].items()):
             weighted.add_metric([org, model], x)
         yield weighted
 
-        used = GaugeMetricFamily("gpuhub_org_budget_used_seconds",
-                                 "Weighted GPU-seconds an organization used this calendar month", labels=["org"])
-        ratio = GaugeMetricFamily("gpuhub_org_budget_used_ratio",
-                                  "Fraction of this month's GPU budget used (absent when the budget is 0)",
-                                  labels=["org"])
+        used = GaugeMetricFamily(
+            "gpuhub_org_budget_used_seconds",
+            "Weighted GPU-seconds an organization used this calendar month",
+            labels=["org"],
+        )
+        ratio = GaugeMetricFamily(
+            "gpuhub_org_budget_used_ratio",
+            "Fraction of this month's GPU budget used (absent when the budget is 0)",
+            labels=["org"],
+        )
         for org in sorted(set(orgs) | set(v["month_used"])):
             x = v["month_used"].get(org, 0.0)
             used.add_metric([org], x)
@@ -359,37 +422,50 @@ class UsageCollector(Collector):
         yield used
         yield ratio
 
-        running = GaugeMetricFamily("gpuhub_org_running_servers",
-                                    "Servers with an open usage interval (CPU-only servers included)", labels=["org"])
+        running = GaugeMetricFamily(
+            "gpuhub_org_running_servers",
+            "Servers with an open usage interval (CPU-only servers included)",
+            labels=["org"],
+        )
         for org in sorted(set(orgs) | set(v["running"])):
             running.add_metric([org], v["running"].get(org, 0))
         yield running
 
-        in_use = GaugeMetricFamily("gpuhub_org_gpus_in_use", "GPUs an organization holds now (allocation table)",
-                                   labels=["org", "model"])
+        in_use = GaugeMetricFamily(
+            "gpuhub_org_gpus_in_use", "GPUs an organization holds now (allocation table)", labels=["org", "model"]
+        )
         keys = set(v["in_use"]) | {(o, m) for o in orgs for m in self.sampler.site.gpus.models}
         for org, model in sorted(keys):
             in_use.add_metric([org, model], v["in_use"].get((org, model), 0))
         yield in_use
 
-        refusals = CounterMetricFamily("gpuhub_spawn_refusals", "Spawn requests refused, by organization and rule",
-                                       labels=["org", "reason"])
+        refusals = CounterMetricFamily(
+            "gpuhub_spawn_refusals", "Spawn requests refused, by organization and rule", labels=["org", "reason"]
+        )
         for (org, reason), n in sorted(v["refusals"].items()):
             refusals.add_metric([org, reason], n)
         yield refusals
 
-        culls = CounterMetricFamily("gpuhub_idle_culls", "Servers stopped for idleness, by organization and kind "
-                                    "(gpu: GPUs and kernels idle; http: CPU-only, no HTTP activity)",
-                                    labels=["org", "kind"])
+        culls = CounterMetricFamily(
+            "gpuhub_idle_culls",
+            "Servers stopped for idleness, by organization and kind "
+            "(gpu: GPUs and kernels idle; http: CPU-only, no HTTP activity)",
+            labels=["org", "kind"],
+        )
         keys = set(v["culls"]) | {(o, k) for o in orgs for k in IDLE_REASONS.values()}
         for org, kind in sorted(keys):
             culls.add_metric([org, kind], v["culls"].get((org, kind), 0))
         yield culls
 
 
-def build_usage_exporter(site: Any, engine: Engine | None = None, *, source: LedgerSource | None = None,
-                         registry: CollectorRegistry | None = None, **sampler_args: Any
-                         ) -> tuple[CollectorRegistry, UsageSampler]:
+def build_usage_exporter(
+    site: Any,
+    engine: Engine | None = None,
+    *,
+    source: LedgerSource | None = None,
+    registry: CollectorRegistry | None = None,
+    **sampler_args: Any,
+) -> tuple[CollectorRegistry, UsageSampler]:
     """A registry with the usage collector and its (not yet started) refresher.
 
     ``source`` wins over ``engine``; with neither, an engine on ``site.hub.database_url`` is made.

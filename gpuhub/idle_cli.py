@@ -34,12 +34,27 @@ def _fmt_in(t: float | None, now: float) -> str:
 def status_rows(status: dict, now: float) -> list[dict]:
     rows = []
     for key, s in sorted(status.get("servers", {}).items()):
-        state = ("exempt" if s.get("exempt") else "warned" if s.get("warned") else
-                 "no data" if s.get("idle_seconds") is None else s.get("reason") or "active")
-        rows.append({"server": key, "org": s.get("org") or "", "gpus": ",".join(s.get("devices", [])),
-                     "idle": idle.describe(s.get("idle_seconds")), "timeout": idle.describe(s.get("timeout_seconds")),
-                     "to_warning": "-" if s.get("warned") or s.get("exempt") else _fmt_in(s.get("warn_at"), now),
-                     "to_cull": "-" if s.get("exempt") else _fmt_in(s.get("cull_at"), now), "state": state})
+        state = (
+            "exempt"
+            if s.get("exempt")
+            else "warned"
+            if s.get("warned")
+            else "no data"
+            if s.get("idle_seconds") is None
+            else s.get("reason") or "active"
+        )
+        rows.append(
+            {
+                "server": key,
+                "org": s.get("org") or "",
+                "gpus": ",".join(s.get("devices", [])),
+                "idle": idle.describe(s.get("idle_seconds")),
+                "timeout": idle.describe(s.get("timeout_seconds")),
+                "to_warning": "-" if s.get("warned") or s.get("exempt") else _fmt_in(s.get("warn_at"), now),
+                "to_cull": "-" if s.get("exempt") else _fmt_in(s.get("cull_at"), now),
+                "state": state,
+            }
+        )
     return rows
 
 
@@ -48,8 +63,10 @@ def cmd_idle_status(args) -> int:
     status = read_json(Path(site.hub.state_dir) / STATUS_FILE, None)
     now = time.time()
     if status is None:
-        raise UsageError(f"no idle status in {Path(site.hub.state_dir) / STATUS_FILE}: gpuhub-idle has not run; "
-                         "start the hub (it starts the service) and try again")
+        raise UsageError(
+            f"no idle status in {Path(site.hub.state_dir) / STATUS_FILE}: gpuhub-idle has not run; "
+            "start the hub (it starts the service) and try again"
+        )
     if args.format == "json":
         print(json.dumps({**status, "rows": status_rows(status, now)}, indent=2, default=str))
         return 0
@@ -76,14 +93,17 @@ def exempt(site, target: str | None, org: str | None, hours: float, now: float |
         raise UsageError("give either USER[/SERVER] or --org ORG (exactly one)")
     if org is not None:
         if org not in site.organizations:
-            raise UsageError(f"--org {org!r}: not an organization in the site config; "
-                             f"declared: {', '.join(site.organizations) or '(none)'}")
+            raise UsageError(
+                f"--org {org!r}: not an organization in the site config; "
+                f"declared: {', '.join(site.organizations) or '(none)'}"
+            )
         section, key, what = "orgs", org, f"organization {org}"
     else:
         user, slash, server = target.partition("/")
         if not user or "/" in server:
-            raise UsageError(f"{target!r}: expected USER (all their servers), USER/ (the default server) "
-                             "or USER/SERVER")
+            raise UsageError(
+                f"{target!r}: expected USER (all their servers), USER/ (the default server) or USER/SERVER"
+            )
         key = f"{user}/{server}" if slash else f"{user}/*"
         section = "servers"
         what = f"{user}'s server {server or 'default'}" if slash else f"all of {user}'s servers"
@@ -128,4 +148,5 @@ def _guarded(fn):
         except UsageError as e:
             print(f"gpuhub: error: {e}", file=sys.stderr)
             return 2
+
     return run

@@ -31,8 +31,19 @@ from quota.sqlexpr import OVERLAP_WHERE, Dialect, timed, window
 
 US_PER_HOUR = 3_600_000_000
 BUCKET_US = 900_000_000
-CSV_FIELDS = ("period", "org", "user", "gpu_model", "intervals", "gpu_seconds", "gpu_hours",
-              "weighted_gpu_hours", "rate", "amount", "currency")
+CSV_FIELDS = (
+    "period",
+    "org",
+    "user",
+    "gpu_model",
+    "intervals",
+    "gpu_seconds",
+    "gpu_hours",
+    "weighted_gpu_hours",
+    "rate",
+    "amount",
+    "currency",
+)
 
 
 def _engine(source) -> Engine:
@@ -61,12 +72,22 @@ def statement(source, site: Site, period: str, org: str | None = None, now: date
         g[2] += float(weight) * int(gpu_us or 0)
     rows = []
     for (o, user, model), (n, gpu_us, w_us) in sorted(groups.items()):
-        row = {"period": period, "org": o, "user": user, "gpu_model": model, "intervals": n,
-               "gpu_seconds": gpu_us / 1e6, "gpu_hours": gpu_us / US_PER_HOUR,
-               "weighted_gpu_hours": w_us / US_PER_HOUR}
+        row = {
+            "period": period,
+            "org": o,
+            "user": user,
+            "gpu_model": model,
+            "intervals": n,
+            "gpu_seconds": gpu_us / 1e6,
+            "gpu_hours": gpu_us / US_PER_HOUR,
+            "weighted_gpu_hours": w_us / US_PER_HOUR,
+        }
         if model in site.rates:
-            row |= {"rate": site.rates[model], "amount": round(row["weighted_gpu_hours"] * site.rates[model], 2),
-                    "currency": site.currency}
+            row |= {
+                "rate": site.rates[model],
+                "amount": round(row["weighted_gpu_hours"] * site.rates[model], 2),
+                "currency": site.currency,
+            }
         rows.append(row)
     return rows
 
@@ -101,8 +122,10 @@ def daily(source, site: Site, period: str, org: str | None = None, now: datetime
     for o in names:
         ev = sorted(per_org.get(o, []))
         cum = [_cumulative(ev, edge, bucket) for edge in edges]
-        out[o] = [{"date": days[i][0].isoformat(), "weighted_gpu_hours": max(0.0, cum[i + 1] - cum[i]) / US_PER_HOUR}
-                  for i in range(len(days))]
+        out[o] = [
+            {"date": days[i][0].isoformat(), "weighted_gpu_hours": max(0.0, cum[i + 1] - cum[i]) / US_PER_HOUR}
+            for i in range(len(days))
+        ]
     return out
 
 
@@ -168,20 +191,31 @@ def to_html(rows: list[dict], daily_usage: dict, period: str, budgets: dict[str,
         bars = "".join(
             f'<rect x="{i * 14}" y="{y(v):.1f}" width="12" height="{h - y(v):.1f}" fill="#4a90d9">'
             f"<title>{e(d['date'])}: {v:.2f} h</title></rect>"
-            for i, (d, v) in enumerate(zip(days, hours, strict=True)))
+            for i, (d, v) in enumerate(zip(days, hours, strict=True))
+        )
         line = " ".join(f"{i * 14 + 6},{y(v):.1f}" for i, v in enumerate(running))
-        budget_svg = (f'<line x1="0" x2="{w}" y1="{y(budget):.1f}" y2="{y(budget):.1f}" stroke="#c0392b" '
-                      f'stroke-dasharray="4 3"><title>budget {budget:g} h</title></line>') if budget else ""
+        budget_svg = (
+            (
+                f'<line x1="0" x2="{w}" y1="{y(budget):.1f}" y2="{y(budget):.1f}" stroke="#c0392b" '
+                f'stroke-dasharray="4 3"><title>budget {budget:g} h</title></line>'
+            )
+            if budget
+            else ""
+        )
         used = running[-1] if running else 0.0
         pct = f", {100 * used / budget:.0f} % of its {budget:g} h budget" if budget else ""
         charts.append(
             f"<h2>{e(org)}: {used:.2f} weighted GPU-hours this month{e(pct)}</h2>"
             f'<svg width="{w}" height="{h}" role="img" aria-label="daily usage of {e(org)} against its budget">'
             f'{bars}<polyline points="{line}" fill="none" stroke="#2c3e50" stroke-width="2"/>{budget_svg}</svg>'
-            "<p>bars: GPU-hours per day; line: running total; dashed: monthly budget</p>")
-    return (f"<!doctype html><meta charset=utf-8><title>gpuhub statement {e(period)}</title>"
-            f"<h1>GPU usage statement {e(period)}</h1><table border=1><tr>{head}</tr>{body}</table>"
-            + "".join(charts) + "\n")
+            "<p>bars: GPU-hours per day; line: running total; dashed: monthly budget</p>"
+        )
+    return (
+        f"<!doctype html><meta charset=utf-8><title>gpuhub statement {e(period)}</title>"
+        f"<h1>GPU usage statement {e(period)}</h1><table border=1><tr>{head}</tr>{body}</table>"
+        + "".join(charts)
+        + "\n"
+    )
 
 
 def _cell(v) -> str:

@@ -66,16 +66,23 @@ def thresholds(warn_fractions) -> tuple[float, ...]:
     return tuple(sorted({float(f) for f in warn_fractions if 0 < f < EXHAUSTED} | {EXHAUSTED}))
 
 
-def evaluate(org: str, budget_gpu_hours: float, used_gpu_seconds: float, running: list[RunningServer],
-             now: datetime, *, announced=frozenset(), warn_fractions=(0.8, 0.95),
-             grace_seconds: float = 300.0) -> Verdict:
+def evaluate(
+    org: str,
+    budget_gpu_hours: float,
+    used_gpu_seconds: float,
+    running: list[RunningServer],
+    now: datetime,
+    *,
+    announced=frozenset(),
+    warn_fractions=(0.8, 0.95),
+    grace_seconds: float = 300.0,
+) -> Verdict:
     """Decide warnings and stops for one org at ``now``."""
     now = utc(now)
     budget_s = budget_gpu_hours * 3600.0
     used_h = used_gpu_seconds / 3600.0
     if budget_s > 0:
-        due = tuple(f for f in thresholds(warn_fractions)
-                    if used_gpu_seconds >= f * budget_s and f not in announced)
+        due = tuple(f for f in thresholds(warn_fractions) if used_gpu_seconds >= f * budget_s and f not in announced)
     else:
         due = (EXHAUSTED,) if used_gpu_seconds > 0 and EXHAUSTED not in announced else ()
     over = used_gpu_seconds >= budget_s and (budget_s > 0 or used_gpu_seconds > 0)
@@ -89,19 +96,32 @@ def evaluate(org: str, budget_gpu_hours: float, used_gpu_seconds: float, running
         stop_due_at = over_since + timedelta(seconds=grace_seconds)
         if overage >= rate * grace_seconds:
             stop = tuple(sorted(s.server_key for s in burning))
-    return Verdict(org, used_h, budget_gpu_hours, due, over, over_since, stop_due_at, stop,
-                   _message(org, used_h, budget_gpu_hours, over, stop, stop_due_at, grace_seconds))
+    return Verdict(
+        org,
+        used_h,
+        budget_gpu_hours,
+        due,
+        over,
+        over_since,
+        stop_due_at,
+        stop,
+        _message(org, used_h, budget_gpu_hours, over, stop, stop_due_at, grace_seconds),
+    )
 
 
 def _message(org, used_h, budget_h, over, stop, stop_due_at, grace) -> str:
     pct = f" ({100 * used_h / budget_h:.0f} %)" if budget_h > 0 else ""
     head = f"organization {org} has used {used_h:.2f} of {budget_h:g} weighted GPU-hours this month{pct}"
     if stop:
-        return (f"{head}; the budget is spent and the {grace:g} s grace is over, so its GPU servers are being "
-                "stopped; save work on CPU-only servers or ask an operator to raise gpu_hours_per_month")
+        return (
+            f"{head}; the budget is spent and the {grace:g} s grace is over, so its GPU servers are being "
+            "stopped; save work on CPU-only servers or ask an operator to raise gpu_hours_per_month"
+        )
     if over and stop_due_at is not None:
-        return (f"{head}; the budget is spent: GPU servers will be stopped at {stop_due_at.isoformat()} "
-                "(after the grace period); save your work now")
+        return (
+            f"{head}; the budget is spent: GPU servers will be stopped at {stop_due_at.isoformat()} "
+            "(after the grace period); save your work now"
+        )
     if over:
         return f"{head}; the budget is spent: new GPU servers are refused until next month"
     return f"{head}; at 100 % running GPU servers are stopped after a {grace:g} s grace period"
@@ -116,12 +136,15 @@ def admission_note(org: str, budget_gpu_hours: float, used_gpu_seconds: float, w
     if not crossed:
         return None
     used_h = used_gpu_seconds / 3600.0
-    return (f"organization {org} has used {used_h:.2f} of {budget_gpu_hours:g} weighted GPU-hours this month "
-            f"({100 * frac:.0f} %); at 100 % GPU servers are stopped after a grace period")
+    return (
+        f"organization {org} has used {used_h:.2f} of {budget_gpu_hours:g} weighted GPU-hours this month "
+        f"({100 * frac:.0f} %); at 100 % GPU servers are stopped after a grace period"
+    )
 
 
-def overage_bound_gpu_seconds(gpu_limit: int, max_weight: float, enforce_interval_seconds: float,
-                              grace_seconds: float, stop_seconds: float) -> float:
+def overage_bound_gpu_seconds(
+    gpu_limit: int, max_weight: float, enforce_interval_seconds: float, grace_seconds: float, stop_seconds: float
+) -> float:
     """The documented worst-case overage, R_max x (E + G + S), in weighted GPU-seconds."""
     return gpu_limit * max_weight * (enforce_interval_seconds + grace_seconds + stop_seconds)
 
@@ -131,5 +154,6 @@ def site_overage_bound(site, org_key: str, stop_seconds: float | None = None) ->
     org = site.organizations[org_key]
     max_w = max((m.weight for m in site.gpus.models.values()), default=0.0)
     s = stop_seconds if stop_seconds is not None else site.containers.stop_timeout_seconds + 5.0
-    return overage_bound_gpu_seconds(org.gpu_limit, max_w, site.quota.enforce_interval_seconds,
-                                     site.quota.grace_seconds, s)
+    return overage_bound_gpu_seconds(
+        org.gpu_limit, max_w, site.quota.enforce_interval_seconds, site.quota.grace_seconds, s
+    )

@@ -37,10 +37,15 @@ def docker_view(client, instance: str) -> list[reconcile.ContainerView]:
     out = []
     for c in client.containers.list(all=True, filters={"label": [f"{lb.HUB}={instance}", f"{lb.MANAGED}=1"]}):
         state = c.attrs.get("State", {})
-        out.append(reconcile.ContainerView(
-            name=c.name, labels=c.labels, running=bool(state.get("Running")),
-            started_at=docker_time(state.get("StartedAt")), finished_at=docker_time(state.get("FinishedAt")),
-        ))
+        out.append(
+            reconcile.ContainerView(
+                name=c.name,
+                labels=c.labels,
+                running=bool(state.get("Running")),
+                started_at=docker_time(state.get("StartedAt")),
+                finished_at=docker_time(state.get("FinishedAt")),
+            )
+        )
     return out
 
 
@@ -61,13 +66,20 @@ class QuotaService:
         for key, org in self.site.organizations.items():
             running = [
                 budget.RunningServer(r["server_key"], r["user"], int(r["gpus"] or 0), float(r["weight"] or 0.0))
-                for r in open_rows if r.get("org") == key
+                for r in open_rows
+                if r.get("org") == key
             ]
             used = usage.get(key, 0.0)
             announced = await asyncio.to_thread(self.store.announced_warnings, key, now)
             verdict = budget.evaluate(
-                key, org.gpu_hours_per_month, used, running, now, announced=announced,
-                warn_fractions=self.site.quota.warn_fractions, grace_seconds=self.site.quota.grace_seconds,
+                key,
+                org.gpu_hours_per_month,
+                used,
+                running,
+                now,
+                announced=announced,
+                warn_fractions=self.site.quota.warn_fractions,
+                grace_seconds=self.site.quota.grace_seconds,
             )
             for fraction in verdict.warnings_due:
                 log.warning("budget %d %% reached: %s", round(fraction * 100), verdict.message)
@@ -88,8 +100,11 @@ class QuotaService:
         since = now - timedelta(seconds=2 * self.site.quota.reconcile_interval_seconds + 60)
         closed = await asyncio.to_thread(self.store.recently_closed, since)
         plan = reconcile.plan(
-            containers, [reconcile.IntervalView.from_row(r) for r in rows], now,
-            unknown=self.site.quota.unknown_containers, hub_id=self.site.hub.instance,
+            containers,
+            [reconcile.IntervalView.from_row(r) for r in rows],
+            now,
+            unknown=self.site.quota.unknown_containers,
+            hub_id=self.site.hub.instance,
             pending_grace_seconds=max(120.0, 2 * self.site.quota.reconcile_interval_seconds),
             recently_closed=[reconcile.IntervalView.from_row(r) for r in closed],
             held_devices=[r_dev for r in rows for r_dev in (r.get("device_uuids") or "").split(",") if r_dev],

@@ -182,15 +182,31 @@ def judge(v: ServerView, clock: Clock, now: float, warn_seconds: float) -> Verdi
     if idle is None or idle < warn_from or exempt:
         action = CLEAR if clock.warned_at is not None else None
         clock.warned_at = None
-        reason = ("exempt" if exempt else "kernel busy or state unknown" if v.kernels_busy is not False
-                  else "no utilisation data" if idle is None else "active")
+        reason = (
+            "exempt"
+            if exempt
+            else "kernel busy or state unknown"
+            if v.kernels_busy is not False
+            else "no utilisation data"
+            if idle is None
+            else "active"
+        )
         at = None if idle is None else now + (warn_from - idle)
-        return Verdict(v.key, idle, timeout, action, warn_at=at,
-                       cull_at=None if idle is None else now + (timeout - idle), exempt=exempt, reason=reason)
+        return Verdict(
+            v.key,
+            idle,
+            timeout,
+            action,
+            warn_at=at,
+            cull_at=None if idle is None else now + (timeout - idle),
+            exempt=exempt,
+            reason=reason,
+        )
     if clock.warned_at is None:
         clock.warned_at = now
-        return Verdict(v.key, idle, timeout, WARN, warn_at=now, cull_at=now + max(timeout - idle, warn_seconds),
-                       reason="idle")
+        return Verdict(
+            v.key, idle, timeout, WARN, warn_at=now, cull_at=now + max(timeout - idle, warn_seconds), reason="idle"
+        )
     cull_at = max(now + (timeout - idle), clock.warned_at + warn_seconds)
     action = CULL if idle >= timeout and now >= clock.warned_at + warn_seconds else None
     return Verdict(v.key, idle, timeout, action, warn_at=clock.warned_at, cull_at=cull_at, reason="idle")
@@ -220,8 +236,11 @@ def _override(site, user: str, org: str | None, attr: str) -> float | None:
     """A course's value (members' servers charged to its org; the most lenient course wins), else the org's."""
     if org is None:
         return None
-    courses = [getattr(c, attr) for c in site.courses.values()
-               if c.org == org and getattr(c, attr) is not None and c.role_of(user)]
+    courses = [
+        getattr(c, attr)
+        for c in site.courses.values()
+        if c.org == org and getattr(c, attr) is not None and c.role_of(user)
+    ]
     if courses:
         return max(courses)
     o = site.organizations.get(org)

@@ -53,8 +53,9 @@ def devices_from_snapshot(snapshot, site: Site) -> tuple[Device, ...]:
     return tuple(out)
 
 
-def nvml_inventory(site: Site, source=None, ttl_seconds: float = 60.0,
-                   clock: Callable[[], float] = time.monotonic) -> Callable[[], tuple[Device, ...]]:
+def nvml_inventory(
+    site: Site, source=None, ttl_seconds: float = 60.0, clock: Callable[[], float] = time.monotonic
+) -> Callable[[], tuple[Device, ...]]:
     """A cached inventory callable for :class:`quota.store.QuotaStore` (re-read every ``ttl_seconds``).
 
     When NVML cannot be read the last good inventory is kept; with none yet, the inventory is

@@ -21,7 +21,7 @@ server): at most one open interval has a given key, and the server's allocation 
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
@@ -39,9 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.types import TypeDecorator
 
-SQLITE_STORAGE_FORMAT = (
-    "%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d.%(microsecond)06d"
-)
+SQLITE_STORAGE_FORMAT = "%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d.%(microsecond)06d"
 
 
 def _sqlite_datetime():
@@ -64,22 +62,21 @@ class UtcDateTime(TypeDecorator):
             return None
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value!r} bound to a UTC column; pass an aware datetime")
-        value = value.astimezone(timezone.utc)
+        value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect):
         if value is None:
             return None
         if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
 
 def to_db_text(value: datetime) -> str:
     """A UTC instant in the SQLite storage format (for raw SQL comparisons on SQLite)."""
-    v = value.astimezone(timezone.utc)
-    return (f"{v.year:04d}-{v.month:02d}-{v.day:02d} {v.hour:02d}:{v.minute:02d}:{v.second:02d}."
-            f"{v.microsecond:06d}")
+    v = value.astimezone(UTC)
+    return f"{v.year:04d}-{v.month:02d}-{v.day:02d} {v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}"
 
 
 metadata = MetaData()
@@ -128,8 +125,10 @@ Index(
 )
 # Covering index for billing and usage sums: rows come out grouped by (org, user, model, weight) with
 # everything the arithmetic needs, so a million-row statement is one index scan and no sort.
-Index("gpuhub_usage_billing", *(usage_intervals.c[n] for n in
-                                ("org", "user", "model", "weight", "gpus", "started_us", "ended_us")))
+Index(
+    "gpuhub_usage_billing",
+    *(usage_intervals.c[n] for n in ("org", "user", "model", "weight", "gpus", "started_us", "ended_us")),
+)
 Index("gpuhub_usage_ended", usage_intervals.c.ended_at)
 
 spawn_refusals = Table(

@@ -57,8 +57,14 @@ class IntervalView:
     @classmethod
     def from_row(cls, row: Mapping) -> IntervalView:
         """From a :meth:`quota.store.QuotaStore.open_intervals` dict."""
-        return cls(row["id"], row["server_key"], row["started_at"], row.get("heartbeat_at"),
-                   lb.split_devices(row.get("device_uuids")), row.get("ended_at"))
+        return cls(
+            row["id"],
+            row["server_key"],
+            row["started_at"],
+            row.get("heartbeat_at"),
+            lb.split_devices(row.get("device_uuids")),
+            row.get("ended_at"),
+        )
 
 
 @dataclass(frozen=True)
@@ -108,9 +114,17 @@ def _clamp(at: datetime, lo: datetime, hi: datetime) -> datetime:
     return max(lo, min(at, hi))
 
 
-def plan(containers: Iterable[ContainerView], open_intervals: Iterable[IntervalView], now: datetime, *,
-         unknown: str = "stop", hub_id: str | None = None, pending_grace_seconds: float = 300.0,
-         recently_closed: Iterable[IntervalView] = (), held_devices: Iterable[str] = ()) -> Plan:
+def plan(
+    containers: Iterable[ContainerView],
+    open_intervals: Iterable[IntervalView],
+    now: datetime,
+    *,
+    unknown: str = "stop",
+    hub_id: str | None = None,
+    pending_grace_seconds: float = 300.0,
+    recently_closed: Iterable[IntervalView] = (),
+    held_devices: Iterable[str] = (),
+) -> Plan:
     """What to close, stop and adopt so the ledger matches Docker (see the module rules)."""
     if unknown not in ("stop", "adopt"):
         raise ValueError(f"unknown_containers must be 'stop' or 'adopt', got {unknown!r}")
@@ -165,6 +179,16 @@ def plan(containers: Iterable[ContainerView], open_intervals: Iterable[IntervalV
                 adopted = True
                 held |= set(c.devices)
                 got = c.labels
-                adopts.append(Adopt(c.name, got.get(lb.USER, ""), got.get(lb.SERVER, ""), got.get(lb.ORG) or None,
-                                    got.get(lb.IMAGE, ""), c.devices, got.get(lb.GPU_MODEL) or None, start))
+                adopts.append(
+                    Adopt(
+                        c.name,
+                        got.get(lb.USER, ""),
+                        got.get(lb.SERVER, ""),
+                        got.get(lb.ORG) or None,
+                        got.get(lb.IMAGE, ""),
+                        c.devices,
+                        got.get(lb.GPU_MODEL) or None,
+                        start,
+                    )
+                )
     return Plan(tuple(closes), tuple(stops), tuple(adopts), tuple(notes))

@@ -13,13 +13,24 @@ def _table(headers: list[str], rows: list[list]) -> str:
 
 def status_table(status: dict) -> str:
     """Orgs (GPUs in use/limit, budget used/remaining, servers) then devices (holder)."""
-    orgs = [[key, f"{o['gpus_in_use']}/{o['gpu_limit']}", f"{o['used_gpu_hours']:.2f}/{o['budget_gpu_hours']:g}",
-             f"{o['remaining_gpu_hours']:.2f}", ", ".join(s["server_key"] for s in o["running_servers"]) or "-"]
-            for key, o in status.get("orgs", {}).items()]
-    devices = [[d["uuid"], d["model"], (d["holder"] or {}).get("server_key", "free"),
-                (d["holder"] or {}).get("org") or ""] for d in status.get("devices", [])]
-    parts = [f"period {status.get('period')} (at {status.get('at')})",
-             _table(["org", "gpus", "gpu-hours used/budget", "remaining", "running servers"], orgs),
-             "",
-             _table(["device", "model", "holder", "org"], devices)]
+    orgs = [
+        [
+            key,
+            f"{o['gpus_in_use']}/{o['gpu_limit']}",
+            f"{o['used_gpu_hours']:.2f}/{o['budget_gpu_hours']:g}",
+            f"{o['remaining_gpu_hours']:.2f}",
+            ", ".join(s["server_key"] for s in o["running_servers"]) or "-",
+        ]
+        for key, o in status.get("orgs", {}).items()
+    ]
+    devices = [
+        [d["uuid"], d["model"], (d["holder"] or {}).get("server_key", "free"), (d["holder"] or {}).get("org") or ""]
+        for d in status.get("devices", [])
+    ]
+    parts = [
+        f"period {status.get('period')} (at {status.get('at')})",
+        _table(["org", "gpus", "gpu-hours used/budget", "remaining", "running servers"], orgs),
+        "",
+        _table(["device", "model", "holder", "org"], devices),
+    ]
     return "\n".join(parts)

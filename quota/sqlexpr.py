@@ -18,8 +18,8 @@ from functools import lru_cache
 from sqlalchemy import bindparam, text
 from sqlalchemy.sql.elements import TextClause
 
-from quota.models import UtcDateTime
 from gpuhub.core.periods import epoch_us
+from quota.models import UtcDateTime
 
 TIME_PARAMS = ("lo", "hi", "now")
 
@@ -39,8 +39,10 @@ class Dialect:
     def epoch_us(self, x: str) -> str:
         """Integer microseconds since the epoch of the UTC timestamp expression ``x`` (immutable SQL)."""
         if self.name == "sqlite":
-            return (f"(CAST(round((julianday(substr({x}, 1, 19)) - 2440587.5) * 86400) AS INTEGER) * 1000000"
-                    f" + CAST(substr({x}, 21, 6) AS INTEGER))")
+            return (
+                f"(CAST(round((julianday(substr({x}, 1, 19)) - 2440587.5) * 86400) AS INTEGER) * 1000000"
+                f" + CAST(substr({x}, 21, 6) AS INTEGER))"
+            )
         return f"CAST(extract(epoch FROM ({x} - timestamptz '1970-01-01 00:00:00+00')) * 1000000 AS bigint)"
 
     def clipped_us(self) -> str:

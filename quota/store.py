@@ -57,19 +57,26 @@ IV = usage_intervals.c
 
 # Statements of the hot path, built once (construction cost more than the round trips).
 _LOCK = select(alloc_lock.c.id).where(alloc_lock.c.id == 1).with_for_update()
-_HOLDINGS = select(allocations.c.device_uuid, allocations.c.server_key, allocations.c.user, allocations.c.org,
-                   allocations.c.model)
+_HOLDINGS = select(
+    allocations.c.device_uuid, allocations.c.server_key, allocations.c.user, allocations.c.org, allocations.c.model
+)
 _INSERT_INTERVAL = insert(usage_intervals)
 _INSERT_ALLOCATIONS = insert(allocations)
 _OPEN_ID = select(IV.id).where(IV.server_key == bindparam("key"), IV.ended_at.is_(None)).scalar_subquery()
 _PUBLIC = [c for c in usage_intervals.c if c.name not in ("started_us", "ended_us")]  # the contract's columns
 # Close the open interval (never before its start) and return it; closed rows are never touched again.
-_CLOSE = (update(usage_intervals)
-          .where(IV.server_key == bindparam("key"), IV.ended_at.is_(None))
-          .values(ended_at=case((IV.started_at > bindparam("at", type_=UtcDateTime), IV.started_at),
-                                else_=bindparam("at", type_=UtcDateTime)),
-                  end_reason=bindparam("reason"))
-          .returning(*_PUBLIC))
+_CLOSE = (
+    update(usage_intervals)
+    .where(IV.server_key == bindparam("key"), IV.ended_at.is_(None))
+    .values(
+        ended_at=case(
+            (IV.started_at > bindparam("at", type_=UtcDateTime), IV.started_at),
+            else_=bindparam("at", type_=UtcDateTime),
+        ),
+        end_reason=bindparam("reason"),
+    )
+    .returning(*_PUBLIC)
+)
 _FREE = delete(allocations).where(allocations.c.server_key == bindparam("key"))
 
 
@@ -106,9 +113,15 @@ def _transient(e: DBAPIError) -> bool:
 class QuotaStore:
     """Quota state in ``engine``'s database; ``clock()`` returns an aware UTC datetime."""
 
-    def __init__(self, engine: Engine, site: Site, clock: Callable[[], datetime] = utcnow,
-                 inventory: Callable[[], Iterable[Device]] | Iterable[Device] | None = None,
-                 max_attempts: int = 20, retry_seconds: float = 30.0):
+    def __init__(
+        self,
+        engine: Engine,
+        site: Site,
+        clock: Callable[[], datetime] = utcnow,
+        inventory: Callable[[], Iterable[Device]] | Iterable[Device] | None = None,
+        max_attempts: int = 20,
+        retry_seconds: float = 30.0,
+    ):
         self.engine, self.site, self.clock = engine, site, clock
         self._inventory = inventory
         self.max_attempts, self.retry_seconds = max_attempts, retry_seconds
@@ -143,7 +156,8 @@ class QuotaStore:
         detail = str(getattr(e, "orig", e) or e).strip().splitlines()[0][:200]
         return QuotaUnavailable(
             f"quota database {url} is unavailable ({type(e).__name__}: {detail}); GPU servers cannot be "
-            "started or recorded until it is back; check that the database is running (hub.db_url)")
+            "started or recorded until it is back; check that the database is running (hub.db_url)"
+        )
 
     def _lock(self, conn: Connection) -> None:
         """Serialise allocation decisions (SQLite: BEGIN IMMEDIATE already holds the write lock)."""
@@ -163,7 +177,7 @@ class QuotaStore:
                         return fn(conn)
             except DBAPIError as e:
                 if _transient(e) and attempt + 1 < self.max_attempts and time.monotonic() < give_up:
-                    time.sleep(min(0.2, 0.002 * 2 ** attempt) * random.random())
+                    time.sleep(min(0.2, 0.002 * 2**attempt) * random.random())
                     continue
                 if isinstance(e, IntegrityError):
                     raise
@@ -211,15 +225,38 @@ class QuotaStore:
         if isinstance(decision, Refusal):
             self._bump_refusal(conn, decision.org or req.org, decision.rule)
             return decision
-        interval_id = conn.execute(_INSERT_INTERVAL, dict(
-            server_key=req.server_key, user=req.user, server_name=req.server_name, org=req.org, image=req.image,
-            device_uuids=",".join(decision.devices), gpus=len(decision.devices), model=decision.model,
-            weight=decision.weight, started_at=now, heartbeat_at=now,
-        )).inserted_primary_key[0]
+        interval_id = conn.execute(
+            _INSERT_INTERVAL,
+            dict(
+                server_key=req.server_key,
+                user=req.user,
+                server_name=req.server_name,
+                org=req.org,
+                image=req.image,
+                device_uuids=",".join(decision.devices),
+                gpus=len(decision.devices),
+                model=decision.model,
+                weight=decision.weight,
+                started_at=now,
+                heartbeat_at=now,
+            ),
+        ).inserted_primary_key[0]
         if decision.devices:
-            conn.execute(_INSERT_ALLOCATIONS, [
-                dict(device_uuid=d, server_key=req.server_key, user=req.user, org=req.org, model=decision.model,
-                     interval_id=interval_id, allocated_at=now) for d in decision.devices])
+            conn.execute(
+                _INSERT_ALLOCATIONS,
+                [
+                    dict(
+                        device_uuid=d,
+                        server_key=req.server_key,
+                        user=req.user,
+                        org=req.org,
+                        model=decision.model,
+                        interval_id=interval_id,
+                        allocated_at=now,
+                    )
+                    for d in decision.devices
+                ],
+            )
         note = ()
         if decision.devices:
             org = self.site.organizations[req.org]
@@ -249,28 +286,56 @@ class QuotaStore:
     def _bump_refusal(self, conn: Connection, org: str | None, rule_id: str) -> None:
         label = org if isinstance(org, str) and org in self.site.organizations else ""
         ins = (sqlite_insert if self.sql.name == "sqlite" else pg_insert)(spawn_refusals)
-        conn.execute(ins.values(org=label, reason=rule_id, count=1).on_conflict_do_update(
-            index_elements=["org", "reason"], set_={"count": spawn_refusals.c.count + 1}))
+        conn.execute(
+            ins.values(org=label, reason=rule_id, count=1).on_conflict_do_update(
+                index_elements=["org", "reason"], set_={"count": spawn_refusals.c.count + 1}
+            )
+        )
 
     def adopt(self, a: Adopt) -> Grant:
         """Record a running container found by the reconciler (``unknown_containers: adopt``)."""
+
         def run(conn):
-            held = set(conn.execute(select(allocations.c.device_uuid).where(
-                allocations.c.device_uuid.in_(a.devices))).scalars())
+            held = set(
+                conn.execute(
+                    select(allocations.c.device_uuid).where(allocations.c.device_uuid.in_(a.devices))
+                ).scalars()
+            )
             key = key_of(a.user, a.server_name)
             if held or conn.execute(select(IV.id).where(IV.server_key == key, IV.ended_at.is_(None))).first():
                 return Rule.ADOPT_CONFLICT.refuse(container=a.container, held=sorted(held), key=key)
             model = a.model if a.devices else None
             weight = self.site.weight_of(model) if model in self.site.gpus.models else (1.0 if model else 0.0)
             start = min(utc(a.started_at), self.now())
-            iid = conn.execute(insert(usage_intervals).values(
-                server_key=key, user=a.user, server_name=a.server_name, org=a.org, image=a.image,
-                device_uuids=",".join(a.devices), gpus=len(a.devices), model=model, weight=weight,
-                started_at=start, heartbeat_at=self.now())).inserted_primary_key[0]
+            iid = conn.execute(
+                insert(usage_intervals).values(
+                    server_key=key,
+                    user=a.user,
+                    server_name=a.server_name,
+                    org=a.org,
+                    image=a.image,
+                    device_uuids=",".join(a.devices),
+                    gpus=len(a.devices),
+                    model=model,
+                    weight=weight,
+                    started_at=start,
+                    heartbeat_at=self.now(),
+                )
+            ).inserted_primary_key[0]
             for d in a.devices:
-                conn.execute(insert(allocations).values(device_uuid=d, server_key=key, user=a.user, org=a.org,
-                                                        model=model or "", interval_id=iid, allocated_at=start))
+                conn.execute(
+                    insert(allocations).values(
+                        device_uuid=d,
+                        server_key=key,
+                        user=a.user,
+                        org=a.org,
+                        model=model or "",
+                        interval_id=iid,
+                        allocated_at=start,
+                    )
+                )
             return Grant(key, list(a.devices), model, weight, iid, start)
+
         out = self._write(run, lock=True)
         if isinstance(out, Refusal):
             raise out
@@ -289,6 +354,7 @@ class QuotaStore:
             row = conn.execute(_CLOSE, {"key": server_key, "at": at, "reason": reason}).mappings().first()
             conn.execute(_FREE, {"key": server_key})
             return dict(row) if row else None
+
         return self._write(run)
 
     def apply_plan(self, plan: Plan) -> dict:
@@ -327,30 +393,37 @@ class QuotaStore:
 
     def refusal_counts(self) -> dict[tuple[str, str], int]:
         """{(org, rule id): count}; counts an older release stored under a former id are added to the current one."""
+
         def run(conn):
             counts: dict[tuple[str, str], int] = {}
             for r in conn.execute(select(spawn_refusals)):
                 key = (r.org, current_id(r.reason))
                 counts[key] = counts.get(key, 0) + r.count
             return counts
+
         return self._read(run)
 
-    def _usage(self, conn: Connection, now: datetime, org: str | None = None,
-               month_at: datetime | None = None) -> dict[str, float]:
+    def _usage(
+        self, conn: Connection, now: datetime, org: str | None = None, month_at: datetime | None = None
+    ) -> dict[str, float]:
         """Weighted GPU-seconds per org in the month containing ``month_at`` (default ``now``)."""
         lo, hi = month_bounds_at(month_at or now, self.site.tz)
         where = OVERLAP_WHERE + " AND gpus > 0 AND org IS NOT NULL" + (" AND org = :org" if org else "")
-        q = timed(f"SELECT org, sum(gpus * weight * ({self.sql.clipped_us()})) FROM gpuhub_usage_intervals "
-                  f"WHERE {where} GROUP BY org")
+        q = timed(
+            f"SELECT org, sum(gpus * weight * ({self.sql.clipped_us()})) FROM gpuhub_usage_intervals "
+            f"WHERE {where} GROUP BY org"
+        )
         params = window(lo, hi, now) | ({"org": org} if org else {})
         return {o: float(us or 0) / 1e6 for o, us in conn.execute(q, params)}
 
     def _open_and_usage(self, conn: Connection, key: str, org: str, now: datetime) -> tuple[bool, float]:
         """One round trip: is ``key`` open, and ``org``'s weighted GPU-seconds this month."""
         lo, hi = month_bounds_at(now, self.site.tz)
-        q = timed(f"SELECT (SELECT id FROM gpuhub_usage_intervals WHERE server_key = :key AND ended_at IS NULL), "
-                  f"(SELECT sum(gpus * weight * ({self.sql.clipped_us()})) FROM gpuhub_usage_intervals "
-                  f"WHERE org = :org AND gpus > 0 AND {OVERLAP_WHERE})")
+        q = timed(
+            f"SELECT (SELECT id FROM gpuhub_usage_intervals WHERE server_key = :key AND ended_at IS NULL), "
+            f"(SELECT sum(gpus * weight * ({self.sql.clipped_us()})) FROM gpuhub_usage_intervals "
+            f"WHERE org = :org AND gpus > 0 AND {OVERLAP_WHERE})"
+        )
         is_open, us = conn.execute(q, window(lo, hi, now) | {"key": key, "org": org}).one()
         return is_open is not None, float(us or 0) / 1e6
 
@@ -371,9 +444,11 @@ class QuotaStore:
 
         def run(conn):
             held = [dict(r) for r in conn.execute(select(allocations)).mappings()]
-            running = [dict(r) for r in conn.execute(select(*_PUBLIC).where(IV.ended_at.is_(None))
-                                                     .order_by(IV.id)).mappings()]
+            running = [
+                dict(r) for r in conn.execute(select(*_PUBLIC).where(IV.ended_at.is_(None)).order_by(IV.id)).mappings()
+            ]
             return held, running, self._usage(conn, now)
+
         held, running, usage = self._read(run)
         orgs = {}
         for key, org in self.site.organizations.items():
@@ -391,11 +466,19 @@ class QuotaStore:
         inventory = self.inventory()
         known = {d.uuid for d in inventory}
         devices = [{"uuid": d.uuid, "model": d.model, "holder": _holder(by_uuid.get(d.uuid))} for d in inventory]
-        devices += [{"uuid": u, "model": h["model"], "holder": _holder(h), "not_in_inventory": True}
-                    for u, h in sorted(by_uuid.items()) if u not in known]
+        devices += [
+            {"uuid": u, "model": h["model"], "holder": _holder(h), "not_in_inventory": True}
+            for u, h in sorted(by_uuid.items())
+            if u not in known
+        ]
         y, m = month_of(now, self.site.tz)
-        return {"period": period_key(y, m), "at": now.isoformat(), "orgs": orgs, "devices": devices,
-                "servers_without_org": [_server(r, now) for r in running if r["org"] not in orgs]}
+        return {
+            "period": period_key(y, m),
+            "at": now.isoformat(),
+            "orgs": orgs,
+            "devices": devices,
+            "servers_without_org": [_server(r, now) for r in running if r["org"] not in orgs],
+        }
 
     # ------------------------------------------------------------------ budgets
 
@@ -414,10 +497,21 @@ class QuotaStore:
 
         def run(conn):
             ins = (sqlite_insert if self.sql.name == "sqlite" else pg_insert)(budget_warnings)
-            res = conn.execute(ins.values(org=org, period=period, fraction=float(fraction), used_gpu_hours=used_h,
-                                          budget_gpu_hours=budget_h, announced_at=now, message=message[:2000])
-                               .on_conflict_do_nothing().returning(budget_warnings.c.org))
+            res = conn.execute(
+                ins.values(
+                    org=org,
+                    period=period,
+                    fraction=float(fraction),
+                    used_gpu_hours=used_h,
+                    budget_gpu_hours=budget_h,
+                    announced_at=now,
+                    message=message[:2000],
+                )
+                .on_conflict_do_nothing()
+                .returning(budget_warnings.c.org)
+            )
             return res.first() is not None
+
         return self._write(run)
 
     def _period(self, now: datetime | None) -> str:
@@ -433,6 +527,7 @@ class QuotaStore:
 
     def uid_for(self, user: str, first_uid: int = 20000) -> int:
         """A stable numeric uid per user, never reused (for file ownership in shared volumes)."""
+
         def run(conn):
             uid = conn.execute(select(user_ids.c.uid).where(user_ids.c.user == user)).scalar()
             if uid is None:
@@ -440,6 +535,7 @@ class QuotaStore:
                 uid = max(first_uid, (top or 0) + 1)
                 conn.execute(insert(user_ids).values(user=user, uid=uid, created_at=self.now()))
             return uid
+
         return self._write(run, lock=True)
 
     # ------------------------------------------------------------------ idle culls (gpuhub.hub.idle_service)
@@ -448,25 +544,33 @@ class QuotaStore:
         """Name why a culled server stopped: the spawner closes every hub stop as ``replaces``; the culler
         that asked for the stop turns that into ``reason`` (``gpu-idle``, ``http-idle``). Only the reason
         changes, never the times or charges. Returns ``open`` (not closed yet), ``set`` or ``other``."""
+
         def run(conn):
             row = conn.execute(select(IV.ended_at, IV.end_reason).where(IV.id == interval_id)).first()
             if row is None or row.ended_at is None:
                 return "open" if row is not None else "other"
             if row.end_reason != replaces:
                 return "set" if row.end_reason == reason else "other"
-            conn.execute(update(usage_intervals).where(IV.id == interval_id, IV.end_reason == replaces)
-                         .values(end_reason=reason))
+            conn.execute(
+                update(usage_intervals).where(IV.id == interval_id, IV.end_reason == replaces).values(end_reason=reason)
+            )
             return "set"
+
         return self._write(run)
 
 
 def _server(r: dict, now: datetime) -> dict:
-    return {"server_key": r["server_key"], "user": r["user"], "gpus": r["gpus"], "model": r["model"],
-            "devices": [d for d in r["device_uuids"].split(",") if d], "image": r["image"],
-            "started_at": r["started_at"].isoformat(),
-            "running_seconds": max(0.0, (now - r["started_at"]).total_seconds())}
+    return {
+        "server_key": r["server_key"],
+        "user": r["user"],
+        "gpus": r["gpus"],
+        "model": r["model"],
+        "devices": [d for d in r["device_uuids"].split(",") if d],
+        "image": r["image"],
+        "started_at": r["started_at"].isoformat(),
+        "running_seconds": max(0.0, (now - r["started_at"]).total_seconds()),
+    }
 
 
 def _holder(h: dict | None) -> dict | None:
     return None if h is None else {"server_key": h["server_key"], "user": h["user"], "org": h["org"]}
-

@@ -84,8 +84,9 @@ def start_worker(seconds: float) -> tuple[subprocess.Popen | None, str]:
         if importlib.util.find_spec(module) is None:
             print(f"note: {module} is not installed", flush=True)
             continue
-        proc = subprocess.Popen([sys.executable, "-c", code, str(seconds)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(seconds)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         line = proc.stdout.readline()  # blocks until READY or exit (CUDA init + first matmul)
         if line.startswith("READY"):
             print(f"worker pid {proc.pid}: {line.strip()}", flush=True)
@@ -116,6 +117,7 @@ class TimedNvml:
                 st[0] += 1
                 st[1] += time.perf_counter() - wall
                 st[2] += time.thread_time() - cpu
+
         return timed
 
     def report(self) -> None:
@@ -130,6 +132,7 @@ def energy_read_count(timed) -> int:
 
 def report_sampling_cost(samples: list, units: int) -> None:
     """CPU per pass, fast and slow apart, and the share of a core at the exporter's defaults (1 s, 15 s)."""
+
     def median(xs):
         xs = sorted(xs)
         return xs[len(xs) // 2] if xs else None
@@ -137,14 +140,20 @@ def report_sampling_cost(samples: list, units: int) -> None:
     fast = [c for *_, c, slow in samples if not slow]
     slow = [c for *_, c, slow in samples if slow]
     walls = sorted(w for _, w, _, _ in samples)
-    print(f"sampling pass ({len(samples)}, {units} GPU/MIG units): wall median {median(walls) * 1e3:.2f} ms, "
-          f"max {walls[-1] * 1e3:.2f} ms", flush=True)
+    print(
+        f"sampling pass ({len(samples)}, {units} GPU/MIG units): wall median {median(walls) * 1e3:.2f} ms, "
+        f"max {walls[-1] * 1e3:.2f} ms",
+        flush=True,
+    )
     if fast and slow:
         f, sl = median(fast), median(slow)
         share = (f + (sl - f) / 15.0) * 100
-        print(f"      CPU per pass: fast {f * 1e3:.2f} ms ({len(fast)}), slow {sl * 1e3:.2f} ms ({len(slow)}); "
-              f"at one pass a second and a slow pass every 15 s: {share:.3f} % of a core "
-              f"({share / max(units, 1):.3f} % per unit)", flush=True)
+        print(
+            f"      CPU per pass: fast {f * 1e3:.2f} ms ({len(fast)}), slow {sl * 1e3:.2f} ms ({len(slow)}); "
+            f"at one pass a second and a slow pass every 15 s: {share:.3f} % of a core "
+            f"({share / max(units, 1):.3f} % per unit)",
+            flush=True,
+        )
     else:
         print(f"      CPU per pass: median {median(fast or slow) * 1e3:.2f} ms", flush=True)
 
@@ -153,8 +162,12 @@ def smi_memory_used(index: str) -> int | None:
     """nvidia-smi's memory.used in bytes (MiB resolution), or None without nvidia-smi."""
     if not shutil.which("nvidia-smi"):
         return None
-    res = subprocess.run(["nvidia-smi", "-i", index, "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                         capture_output=True, text=True, timeout=30)
+    res = subprocess.run(
+        ["nvidia-smi", "-i", index, "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     try:
         return int(res.stdout.strip()) * 1024**2
     except ValueError:
@@ -188,9 +201,27 @@ def check_exporter_process(uuid: str, promtool: str | None) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "exporters", "gpu", "--site", str(site), "--slow-interval", "2",
-                             "--listen", f"127.0.0.1:{port}", "--log-level", "WARNING"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "exporters",
+            "gpu",
+            "--site",
+            str(site),
+            "--slow-interval",
+            "2",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "WARNING",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}/metrics"
     texts: list[str] = []
     try:
@@ -211,8 +242,11 @@ def check_exporter_process(uuid: str, promtool: str | None) -> None:
             proc.kill()
             rc = "killed after 15 s"
         log_tail = proc.stdout.read().strip()[-3000:]
-    check("exporter process served /metrics over HTTP", len(texts) == 2,
-          f"{url}, {len(texts)} scrapes, exit {rc} on SIGTERM" + (f"; log: {log_tail}" if log_tail else ""))
+    check(
+        "exporter process served /metrics over HTTP",
+        len(texts) == 2,
+        f"{url}, {len(texts)} scrapes, exit {rc} on SIGTERM" + (f"; log: {log_tail}" if log_tail else ""),
+    )
     if len(texts) < 2:
         return
     a, b = texts
@@ -220,8 +254,9 @@ def check_exporter_process(uuid: str, promtool: str | None) -> None:
     e1 = metric_value(a, f'gpuhub_gpu_energy_joules_total{{uuid="{uuid}"}}')
     e2 = metric_value(b, f'gpuhub_gpu_energy_joules_total{{uuid="{uuid}"}}')
     check("HTTP scrape: utilization > 0.5 under load", util is not None and util > 0.5, f"{util}")
-    check("HTTP scrape: energy counter increases between scrapes", None not in (e1, e2) and e2 > e1,
-          f"{e1} J -> {e2} J")
+    check(
+        "HTTP scrape: energy counter increases between scrapes", None not in (e1, e2) and e2 > e1, f"{e1} J -> {e2} J"
+    )
     status, detail = promtool_verdict(promtool, b)
     check("HTTP scrape: promtool check metrics", status, detail)
     print("      self metrics over HTTP (where no Docker engine runs, attribution reports its docker error):")
@@ -233,11 +268,19 @@ def check_exporter_process(uuid: str, promtool: str | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--promtool", default=shutil.which("promtool"), help="path to promtool (default: from PATH)")
-    ap.add_argument("--seconds", type=float, default=30.0,
-                    help="how long the matmul loop runs (sampling and the exporter process need ~22 s)")
-    ap.add_argument("--slow-interval", type=float, default=3.0,
-                    help="seconds between NVML's costly reads (the exporter's default is 15; shorter here so "
-                         "the short check sees several energy and per-process readings)")
+    ap.add_argument(
+        "--seconds",
+        type=float,
+        default=30.0,
+        help="how long the matmul loop runs (sampling and the exporter process need ~22 s)",
+    )
+    ap.add_argument(
+        "--slow-interval",
+        type=float,
+        default=3.0,
+        help="seconds between NVML's costly reads (the exporter's default is 15; shorter here so "
+        "the short check sees several energy and per-process readings)",
+    )
     args = ap.parse_args(argv)
 
     try:
@@ -263,16 +306,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAIL  NVML unavailable: {detail}")
         print("SUMMARY: NVML unavailable; nothing else was checked")
         return 2
-    check("NVML answers", True, f"driver {first.driver_version}, "
-          + ", ".join(f"{d.index}={d.name} {d.uuid}" for d in first.devices))
+    check(
+        "NVML answers",
+        True,
+        f"driver {first.driver_version}, " + ", ".join(f"{d.index}={d.name} {d.uuid}" for d in first.devices),
+    )
     for d in first.devices:
-        print(f"      idle {d.uuid}: util={d.utilization} mem={d.memory_used_bytes}/{d.memory_total_bytes} "
-              f"power={d.power_watts} W energy={d.energy_joules} J temp={d.temperature_celsius} C "
-              f"mig={d.mig_enabled}", flush=True)
+        print(
+            f"      idle {d.uuid}: util={d.utilization} mem={d.memory_used_bytes}/{d.memory_total_bytes} "
+            f"power={d.power_watts} W energy={d.energy_joules} J temp={d.temperature_celsius} C "
+            f"mig={d.mig_enabled}",
+            flush=True,
+        )
 
     worker, kind = start_worker(args.seconds)
-    site = SimpleNamespace(gpus=SimpleNamespace(devices=(), models={}, runtime="nvidia", inventory="nvml"),
-                           organizations={})
+    site = SimpleNamespace(
+        gpus=SimpleNamespace(devices=(), models={}, runtime="nvidia", inventory="nvml"), organizations={}
+    )
     sampler = GpuSampler(site, source, None, interval=1.0)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(GpuCollector(sampler))
@@ -287,8 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         energy_reads = energy_read_count(timed)
         t, c = time.perf_counter(), time.thread_time()
         state = sampler.sample_once()
-        samples.append((state, time.perf_counter() - t, time.thread_time() - c,
-                        energy_read_count(timed) > energy_reads))
+        samples.append(
+            (state, time.perf_counter() - t, time.thread_time() - c, energy_read_count(timed) > energy_reads)
+        )
         if smi is None and worker is not None:
             smi = (state, smi_memory_used(next((d.index for d in state.devices if d.index.isdigit()), "0")))
         time.sleep(1.0)
@@ -322,33 +373,50 @@ def main(argv: list[str] | None = None) -> int:
     check("memory used > 0", bool(mem) and max(mem) > 0, f"max {max(mem, default=0)} bytes")
     if smi is not None and smi[1] is not None:
         ours = next((d.memory_used_bytes for d in smi[0].devices if d.uuid == uuid), None)
-        check("memory used agrees with nvidia-smi (within 64 MiB)",
-              ours is not None and abs(ours - smi[1]) <= 64 * 1024**2, f"ours {ours} B, nvidia-smi {smi[1]} B")
+        check(
+            "memory used agrees with nvidia-smi (within 64 MiB)",
+            ours is not None and abs(ours - smi[1]) <= 64 * 1024**2,
+            f"ours {ours} B, nvidia-smi {smi[1]} B",
+        )
     else:
         check("memory used agrees with nvidia-smi (within 64 MiB)", "SKIP", "no nvidia-smi or no load")
     if len(energies) >= 2:
-        check("energy counter increasing", energies[-1] > energies[0],
-              f"{energies[0]:.1f} J -> {energies[-1]:.1f} J over {len(energies)} samples")
+        check(
+            "energy counter increasing",
+            energies[-1] > energies[0],
+            f"{energies[0]:.1f} J -> {energies[-1]:.1f} J over {len(energies)} samples",
+        )
     else:
         check("energy counter increasing", False, "energy not reported")
     if loaded:
-        seen = [(p.process.sm_utilization, p.process.memory_used_bytes) for s, *_ in samples for p in s.processes
-                if p.process.pid == wpid]
+        seen = [
+            (p.process.sm_utilization, p.process.memory_used_bytes)
+            for s, *_ in samples
+            for p in s.processes
+            if p.process.pid == wpid
+        ]
         sm = [x for x, _ in seen if x is not None]
         others = sorted({p.process.pid for s, *_ in samples for p in s.processes} - {wpid})
         check("worker PID listed by NVML", bool(seen), f"pid {wpid}; other pids {others}")
         check("worker PID has SM utilization > 0", bool(sm) and max(sm) > 0, f"max {max(sm, default=None)}")
         errors = []
         w = Attributor(None).workload_of_pid(wpid, errors)
-        print(f"      attribution of the worker: {w} (no Docker here); errors {errors}; "
-              f"cgroup {worker_cgroup}", flush=True)
+        print(
+            f"      attribution of the worker: {w} (no Docker here); errors {errors}; cgroup {worker_cgroup}",
+            flush=True,
+        )
     else:
         check("worker PID has SM utilization > 0", "SKIP", "no CUDA workload")
     last = samples[-1][0]
-    check("exporter up, no NVML errors", last.up and not any(v for k, v in last.errors_total.items()),
-          ", ".join(f"{k}={v}" for k, v in last.errors_total.items() if v) or "0 errors")
-    check("scrape has device series", f'gpuhub_gpu_utilization_ratio{{uuid="{uuid}"}}' in text
-          and "gpuhub_gpu_energy_joules_total" in text)
+    check(
+        "exporter up, no NVML errors",
+        last.up and not any(v for k, v in last.errors_total.items()),
+        ", ".join(f"{k}={v}" for k, v in last.errors_total.items() if v) or "0 errors",
+    )
+    check(
+        "scrape has device series",
+        f'gpuhub_gpu_utilization_ratio{{uuid="{uuid}"}}' in text and "gpuhub_gpu_energy_joules_total" in text,
+    )
 
     print("----- scrape -----")
     print(text, end="")

@@ -60,7 +60,9 @@ def postgres_url():
     url = os.environ.get("GPUHUB_TEST_PG_URL")
     if not url:
         try:
-            out = subprocess.run(["bash", str(ROOT / "scripts/postgres.sh")], check=True, capture_output=True, text=True)
+            out = subprocess.run(
+                ["bash", str(ROOT / "scripts/postgres.sh")], check=True, capture_output=True, text=True
+            )
         except subprocess.CalledProcessError as e:
             pytest.fail(f"PostgreSQL could not start:\n{e.stderr}", pytrace=False)
         url = out.stdout.strip().splitlines()[-1]

@@ -75,10 +75,59 @@ USERNAME_PATTERN = rf"^(?=.{{1,{USERNAME_MAX_LENGTH}}}$)(?:{_SAFE})(?:--[a-z2-7]
 # Revised Romanization of Korean, letter by letter (no sound-change rules): enough for a
 # readable prefix; the hash carries the identity.
 _INITIALS = ["g", "kk", "n", "d", "tt", "r", "m", "b", "pp", "s", "ss", "-", "j", "jj", "ch", "k", "t", "p", "h"]
-_MEDIALS = ["a", "ae", "ya", "yae", "eo", "e", "yeo", "ye", "o", "wa", "wae", "oe", "yo", "u", "wo", "we", "wi",
-            "yu", "eu", "ui", "i"]
-_FINALS = ["", "k", "k", "k", "n", "n", "n", "t", "l", "k", "m", "l", "l", "l", "p", "l",
-           "m", "p", "p", "t", "t", "ng", "t", "t", "k", "t", "p", "t"]
+_MEDIALS = [
+    "a",
+    "ae",
+    "ya",
+    "yae",
+    "eo",
+    "e",
+    "yeo",
+    "ye",
+    "o",
+    "wa",
+    "wae",
+    "oe",
+    "yo",
+    "u",
+    "wo",
+    "we",
+    "wi",
+    "yu",
+    "eu",
+    "ui",
+    "i",
+]
+_FINALS = [
+    "",
+    "k",
+    "k",
+    "k",
+    "n",
+    "n",
+    "n",
+    "t",
+    "l",
+    "k",
+    "m",
+    "l",
+    "l",
+    "l",
+    "p",
+    "l",
+    "m",
+    "p",
+    "p",
+    "t",
+    "t",
+    "ng",
+    "t",
+    "t",
+    "k",
+    "t",
+    "p",
+    "t",
+]
 
 
 def _romanize_hangul(ch: str) -> str | None:
@@ -134,8 +183,10 @@ def is_safe_name(name: str) -> bool:
 
 def is_normalized_username(name: str) -> bool:
     """True if ``name`` has the shape of a :func:`normalize_username` result (safe or escaped)."""
-    return isinstance(name, str) and len(name) <= USERNAME_MAX_LENGTH and bool(
-        _SAFE_RE.match(name) or _ESCAPED_RE.match(name)
+    return (
+        isinstance(name, str)
+        and len(name) <= USERNAME_MAX_LENGTH
+        and bool(_SAFE_RE.match(name) or _ESCAPED_RE.match(name))
     )
 
 

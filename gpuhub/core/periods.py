@@ -153,8 +153,15 @@ def charge(gpus: int, weight: float, duration: timedelta | float) -> float:
     return gpus * weight * secs
 
 
-def interval_charge(gpus: int, weight: float, start: datetime, end: datetime | None, now: datetime,
-                    lo: datetime | None = None, hi: datetime | None = None) -> float:
+def interval_charge(
+    gpus: int,
+    weight: float,
+    start: datetime,
+    end: datetime | None,
+    now: datetime,
+    lo: datetime | None = None,
+    hi: datetime | None = None,
+) -> float:
     """Charge of one interval inside [lo, hi); an open interval (end None) is charged up to ``now``."""
     stop = utc(end) if end is not None else utc(now)
     lo = utc(lo) if lo is not None else utc(start)

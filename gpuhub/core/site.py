@@ -249,23 +249,37 @@ def _auth(data) -> AuthSettings:
 
 def _hub(data, base: Path) -> HubSettings:
     r = _Reader(data, "hub")
-    bind_url = r.get("bind_url", str, "http://127.0.0.1:8000", check=lambda v: re.match(r"^https?://", v),
-                     allowed="an http(s) URL like http://127.0.0.1:8000")
+    bind_url = r.get(
+        "bind_url",
+        str,
+        "http://127.0.0.1:8000",
+        check=lambda v: re.match(r"^https?://", v),
+        allowed="an http(s) URL like http://127.0.0.1:8000",
+    )
     state_dir = Path(r.get("state_dir", str, "state"))
     hub = HubSettings(
         bind_url=bind_url,
         state_dir=state_dir if state_dir.is_absolute() else (base / state_dir).resolve(),
-        db_url=r.get("db_url", str, None, check=lambda v: v.startswith(("sqlite", "postgresql")),
-                     allowed="a sqlite:/// or postgresql+psycopg:// URL"),
+        db_url=r.get(
+            "db_url",
+            str,
+            None,
+            check=lambda v: v.startswith(("sqlite", "postgresql")),
+            allowed="a sqlite:/// or postgresql+psycopg:// URL",
+        ),
         auth=_auth(r.get("auth", dict, {})),
         admin_users=r.str_list("admin_users"),
         network=r.get("network", str, "gpuhub-users"),
-        instance=r.get("instance", str, "gpuhub", check=lambda v: KEY_RE.match(v) and naming.is_name_prefix(v),
-                       allowed="lowercase letters, digits and single '-' (prefix of container and volume names)"),
+        instance=r.get(
+            "instance",
+            str,
+            "gpuhub",
+            check=lambda v: KEY_RE.match(v) and naming.is_name_prefix(v),
+            allowed="lowercase letters, digits and single '-' (prefix of container and volume names)",
+        ),
         api_port=r.get("api_port", int, 8081, check=lambda v: 0 < v < 65536, allowed="a TCP port"),
         proxy_api_port=r.get("proxy_api_port", int, 8001, check=lambda v: 0 < v < 65536, allowed="a TCP port"),
-        quota_service_port=r.get("quota_service_port", int, 10101, check=lambda v: 0 < v < 65536,
-                                 allowed="a TCP port"),
+        quota_service_port=r.get("quota_service_port", int, 10101, check=lambda v: 0 < v < 65536, allowed="a TCP port"),
         hub_connect_ip=r.get("hub_connect_ip", str, None),
         allow_cpu_without_org=r.get("allow_cpu_without_org", bool, True),
     )
@@ -367,19 +381,26 @@ def _courses(data, images: dict, orgs: dict[str, Organization]) -> dict[str, Cou
         r.seen.add(key)
         where = f"courses.{key}"
         c = _Reader(spec, where)
-        org = c.get("org", str, allowed=f"the organization charged for the course's GPUs; declared: "
-                                        f"{', '.join(orgs) or '(none)'}")
+        org = c.get(
+            "org",
+            str,
+            allowed=f"the organization charged for the course's GPUs; declared: {', '.join(orgs) or '(none)'}",
+        )
         if org not in orgs:
-            raise SiteConfigError(f"{where}.org: {org!r} is not an organization key; "
-                                  f"declared: {', '.join(orgs) or '(none)'}")
+            raise SiteConfigError(
+                f"{where}.org: {org!r} is not an organization key; declared: {', '.join(orgs) or '(none)'}"
+            )
         allowed_images = orgs[org].images
         image = c.get("image", str, allowed_images[0] if allowed_images else next(iter(images)))
         if image not in images:
-            raise SiteConfigError(f"{where}.image: {image!r} is not in the image catalog; "
-                                  f"catalog keys: {', '.join(images)}")
+            raise SiteConfigError(
+                f"{where}.image: {image!r} is not in the image catalog; catalog keys: {', '.join(images)}"
+            )
         if image not in allowed_images:
-            raise SiteConfigError(f"{where}.image: {image!r} is not allowed for organization {org!r}; "
-                                  f"allowed: {', '.join(allowed_images)}")
+            raise SiteConfigError(
+                f"{where}.image: {image!r} is not allowed for organization {org!r}; "
+                f"allowed: {', '.join(allowed_images)}"
+            )
         course = Course(
             key=key,
             display_name=c.get("display_name", str, key),
@@ -394,11 +415,15 @@ def _courses(data, images: dict, orgs: dict[str, Organization]) -> dict[str, Cou
         c.done()
         both = sorted(set(course.instructors) & set(course.students))
         if both:
-            raise SiteConfigError(f"{where}.students: {both[0]!r} is also listed under {where}.instructors; "
-                                  "list each person once (instructors can do everything students can)")
+            raise SiteConfigError(
+                f"{where}.students: {both[0]!r} is also listed under {where}.instructors; "
+                "list each person once (instructors can do everything students can)"
+            )
         if course.gid in gids:
-            raise SiteConfigError(f"{where}: its group id {course.gid} collides with course {gids[course.gid]!r}; "
-                                  "rename one of the two courses")
+            raise SiteConfigError(
+                f"{where}: its group id {course.gid} collides with course {gids[course.gid]!r}; "
+                "rename one of the two courses"
+            )
         gids[course.gid] = key
         out[key] = course
     return out
@@ -408,11 +433,14 @@ def _quota(data) -> QuotaSettings:
     r = _Reader(data, "quota")
     q = QuotaSettings(
         min_remaining_gpu_hours=r.get("min_remaining_gpu_hours", float, 0.1, check=_nonneg, allowed="a number >= 0"),
-        enforce_interval_seconds=r.get("enforce_interval_seconds", float, 30.0, check=_positive, allowed="a number > 0"),
+        enforce_interval_seconds=r.get(
+            "enforce_interval_seconds", float, 30.0, check=_positive, allowed="a number > 0"
+        ),
         grace_seconds=r.get("grace_seconds", float, 300.0, check=_nonneg, allowed="a number >= 0"),
         warn_fractions=tuple(r.get("warn_fractions", list, [0.8, 0.95])),
-        reconcile_interval_seconds=r.get("reconcile_interval_seconds", float, 60.0, check=_positive,
-                                         allowed="a number > 0"),
+        reconcile_interval_seconds=r.get(
+            "reconcile_interval_seconds", float, 60.0, check=_positive, allowed="a number > 0"
+        ),
         unknown_containers=r.choice("unknown_containers", ("stop", "adopt"), "stop"),
     )
     r.done()
@@ -421,8 +449,10 @@ def _quota(data) -> QuotaSettings:
 
 def _idle_overrides(r: _Reader) -> dict:
     """An organization's or course's own idle timeouts (minutes > 0; absent: the ``idle`` section's)."""
-    return {k: r.get(k, float, None, check=_positive, allowed="minutes > 0")
-            for k in ("idle_timeout_minutes", "idle_http_timeout_minutes")}
+    return {
+        k: r.get(k, float, None, check=_positive, allowed="minutes > 0")
+        for k in ("idle_timeout_minutes", "idle_http_timeout_minutes")
+    }
 
 
 def _idle(data) -> IdleSettings:
@@ -440,19 +470,27 @@ def _idle(data) -> IdleSettings:
     r.done()
     for n, url in enumerate(i.gpu_exporters):
         if not re.match(r"^https?://", url):
-            raise SiteConfigError(f"idle.gpu_exporters[{n}]: {url!r} is not allowed; allowed: the GPU exporter's "
-                                  "base URL, e.g. http://gpu-host-1:9835")
+            raise SiteConfigError(
+                f"idle.gpu_exporters[{n}]: {url!r} is not allowed; allowed: the GPU exporter's "
+                "base URL, e.g. http://gpu-host-1:9835"
+            )
     return i
 
 
 def _containers(data) -> ContainerSettings:
     r = _Reader(data, "containers")
     c = ContainerSettings(
-        mem_limit=r.get("mem_limit", str, "4G", check=lambda v: re.match(r"^\d+[kmgKMG]?$", v),
-                        allowed="a size like 512M or 4G"),
+        mem_limit=r.get(
+            "mem_limit", str, "4G", check=lambda v: re.match(r"^\d+[kmgKMG]?$", v), allowed="a size like 512M or 4G"
+        ),
         cpu_limit=r.get("cpu_limit", float, 2.0, check=_positive, allowed="a number > 0"),
-        cpu_shares=r.get("cpu_shares", int, 512, check=lambda v: 2 <= v <= 262144,
-                         allowed="an integer from 2 to 262144 (Docker's range; 1024 is an unweighted container)"),
+        cpu_shares=r.get(
+            "cpu_shares",
+            int,
+            512,
+            check=lambda v: 2 <= v <= 262144,
+            allowed="an integer from 2 to 262144 (Docker's range; 1024 is an unweighted container)",
+        ),
         pids_limit=r.get("pids_limit", int, 512, check=_positive, allowed="an integer > 0"),
         read_only_root=r.get("read_only_root", bool, True),
         stop_timeout_seconds=r.get("stop_timeout_seconds", int, 5, check=_nonneg, allowed="an integer >= 0"),
@@ -475,9 +513,11 @@ def parse_site(data: Any, path: Path) -> Site:
     rates = r.get("rates", dict, {}, allowed="a mapping of GPU model: price per weighted GPU-hour")
     for model, price in rates.items():
         if model not in gpus.models:
-            raise SiteConfigError(f"rates.{model}: {model!r} is not a GPU model in gpus.models; declare it there "
-                                  f"(gpus.models.{model}: {{weight: ...}}) or remove its rate; models: "
-                                  f"{', '.join(gpus.models) or '(none)'}")
+            raise SiteConfigError(
+                f"rates.{model}: {model!r} is not a GPU model in gpus.models; declare it there "
+                f"(gpus.models.{model}: {{weight: ...}}) or remove its rate; models: "
+                f"{', '.join(gpus.models) or '(none)'}"
+            )
         if isinstance(price, bool) or not isinstance(price, (int, float)) or price < 0:
             raise SiteConfigError(f"rates.{model}: expected a price >= 0 per weighted GPU-hour, got {price!r}")
     hub = _hub(r.get("hub", dict, {}), base)
@@ -495,8 +535,11 @@ def parse_site(data: Any, path: Path) -> Site:
         rates={k: float(v) for k, v in rates.items()},
         currency=r.get("currency", str, "KRW"),
         metrics_token_env=r.get("metrics_token_env", str, None),
-        courses=_courses(r.get("courses", dict, {}, allowed="a mapping of course id: {org, instructors, students, ...}"),
-                         images, organizations),
+        courses=_courses(
+            r.get("courses", dict, {}, allowed="a mapping of course id: {org, instructors, students, ...}"),
+            images,
+            organizations,
+        ),
         raw=dict(data or {}),
     )
     r.done()

@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,17 @@ NVML_DEVICE_MIG_ENABLE = 1
 
 #: Bounded set of error sources (the ``source`` label of ``gpuhub_exporter_errors_total``).
 ERROR_SOURCES = (
-    "nvml_init", "nvml_device", "nvml_name", "nvml_mig", "nvml_utilization", "nvml_memory",
-    "nvml_power", "nvml_energy", "nvml_temperature", "nvml_processes", "nvml_process_utilization",
+    "nvml_init",
+    "nvml_device",
+    "nvml_name",
+    "nvml_mig",
+    "nvml_utilization",
+    "nvml_memory",
+    "nvml_power",
+    "nvml_energy",
+    "nvml_temperature",
+    "nvml_processes",
+    "nvml_process_utilization",
 )
 
 
@@ -138,8 +148,14 @@ class PynvmlSource:
     usual scrape interval, so the energy counter is at most one scrape old.
     """
 
-    def __init__(self, nvml: Any = None, *, retry_init_seconds: float = 30.0, slow_interval: float = 15.0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        nvml: Any = None,
+        *,
+        retry_init_seconds: float = 30.0,
+        slow_interval: float = 15.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self._nvml = nvml
         self._retry = retry_init_seconds
         self._slow_interval = slow_interval
@@ -213,8 +229,9 @@ class PynvmlSource:
             devices = [self._read(u, slow, errors) for u in self._units]
             if self._lost:
                 self._units = None
-            return NvmlSnapshot(ok=True, devices=tuple(devices), errors=tuple(errors),
-                                driver_version=self._driver_version)
+            return NvmlSnapshot(
+                ok=True, devices=tuple(devices), errors=tuple(errors), driver_version=self._driver_version
+            )
 
     def _enumerate(self, errors: list[SourceError]) -> list[_Unit] | None:
         """GPUs and MIG units with their names and MIG modes (a slow pass); None when NVML cannot count."""
@@ -243,17 +260,31 @@ class PynvmlSource:
                 units.extend(self._mig_units(handle, uuid, str(i), previous, errors))
         return units
 
-    def _unit(self, handle: Any, uuid: str, index: str, parent: str | None, previous: dict[str, _Unit],
-              errors: list[SourceError]) -> _Unit:
+    def _unit(
+        self,
+        handle: Any,
+        uuid: str,
+        index: str,
+        parent: str | None,
+        previous: dict[str, _Unit],
+        errors: list[SourceError],
+    ) -> _Unit:
         name = self._call(uuid, "nvml_name", errors, self._nvml.nvmlDeviceGetName, handle)
         old = previous.get(uuid)
-        return _Unit(handle, uuid, index, parent, name=_text(name) if name is not None else "",
-                     energy_joules=old.energy_joules if old else None,
-                     process_utilization=old.process_utilization if old else None,
-                     pids_at_slow_read=old.pids_at_slow_read if old else frozenset())
+        return _Unit(
+            handle,
+            uuid,
+            index,
+            parent,
+            name=_text(name) if name is not None else "",
+            energy_joules=old.energy_joules if old else None,
+            process_utilization=old.process_utilization if old else None,
+            pids_at_slow_read=old.pids_at_slow_read if old else frozenset(),
+        )
 
-    def _mig_units(self, handle: Any, uuid: str, index: str, previous: dict[str, _Unit],
-                   errors: list[SourceError]) -> list[_Unit]:
+    def _mig_units(
+        self, handle: Any, uuid: str, index: str, previous: dict[str, _Unit], errors: list[SourceError]
+    ) -> list[_Unit]:
         nvml = self._nvml
         slots = self._call(uuid, "nvml_mig", errors, nvml.nvmlDeviceGetMaxMigDeviceCount, handle) or 0
         units: list[_Unit] = []
@@ -336,15 +367,19 @@ class PynvmlSource:
             except TypeError:  # a binding whose call takes no version
                 self._unsupported.add(key)
             except Exception as e:
-                if getattr(e, "value", None) not in (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND,
-                                                     NVML_ERROR_ARGUMENT_VERSION_MISMATCH):
+                if getattr(e, "value", None) not in (
+                    NVML_ERROR_NOT_SUPPORTED,
+                    NVML_ERROR_FUNCTION_NOT_FOUND,
+                    NVML_ERROR_ARGUMENT_VERSION_MISMATCH,
+                ):
                     errors.append(SourceError("nvml_memory", f"{uuid}: {_describe(e)}"))
                     return None
                 self._unsupported.add(key)
         return self._call(uuid, "nvml_memory", errors, self._nvml.nvmlDeviceGetMemoryInfo, handle)
 
-    def _process_utilization(self, handle: Any, uuid: str,
-                             errors: list[SourceError]) -> dict[int, tuple[float, float]] | None:
+    def _process_utilization(
+        self, handle: Any, uuid: str, errors: list[SourceError]
+    ) -> dict[int, tuple[float, float]] | None:
         """Latest (sm, mem) ratio per PID since the previous read; {} = none busy; None = unknown."""
         key = (uuid, "nvml_process_utilization")
         if key in self._unsupported:
@@ -377,5 +412,6 @@ class PynvmlSource:
             sm = mem = None
         else:
             sm, mem = per_pid.get(pid, (0.0, 0.0))
-        return ProcessSample(pid=pid, memory_used_bytes=None if used is None else int(used),
-                             sm_utilization=sm, memory_utilization=mem)
+        return ProcessSample(
+            pid=pid, memory_used_bytes=None if used is None else int(used), sm_utilization=sm, memory_utilization=mem
+        )

@@ -229,7 +229,9 @@ class GpuhubOIDCAuthenticator(GenericOAuthenticator):
     def _load_client_secret(self) -> None:
         var = self.client_secret_env_var
         if not var:
-            raise AuthConfigError("hub.auth.client_secret_env: name the environment variable that holds the client secret")
+            raise AuthConfigError(
+                "hub.auth.client_secret_env: name the environment variable that holds the client secret"
+            )
         secret = os.environ.get(var, "")
         if not secret:
             raise AuthConfigError(
@@ -280,8 +282,13 @@ class GpuhubOIDCAuthenticator(GenericOAuthenticator):
         self.authorize_url = doc["authorization_endpoint"]
         self.token_url = doc["token_endpoint"]
         self.userdata_url = doc["userinfo_endpoint"]
-        self.log.info("OIDC provider %s: authorize %s, token %s, userinfo %s",
-                      issuer, self.authorize_url, self.token_url, self.userdata_url)
+        self.log.info(
+            "OIDC provider %s: authorize %s, token %s, userinfo %s",
+            issuer,
+            self.authorize_url,
+            self.token_url,
+            self.userdata_url,
+        )
 
     # -- usernames
 
@@ -308,8 +315,10 @@ class GpuhubOIDCAuthenticator(GenericOAuthenticator):
         auth_state = super().build_auth_state_dict(token_info, user_info)
         sub = user_info.get("sub")
         if not isinstance(sub, str) or not sub:
-            raise web.HTTPError(403, "The sign-in service did not identify your account (no 'sub'). "
-                                     "Please contact the hub administrator.")
+            raise web.HTTPError(
+                403,
+                "The sign-in service did not identify your account (no 'sub'). Please contact the hub administrator.",
+            )
         auth_state["gpuhub_identity"] = {"iss": self.issuer.rstrip("/"), "sub": sub}
         return auth_state
 
@@ -327,7 +336,9 @@ class GpuhubOIDCAuthenticator(GenericOAuthenticator):
             if not isinstance(group, str) or not group:
                 self.log.warning("ignoring group %r in claim %r", group, self.groups_claim)
             elif group.startswith(ORG_GROUP_PREFIX):
-                self.log.warning("ignoring IdP group %r: %s* groups are granted by gpuhub only", group, ORG_GROUP_PREFIX)
+                self.log.warning(
+                    "ignoring IdP group %r: %s* groups are granted by gpuhub only", group, ORG_GROUP_PREFIX
+                )
             else:
                 groups.add(group)
         return groups
@@ -342,8 +353,9 @@ class GpuhubOIDCAuthenticator(GenericOAuthenticator):
             from gpuhub.hub.courses import derived_groups
 
             name = self.user_info_to_username(user_info)
-            groups |= derived_groups(self.course_groups.get("users", {}), self.course_groups.get("idp_groups", {}),
-                                     name, groups)
+            groups |= derived_groups(
+                self.course_groups.get("users", {}), self.course_groups.get("idp_groups", {}), name, groups
+            )
         return groups
 
     # -- token errors become readable pages (and fail closed)
@@ -370,7 +382,11 @@ class GpuhubOIDCAuthenticator(GenericOAuthenticator):
             if old and (old.get("iss"), old.get("sub")) != (ident["iss"], ident["sub"]):
                 self.log.warning(
                     "refusing login as %s: the hub account belongs to subject %s at %s, this login is %s at %s",
-                    auth_model["name"], old.get("sub"), old.get("iss"), ident["sub"], ident["iss"],
+                    auth_model["name"],
+                    old.get("sub"),
+                    old.get("iss"),
+                    ident["sub"],
+                    ident["iss"],
                 )
                 raise web.HTTPError(
                     403,
@@ -403,7 +419,9 @@ class GpuhubOIDCAuthenticator(GenericOAuthenticator):
             user.admin = False
             roles.assign_default_roles(db, entity=user)
             db.commit()
-        self.log.info("%s refused: groups now %s, admin %s", username, sorted(auth_model.get("groups") or []), user.admin)
+        self.log.info(
+            "%s refused: groups now %s, admin %s", username, sorted(auth_model.get("groups") or []), user.admin
+        )
 
     # -- refresh: a user who is no longer allowed must log in again (and is refused then)
 

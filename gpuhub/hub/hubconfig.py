@@ -71,14 +71,19 @@ def prepare(environ: dict | None = None, *, docker_client=None, log=print) -> tu
     password = admin_password = None
     if site.hub.auth.type == "shared-password":
         password = env.get("GPUHUB_DEMO_PASSWORD") or _state_secret(
-            state, "demo-password", lambda: secrets.token_urlsafe(9))
+            state, "demo-password", lambda: secrets.token_urlsafe(9)
+        )
         admin_password = env.get("GPUHUB_ADMIN_PASSWORD") or _state_secret(state, "admin-password")
         if not env.get("GPUHUB_DEMO_PASSWORD"):
-            log(f"gpuhub: shared demo password is {password!r} (kept in {state / 'demo-password'}; "
-                "set GPUHUB_DEMO_PASSWORD to choose one)")
+            log(
+                f"gpuhub: shared demo password is {password!r} (kept in {state / 'demo-password'}; "
+                "set GPUHUB_DEMO_PASSWORD to choose one)"
+            )
         if not env.get("GPUHUB_ADMIN_PASSWORD"):
-            log(f"gpuhub: admins ({', '.join(site.hub.admin_users) or 'none'}) log in with the password in "
-                f"{state / 'admin-password'} (or set GPUHUB_ADMIN_PASSWORD, >= 32 characters)")
+            log(
+                f"gpuhub: admins ({', '.join(site.hub.admin_users) or 'none'}) log in with the password in "
+                f"{state / 'admin-password'} (or set GPUHUB_ADMIN_PASSWORD, >= 32 characters)"
+            )
     chp = Path(sys.prefix) / "bin" / "configurable-http-proxy"
     facts = HubFacts(
         hub_ip=net.gateway,
@@ -206,8 +211,9 @@ def apply_courses(c, site: Site, facts: HubFacts) -> None:
     roles = list(c.JupyterHub.load_roles) if "load_roles" in c.JupyterHub else []
     c.JupyterHub.load_roles = roles + courses.roles(site)
     members = {name for course in site.courses.values() for name in course.instructors + course.students}
-    idp_groups = {g for course in site.courses.values()
-                  for g in course.instructors_idp_groups + course.students_idp_groups}
+    idp_groups = {
+        g for course in site.courses.values() for g in course.instructors_idp_groups + course.students_idp_groups
+    }
     if site.hub.auth.type == "oidc":
         # the authenticator manages groups (load_groups is refused then): it adds the derived
         # groups at every login, and course members may log in

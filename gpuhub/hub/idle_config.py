@@ -36,15 +36,39 @@ def apply_idle(c, site, facts) -> None:
     from gpuhub.hub.idle_service import IdleBanner
 
     env = {"GPUHUB_SITE_CONFIG": str(site.path), **facts.service_env}
-    services = [{"name": IDLE_SERVICE, "command": [sys.executable, "-m", "gpuhub.hub.idle_service"],
-                 "environment": env, "display": False}]
-    roles = [{"name": IDLE_SERVICE, "description": "gpuhub-idle: stop GPU servers whose GPUs and kernels are idle",
-              "scopes": IDLE_SCOPES, "services": [IDLE_SERVICE]}]
+    services = [
+        {
+            "name": IDLE_SERVICE,
+            "command": [sys.executable, "-m", "gpuhub.hub.idle_service"],
+            "environment": env,
+            "display": False,
+        }
+    ]
+    roles = [
+        {
+            "name": IDLE_SERVICE,
+            "description": "gpuhub-idle: stop GPU servers whose GPUs and kernels are idle",
+            "scopes": IDLE_SCOPES,
+            "services": [IDLE_SERVICE],
+        }
+    ]
     if site.idle.cull_http:
-        services.append({"name": HTTP_CULLER, "display": False, "environment": env,
-                         "command": [sys.executable, "-m", "gpuhub.hub.idle_http", *http_culler_args(site)]})
-        roles.append({"name": HTTP_CULLER, "description": "jupyterhub-idle-culler: stop idle CPU-only servers",
-                      "scopes": HTTP_CULLER_SCOPES, "services": [HTTP_CULLER]})
+        services.append(
+            {
+                "name": HTTP_CULLER,
+                "display": False,
+                "environment": env,
+                "command": [sys.executable, "-m", "gpuhub.hub.idle_http", *http_culler_args(site)],
+            }
+        )
+        roles.append(
+            {
+                "name": HTTP_CULLER,
+                "description": "jupyterhub-idle-culler: stop idle CPU-only servers",
+                "scopes": HTTP_CULLER_SCOPES,
+                "services": [HTTP_CULLER],
+            }
+        )
     _extend(c, "services", services)
     _extend(c, "load_roles", roles)
     template_vars = dict(c.JupyterHub.template_vars) if "template_vars" in c.JupyterHub else {}

@@ -53,6 +53,7 @@ from quota import idle
 
 log = logging.getLogger("gpuhub.idle")
 
+
 def exemption_until(exemptions: dict, key: str, org: str | None) -> float | None:
     """The latest of the server's, its user's (``USER/*``) and its org's exemption (Unix seconds), or None."""
     servers = exemptions.get("servers", {})
@@ -80,8 +81,9 @@ class ExporterIdleSource:
         for url in self.urls:
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
             try:
-                resp = await self.http.fetch(HTTPRequest(url + "/metrics", headers=headers,
-                                                         request_timeout=self.timeout))
+                resp = await self.http.fetch(
+                    HTTPRequest(url + "/metrics", headers=headers, request_timeout=self.timeout)
+                )
             except Exception as e:  # an exporter away: its devices have no data, never idle
                 log.warning("GPU exporter %s unreadable (%s); its GPUs count as having no data", url, e)
                 continue
@@ -101,8 +103,12 @@ class KernelState:
 
     async def busy(self, user: str, server: str) -> bool | None:
         path = f"/user/{quote(user)}/" + (f"{quote(server)}/" if server else "") + "api/kernels"
-        req = HTTPRequest(self.public_url + path, headers={"Authorization": f"token {self.token}"},
-                          request_timeout=self.timeout, follow_redirects=False)
+        req = HTTPRequest(
+            self.public_url + path,
+            headers={"Authorization": f"token {self.token}"},
+            request_timeout=self.timeout,
+            follow_redirects=False,
+        )
         try:
             resp = await self.http.fetch(req, raise_error=False)
             if resp.code != 200:
@@ -145,11 +151,19 @@ class IdleCuller:
             busy = False
             if gpu_side and None not in device_idle.values():
                 busy = await self.kernels.busy(user, server)
-            views.append(idle.ServerView(
-                key=r["server_key"], user=user, org=r.get("org"), devices=devices,
-                started_at=r["started_at"].timestamp(), device_idle=device_idle, kernels_busy=busy,
-                timeout_seconds=idle.gpu_timeout_seconds(self.site, user, r.get("org")),
-                exempt_until=exemption_until(exemptions, r["server_key"], r.get("org"))))
+            views.append(
+                idle.ServerView(
+                    key=r["server_key"],
+                    user=user,
+                    org=r.get("org"),
+                    devices=devices,
+                    started_at=r["started_at"].timestamp(),
+                    device_idle=device_idle,
+                    kernels_busy=busy,
+                    timeout_seconds=idle.gpu_timeout_seconds(self.site, user, r.get("org")),
+                    exempt_until=exemption_until(exemptions, r["server_key"], r.get("org")),
+                )
+            )
         verdicts = self.planner.tick(views, now)
         by_key = {r["server_key"]: r for r in rows}
         for v in verdicts:
@@ -161,19 +175,39 @@ class IdleCuller:
     async def _act(self, v: idle.Verdict, row: dict, now: float) -> None:
         gpus = row.get("device_uuids") or ""
         if v.action == idle.WARN:
-            log.warning("%s: GPUs %s idle for %s; stopping at %s unless they are used", v.key, gpus,
-                        idle.describe(v.idle_seconds), time.strftime("%H:%M:%S", time.gmtime(v.cull_at)))
+            log.warning(
+                "%s: GPUs %s idle for %s; stopping at %s unless they are used",
+                v.key,
+                gpus,
+                idle.describe(v.idle_seconds),
+                time.strftime("%H:%M:%S", time.gmtime(v.cull_at)),
+            )
         elif v.action == idle.CLEAR:
             log.info("%s: active again; warning withdrawn", v.key)
         elif v.action == idle.CULL:
-            log.warning("stopping %s: GPUs %s idle for %s (timeout %s)", v.key, gpus,
-                        idle.describe(v.idle_seconds), idle.describe(v.timeout_seconds))
+            log.warning(
+                "stopping %s: GPUs %s idle for %s (timeout %s)",
+                v.key,
+                gpus,
+                idle.describe(v.idle_seconds),
+                idle.describe(v.timeout_seconds),
+            )
             retry = int(row["id"]) in self.pending  # the hub did not stop it last time: ask again, note once
             self.pending[int(row["id"])] = GPU_IDLE
             if not retry:
-                self.culled.append({"key": v.key, "user": row["user"], "server": row["server_name"] or "",
-                                    "org": row.get("org"), "devices": gpus, "at": now, "interval_id": row["id"],
-                                    "idle_seconds": v.idle_seconds, "kind": "gpu"})
+                self.culled.append(
+                    {
+                        "key": v.key,
+                        "user": row["user"],
+                        "server": row["server_name"] or "",
+                        "org": row.get("org"),
+                        "devices": gpus,
+                        "at": now,
+                        "interval_id": row["id"],
+                        "idle_seconds": v.idle_seconds,
+                        "kind": "gpu",
+                    }
+                )
             if self.hub:
                 await self.hub.stop_server(row["user"], row["server_name"] or "")
 
@@ -181,12 +215,14 @@ class IdleCuller:
         """The spawner closes with ``stopped``; once it has, the ledger gets the real reason."""
         intents = [i for i in read_json(self.state_dir / HTTP_CULLS_FILE, []) if now - float(i.get("at", 0)) < 3600]
         if intents:  # one read for all of them: the intervals closed "stopped" after the culler decided
-            closed = await asyncio.to_thread(self.store.recently_closed,
-                                             _dt(min(float(i["at"]) for i in intents) - 5))
+            closed = await asyncio.to_thread(self.store.recently_closed, _dt(min(float(i["at"]) for i in intents) - 5))
             for intent in intents:
                 for r in closed:
-                    if (r["server_key"] == intent["key"] and r["end_reason"] == "stopped"
-                            and r["ended_at"].timestamp() >= float(intent["at"]) - 5):
+                    if (
+                        r["server_key"] == intent["key"]
+                        and r["end_reason"] == "stopped"
+                        and r["ended_at"].timestamp() >= float(intent["at"]) - 5
+                    ):
                         self.pending.setdefault(int(r["id"]), HTTP_IDLE)
         for interval_id, reason in list(self.pending.items()):
             state = await asyncio.to_thread(self.store.set_end_reason, interval_id, reason)
@@ -199,10 +235,17 @@ class IdleCuller:
         for view, v in zip(views, verdicts, strict=True):
             if v.action == idle.CULL:
                 continue  # being stopped: the home page tells why from ``culled``
-            servers[v.key] = {**asdict(v), "user": view.user, "org": view.org, "devices": list(view.devices),
-                              "warned": self.planner.clocks[v.key].warned_at is not None}
-        write_json(self.state_dir / STATUS_FILE, {"at": now, "interval": self.site.idle.interval,
-                                                  "servers": servers, "culled": self.culled})
+            servers[v.key] = {
+                **asdict(v),
+                "user": view.user,
+                "org": view.org,
+                "devices": list(view.devices),
+                "warned": self.planner.clocks[v.key].warned_at is not None,
+            }
+        write_json(
+            self.state_dir / STATUS_FILE,
+            {"at": now, "interval": self.site.idle.interval, "servers": servers, "culled": self.culled},
+        )
 
 
 def _dt(t: float) -> datetime:
@@ -239,16 +282,21 @@ def banner_html(user: str, status: dict, now: float) -> str:
                 f"Your server <b>{html.escape(name)}</b> holds GPUs {html.escape(', '.join(s['devices']))} that have "
                 f"been idle for {idle.describe(s['idle_seconds'])}; it will be stopped at "
                 f"{time.strftime('%H:%M:%S UTC', time.gmtime(s['cull_at']))} (in {idle.describe(s['cull_at'] - now)}) "
-                "unless a GPU or a kernel is busy again. Your files in the home folder are kept.")
+                "unless a GPU or a kernel is busy again. Your files in the home folder are kept."
+            )
     for c in status.get("culled", []):
         if c.get("user") == user and c["key"] not in running and now - c["at"] < KEEP_CULLED_SECONDS:
             name = c["server"] or "default"
             lines.append(
                 f"Your server <b>{html.escape(name)}</b> was stopped at "
                 f"{time.strftime('%H:%M UTC', time.gmtime(c['at']))} because "
-                + (f"its GPUs {html.escape(c['devices'])} were idle for {idle.describe(c['idle_seconds'])}"
-                   if c.get("kind") == "gpu" else "it was inactive")
-                + "; its GPUs were given back. Your home folder is kept: start it again when you need it.")
+                + (
+                    f"its GPUs {html.escape(c['devices'])} were idle for {idle.describe(c['idle_seconds'])}"
+                    if c.get("kind") == "gpu"
+                    else "it was inactive"
+                )
+                + "; its GPUs were given back. Your home folder is kept: start it again when you need it."
+            )
     return "<br>".join(lines)
 
 
@@ -261,12 +309,21 @@ async def amain(hub_pid: int) -> None:
     store = runtime.quota_store(site.path)
     token = os.environ["JUPYTERHUB_API_TOKEN"]
     metrics_token = os.environ.get(site.metrics_token_env) if site.metrics_token_env else None
-    culler = IdleCuller(site, store, HubClient(os.environ["JUPYTERHUB_API_URL"], token),
-                        ExporterIdleSource(site.idle.gpu_exporters, metrics_token),
-                        KernelState(os.environ.get("GPUHUB_PUBLIC_URL", site.hub.bind_url), token))
-    log.info("GPU idle culling: timeout %s min, warning %s min before, windows of %g s at <= %g; exporters: %s",
-             site.idle.timeout_minutes, site.idle.warn_minutes, site.idle.window_seconds, site.idle.gpu_threshold,
-             ", ".join(site.idle.gpu_exporters) or "none (no GPU server is ever culled for idleness)")
+    culler = IdleCuller(
+        site,
+        store,
+        HubClient(os.environ["JUPYTERHUB_API_URL"], token),
+        ExporterIdleSource(site.idle.gpu_exporters, metrics_token),
+        KernelState(os.environ.get("GPUHUB_PUBLIC_URL", site.hub.bind_url), token),
+    )
+    log.info(
+        "GPU idle culling: timeout %s min, warning %s min before, windows of %g s at <= %g; exporters: %s",
+        site.idle.timeout_minutes,
+        site.idle.warn_minutes,
+        site.idle.window_seconds,
+        site.idle.gpu_threshold,
+        ", ".join(site.idle.gpu_exporters) or "none (no GPU server is ever culled for idleness)",
+    )
 
     async def loop():
         while True:

@@ -23,14 +23,25 @@ def org_budget(site, key: str, org_status: dict) -> dict:
     level = "exhausted" if budget and frac >= 1 else ("warning" if crossed else "ok")
     message = ""
     if level == "exhausted":
-        message = ("The budget is spent: new GPU servers are refused and running ones are stopped after "
-                   f"{site.quota.grace_seconds:g} s. Ask an operator to raise gpu_hours_per_month.")
+        message = (
+            "The budget is spent: new GPU servers are refused and running ones are stopped after "
+            f"{site.quota.grace_seconds:g} s. Ask an operator to raise gpu_hours_per_month."
+        )
     elif level == "warning":
         message = f"Warning: {100 * max(crossed):.0f} % of this month's GPU-hour budget is used."
     in_use = int(org_status.get("gpus_in_use", 0))
-    return {"key": key, "display_name": spec.display_name, "gpus_in_use": in_use, "gpu_limit": spec.gpu_limit,
-            "used_hours": used, "budget_hours": budget, "remaining_hours": max(0.0, budget - used),
-            "fraction": frac, "level": level, "message": message}
+    return {
+        "key": key,
+        "display_name": spec.display_name,
+        "gpus_in_use": in_use,
+        "gpu_limit": spec.gpu_limit,
+        "used_hours": used,
+        "budget_hours": budget,
+        "remaining_hours": max(0.0, budget - used),
+        "fraction": frac,
+        "level": level,
+        "message": message,
+    }
 
 
 class BudgetBanner:

@@ -70,8 +70,13 @@ def _start(hub: AuthHub) -> AuthHub:
 @pytest.fixture(scope="session")
 def auth_hub(tmp_path_factory, oidc, hub_ports):
     """The hub most login tests share: OIDC against `oidc`, auth refreshed every 2 s."""
-    hub = AuthHub(tmp_path_factory.mktemp("hub"), oidc_site(oidc), port=hub_ports["main"],
-                  secret=oidc.client_secret, refresh_age=2)
+    hub = AuthHub(
+        tmp_path_factory.mktemp("hub"),
+        oidc_site(oidc),
+        port=hub_ports["main"],
+        secret=oidc.client_secret,
+        refresh_age=2,
+    )
     _LIVE.append(hub)
     _start(hub)
     yield hub
@@ -87,8 +92,7 @@ def alt_hub(tmp_path_factory, oidc, hub_ports):
     def make(*, secret: str | None = "<the provider's>", start=True, **auth):
         if secret == "<the provider's>":
             secret = oidc.client_secret
-        hub = AuthHub(tmp_path_factory.mktemp("althub"), oidc_site(oidc, **auth), port=hub_ports["alt"],
-                      secret=secret)
+        hub = AuthHub(tmp_path_factory.mktemp("althub"), oidc_site(oidc, **auth), port=hub_ports["alt"], secret=secret)
         hubs.append(hub)
         _LIVE.append(hub)
         return _start(hub) if start else hub

@@ -7,8 +7,8 @@ jupyterhub_config.py). No spawning happens in these tests.
 import os
 from pathlib import Path
 
-from gpuhub.hub.auth import apply_auth
 from gpuhub.core.site import load_site
+from gpuhub.hub.auth import apply_auth
 
 c = get_config()  # noqa: F821
 

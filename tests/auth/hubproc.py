@@ -24,7 +24,6 @@ HERE = Path(__file__).resolve().parent
 SECRET_ENV = "GPUHUB_TEST_OIDC_SECRET"
 
 
-
 class HubFailed(RuntimeError):
     pass
 
@@ -32,8 +31,16 @@ class HubFailed(RuntimeError):
 class AuthHub:
     """jupyterhub -f tests/auth/hub_config.py on 127.0.0.1:<port>."""
 
-    def __init__(self, workdir: Path, site: dict, *, port: int, secret: str | None, refresh_age: int = 300,
-                 extra_env: dict | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        site: dict,
+        *,
+        port: int,
+        secret: str | None,
+        refresh_age: int = 300,
+        extra_env: dict | None = None,
+    ):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port
@@ -65,7 +72,11 @@ class AuthHub:
         with open(self.log_file, "w") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "jupyterhub", "-f", str(HERE / "hub_config.py")],
-                cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=self.workdir,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def start(self, timeout: float = 60.0) -> None:
@@ -125,8 +136,9 @@ def tamper_state(callback_url: str) -> str:
     return urlunparse(parts._replace(query=urlencode(query, doseq=True)))
 
 
-def idp_login(session: requests.Session, hub_url: str, login: str, password: str, *,
-              on_callback=None) -> requests.Response:
+def idp_login(
+    session: requests.Session, hub_url: str, login: str, password: str, *, on_callback=None
+) -> requests.Response:
     """GET /hub/oauth_login -> provider login form -> POST login -> POST consent ->
     /hub/oauth_callback. Returns the hub's answer to the callback (not followed)."""
     r = session.get(f"{hub_url}/hub/oauth_login", allow_redirects=False, timeout=10)

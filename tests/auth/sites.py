@@ -16,14 +16,26 @@ BASE = {
         "auth": {"type": "shared-password"},
         "admin_users": ["operator"],
     },
-    "gpus": {"runtime": "none", "models": {"H100": {"weight": 1.0}},
-             "devices": [{"uuid": "GPU-sim-0", "model": "H100"}, {"uuid": "GPU-sim-1", "model": "H100"}]},
+    "gpus": {
+        "runtime": "none",
+        "models": {"H100": {"weight": 1.0}},
+        "devices": [{"uuid": "GPU-sim-0", "model": "H100"}, {"uuid": "GPU-sim-1", "model": "H100"}],
+    },
     "images": {"python": {"image": "gpuhub/base-notebook:latest", "display_name": "Python (CPU)"}},
     "organizations": {
-        "gist-ai": {"display_name": "GIST AI Lab", "members": ["alice"], "idp_groups": ["gist-ai-lab"],
-                    "gpu_limit": 2, "gpu_hours_per_month": 100},
-        "cnuh-radiology": {"display_name": "CNUH Radiology", "idp_groups": ["cnuh-rad", "cnuh-rad-staff"],
-                           "gpu_limit": 1, "gpu_hours_per_month": 40},
+        "gist-ai": {
+            "display_name": "GIST AI Lab",
+            "members": ["alice"],
+            "idp_groups": ["gist-ai-lab"],
+            "gpu_limit": 2,
+            "gpu_hours_per_month": 100,
+        },
+        "cnuh-radiology": {
+            "display_name": "CNUH Radiology",
+            "idp_groups": ["cnuh-rad", "cnuh-rad-staff"],
+            "gpu_limit": 1,
+            "gpu_hours_per_month": 40,
+        },
     },
 }
 

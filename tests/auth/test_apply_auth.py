@@ -78,8 +78,14 @@ def test_oidc_sets_the_gpuhub_authenticator():
     assert cfg.enable_auth_state is True
     assert cfg.admin_groups == {"hub-admins"}
     assert cfg.admin_users == {"operator"}
-    assert cfg.allowed_groups == {"gist-ai-lab", "cnuh-rad", "cnuh-rad-staff", "hub-admins",
-                                  "gpuhub-org-gist-ai", "gpuhub-org-cnuh-radiology"}
+    assert cfg.allowed_groups == {
+        "gist-ai-lab",
+        "cnuh-rad",
+        "cnuh-rad-staff",
+        "hub-admins",
+        "gpuhub-org-gist-ai",
+        "gpuhub-org-cnuh-radiology",
+    }
     assert cfg.allowed_users == {"alice"}
     assert cfg.allow_all is False and cfg.allow_existing_users is False
     assert cfg.trusted_email_domains == {"gist.ac.kr": "gist-ai"}

@@ -83,7 +83,10 @@ def test_start_reads_the_secret_and_the_endpoints(discovery, monkeypatch):
     a = make_auth(discovery.issuer)
     assert a.client_secret == "s3cret"
     assert (a.authorize_url, a.token_url, a.userdata_url) == (
-        discovery.issuer + "/auth", discovery.issuer + "/token", discovery.issuer + "/me")
+        discovery.issuer + "/auth",
+        discovery.issuer + "/token",
+        discovery.issuer + "/me",
+    )
     assert a.enable_pkce and a.manage_groups and a.enable_auth_state
     assert a.login_service == "SSO (127.0.0.1)"
 
@@ -138,14 +141,14 @@ def auth(discovery, monkeypatch):
 TRUSTED = {"gist.ac.kr": "gist-ai"}
 EMAILS = [
     ({"email": "kim@gist.ac.kr", "email_verified": True}, "gist-ai"),
-    ({"email": "Kim.Min-Su@GIST.ac.kr", "email_verified": True}, "gist-ai"),   # domains are case-insensitive
+    ({"email": "Kim.Min-Su@GIST.ac.kr", "email_verified": True}, "gist-ai"),  # domains are case-insensitive
     ({"email": "kim@gist.ac.kr.", "email_verified": True}, "gist-ai"),
     ({"email": "kim@gist.ac.kr", "email_verified": False}, None),
-    ({"email": "kim@gist.ac.kr"}, None),                                        # no claim = unverified
-    ({"email": "kim@gist.ac.kr", "email_verified": "true"}, None),              # only the JSON boolean
+    ({"email": "kim@gist.ac.kr"}, None),  # no claim = unverified
+    ({"email": "kim@gist.ac.kr", "email_verified": "true"}, None),  # only the JSON boolean
     ({"email": "kim@gist.ac.kr", "email_verified": 1}, None),
     ({"email": "kim@gist.ac.kr", "email_verified": [True]}, None),
-    ({"email": "kim@student.gist.ac.kr", "email_verified": True}, None),       # no subdomains
+    ({"email": "kim@student.gist.ac.kr", "email_verified": True}, None),  # no subdomains
     ({"email": "kim@gist.ac.kr.evil.com", "email_verified": True}, None),
     ({"email": "kim@evilgist.ac.kr", "email_verified": True}, None),
     ({"email": "gist.ac.kr", "email_verified": True}, None),
@@ -172,7 +175,7 @@ GROUPS = [
     ({"groups": None}, set()),
     ({"groups": {"a": 1}}, set()),
     ({"groups": ["ok", 3, "", None]}, {"ok"}),
-    ({"groups": ["gpuhub-org-gist-ai"]}, set()),                          # reserved: only gpuhub grants it
+    ({"groups": ["gpuhub-org-gist-ai"]}, set()),  # reserved: only gpuhub grants it
     ({"groups": ["gpuhub-org-gist-ai"], "email": "k@gist.ac.kr", "email_verified": True}, {"gpuhub-org-gist-ai"}),
     ({"groups": ["cnuh-rad"], "email": "k@gist.ac.kr", "email_verified": True}, {"cnuh-rad", "gpuhub-org-gist-ai"}),
     ({"groups": ["cnuh-rad"], "email": "k@gist.ac.kr", "email_verified": False}, {"cnuh-rad"}),

@@ -22,28 +22,28 @@ USERNAMES = [
     ("bob_smith", "bob_smith"),
     ("kim.minsu", "kim.minsu"),
     ("kim-minsu", "kim-minsu"),
-    ("20231234", "20231234"),                      # student numbers are fine as they are
+    ("20231234", "20231234"),  # student numbers are fine as they are
     ("a", "a"),
     ("a" * 32, "a" * 32),
-    ("a" * 33, "<escaped:" + "a" * 20 + ">"),       # too long -> escaped, still <= 32
-    ("Alice", "<escaped:alice>"),                   # case is information: escaped
+    ("a" * 33, "<escaped:" + "a" * 20 + ">"),  # too long -> escaped, still <= 32
+    ("Alice", "<escaped:alice>"),  # case is information: escaped
     ("ALICE", "<escaped:alice>"),
     ("Kim.Min-Su@GIST.ac.kr", "<escaped:kim.min-su-gist>"),
     ("kim.minsu@gist.ac.kr", "<escaped:kim.minsu-gist>"),
-    ("김민수", "<escaped:gimminsu>"),                # Revised Romanization prefix
+    ("김민수", "<escaped:gimminsu>"),  # Revised Romanization prefix
     ("홍길동@snu.ac.kr", "<escaped:honggildong-snu>"),
     ("이 서연", "<escaped:i-seoyeon>"),
     ("José", "<escaped:jose>"),
-    ("Ａlice", "<escaped:alice>"),                  # full-width A: not folded into 'Alice'
-    ("user--foo", "<escaped:user-foo>"),           # '--' is reserved for escapes
+    ("Ａlice", "<escaped:alice>"),  # full-width A: not folded into 'Alice'
+    ("user--foo", "<escaped:user-foo>"),  # '--' is reserved for escapes
     ("alice--hpcrayuxhr", "<escaped:alice-hpcrayuxhr>"),  # looks escaped: escaped again
-    ("a__b", "<escaped:a-b>"),                     # '__' is reserved for container names
+    ("a__b", "<escaped:a-b>"),  # '__' is reserved for container names
     ("a..b", "<escaped:a-b>"),
     (".alice", "<escaped:alice>"),
     ("alice.", "<escaped:alice>"),
     ("-", "<escaped:u>"),
     ("..", "<escaped:u>"),
-    ("山田", "<escaped:u>"),                         # no readable ASCII: prefix 'u'
+    ("山田", "<escaped:u>"),  # no readable ASCII: prefix 'u'
     ("a/b", "<escaped:a-b>"),
     ("a b", "<escaped:a-b>"),
     (" alice", "<escaped:alice>"),
@@ -60,7 +60,7 @@ def test_normalize_username_table(claim, expected):
     if expected.startswith("<escaped:"):
         m = ESCAPED.match(name)
         assert m, name
-        assert m["prefix"] == expected[len("<escaped:"):-1]
+        assert m["prefix"] == expected[len("<escaped:") : -1]
         assert not naming.is_safe_name(name)
     else:
         assert name == expected
@@ -143,7 +143,7 @@ def test_unnormalized_hub_names_are_escaped_for_docker():
     # a hub username outside the gpuhub alphabet (e.g. created before gpuhub) still gets a valid name
     name = container_name("Alice@Example.org", "My Server!")
     assert DOCKER_NAME.match(name)
-    user_part, server_part = name[len("gpuhub-"):].split("__")
+    user_part, server_part = name[len("gpuhub-") :].split("__")
     assert ESCAPED.match(user_part) and ESCAPED.match(server_part)
 
 

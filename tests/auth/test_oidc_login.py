@@ -35,8 +35,13 @@ def assert_logged_in(r, hub):
 
 
 def test_login_syncs_groups_and_maps_the_org(auth_hub, oidc):
-    oidc.set_account("minsu", preferred_username="김민수", groups=["gist-ai-lab", "reading-club"],
-                     email="minsu@example.com", email_verified=True)
+    oidc.set_account(
+        "minsu",
+        preferred_username="김민수",
+        groups=["gist-ai-lab", "reading-club"],
+        email="minsu@example.com",
+        email_verified=True,
+    )
     s, r = login(auth_hub, oidc, "minsu")
     assert_logged_in(r, auth_hub)
     name = naming.normalize_username("김민수")
@@ -120,8 +125,13 @@ def test_unverified_email_in_a_trusted_domain_gives_no_org(auth_hub, oidc):
 
 
 def test_verified_email_in_a_trusted_domain_grants_the_org(auth_hub, oidc):
-    oidc.set_account("verified", preferred_username="Kim.Min-Su@GIST.ac.kr", groups=[],
-                     email="Kim.Min-Su@GIST.ac.kr", email_verified=True)
+    oidc.set_account(
+        "verified",
+        preferred_username="Kim.Min-Su@GIST.ac.kr",
+        groups=[],
+        email="Kim.Min-Su@GIST.ac.kr",
+        email_verified=True,
+    )
     _, r = login(auth_hub, oidc, "verified")
     assert_logged_in(r, auth_hub)
     name = naming.normalize_username("Kim.Min-Su@GIST.ac.kr")

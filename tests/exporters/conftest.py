@@ -85,8 +85,12 @@ def run_container(docker_engine, sleep_image):
 
     def run(labels: dict[str, str]):
         return docker_engine.containers.run(
-            sleep_image, ["/usr/bin/sleep", "300"], detach=True, network_mode="none",
-            labels={**labels, TEST_LABEL: TEST_LABEL_VALUE})
+            sleep_image,
+            ["/usr/bin/sleep", "300"],
+            detach=True,
+            network_mode="none",
+            labels={**labels, TEST_LABEL: TEST_LABEL_VALUE},
+        )
 
     yield run
     _remove_test_containers(docker_engine)

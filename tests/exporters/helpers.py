@@ -7,7 +7,7 @@ import re
 import shutil
 import subprocess
 import tarfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -52,26 +52,50 @@ def make_site(tmp_path: Path | None = None, **overrides):
 
 
 def utc(*args) -> datetime:
-    return datetime(*args, tzinfo=timezone.utc)
+    return datetime(*args, tzinfo=UTC)
 
 
-def add_interval(engine, *, user="alice", org="gist-ai", gpus=1, model="H100", weight=1.0, started_at,
-                 ended_at=None, server_name="", devices=None) -> int:
+def add_interval(
+    engine,
+    *,
+    user="alice",
+    org="gist-ai",
+    gpus=1,
+    model="H100",
+    weight=1.0,
+    started_at,
+    ended_at=None,
+    server_name="",
+    devices=None,
+) -> int:
     key = f"{user}/{server_name}"
     with engine.begin() as conn:
-        res = conn.execute(insert(ledger.usage_intervals).values(
-            server_key=key, user=user, server_name=server_name, org=org, image="python",
-            device_uuids=devices if devices is not None else ",".join(f"GPU-{user}-{i}" for i in range(gpus)),
-            gpus=gpus, model=model, weight=weight, started_at=started_at, ended_at=ended_at,
-            end_reason=None if ended_at is None else "stopped", heartbeat_at=started_at))
+        res = conn.execute(
+            insert(ledger.usage_intervals).values(
+                server_key=key,
+                user=user,
+                server_name=server_name,
+                org=org,
+                image="python",
+                device_uuids=devices if devices is not None else ",".join(f"GPU-{user}-{i}" for i in range(gpus)),
+                gpus=gpus,
+                model=model,
+                weight=weight,
+                started_at=started_at,
+                ended_at=ended_at,
+                end_reason=None if ended_at is None else "stopped",
+                heartbeat_at=started_at,
+            )
+        )
         return res.inserted_primary_key[0]
 
 
 def need_binary(name: str) -> str:
     path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
     if not path:
-        pytest.fail(f"{name} is not installed (apt-get install prometheus); this test needs the real binary",
-                    pytrace=False)
+        pytest.fail(
+            f"{name} is not installed (apt-get install prometheus); this test needs the real binary", pytrace=False
+        )
     return path
 
 

@@ -48,12 +48,15 @@ def test_container_id_from_cgroup(text, expected):
 
 @pytest.fixture
 def proc(tmp_path):
-    return make_proc_tree(tmp_path / "proc", {
-        100: f"0::/docker/{CID}\n",
-        101: f"0::/system.slice/docker-{CID}.scope\n",
-        200: f"0::/docker/{CID2}\n",
-        300: "0::/user.slice/session-1.scope\n",
-    })
+    return make_proc_tree(
+        tmp_path / "proc",
+        {
+            100: f"0::/docker/{CID}\n",
+            101: f"0::/system.slice/docker-{CID}.scope\n",
+            200: f"0::/docker/{CID2}\n",
+            300: "0::/user.slice/session-1.scope\n",
+        },
+    )
 
 
 def test_labels_resolved_once_per_container(proc):
@@ -63,7 +66,13 @@ def test_labels_resolved_once_per_container(proc):
     errors = []
     w1, w2 = att.workload_of_pid(100, errors), att.workload_of_pid(101, errors)
     assert w1 == w2
-    assert (w1.user, w1.org, w1.server, w1.container_name, w1.managed) == ("alice", "gist-ai", "big", "jupyter-alice-big", True)
+    assert (w1.user, w1.org, w1.server, w1.container_name, w1.managed) == (
+        "alice",
+        "gist-ai",
+        "big",
+        "jupyter-alice-big",
+        True,
+    )
     assert docker.calls["inspect"] == 1 and errors == []
     assert att.workload_of_pid(300, errors) is None  # a host process
     assert att.workload_of_pid(999, errors) is None and errors == []  # ended: not an error
@@ -121,10 +130,17 @@ def test_unreadable_cgroup_is_a_proc_error(tmp_path):
 @pytest.mark.docker
 def test_real_container_process_is_attributed_to_its_user(run_container, docker_engine, site):
     """A real container's host PID, reported by (fake) NVML, comes out labelled user=alice, org=gist-ai."""
-    container = run_container({
-        "gpuhub.user": "alice", "gpuhub.org": "gist-ai", "gpuhub.server": "", "gpuhub.managed": "1",
-        "gpuhub.gpus": "GPU-fake-0", "gpuhub.gpu-model": "H100", "gpuhub.hub": "exporters-test",
-    })
+    container = run_container(
+        {
+            "gpuhub.user": "alice",
+            "gpuhub.org": "gist-ai",
+            "gpuhub.server": "",
+            "gpuhub.managed": "1",
+            "gpuhub.gpus": "GPU-fake-0",
+            "gpuhub.gpu-model": "H100",
+            "gpuhub.hub": "exporters-test",
+        }
+    )
     container.reload()
     pid = container.attrs["State"]["Pid"]
     assert pid > 0
@@ -136,14 +152,20 @@ def test_real_container_process_is_attributed_to_its_user(run_container, docker_
     assert (w.container_id, w.user, w.org, w.server) == (container.id, "alice", "gist-ai", "")
     assert errors == []
 
-    registry, sampler = build_gpu_exporter(site, docker_engine, FakeNvmlSource([gpu]),
-                                           registry=CollectorRegistry(auto_describe=False))
+    registry, sampler = build_gpu_exporter(
+        site, docker_engine, FakeNvmlSource([gpu]), registry=CollectorRegistry(auto_describe=False)
+    )
     sampler.sample_once()
     labels = {"uuid": "GPU-fake-0", "pid": str(pid), "user": "alice", "org": "gist-ai", "server": ""}
     assert registry.get_sample_value("gpuhub_gpu_process_sm_utilization_ratio", labels) == 0.84
     assert registry.get_sample_value("gpuhub_gpu_process_memory_used_bytes", labels) == 1 << 30
     # The holder series comes from the real container listing (gpuhub.gpus label).
-    assert registry.get_sample_value("gpuhub_gpu_allocated", {
-        "uuid": "GPU-fake-0", "model": "H100", "org": "gist-ai", "user": "alice", "server": ""}) == 1
+    assert (
+        registry.get_sample_value(
+            "gpuhub_gpu_allocated",
+            {"uuid": "GPU-fake-0", "model": "H100", "org": "gist-ai", "user": "alice", "server": ""},
+        )
+        == 1
+    )
     assert registry.get_sample_value("gpuhub_exporter_up", {"exporter": "gpu"}) == 1
     assert registry.get_sample_value("gpuhub_exporter_errors_total", {"exporter": "gpu", "source": "docker"}) == 0

@@ -95,8 +95,14 @@ def test_under_load_the_exporter_process_is_scraped_over_http(monkeypatch, capsy
     monkeypatch.setattr(module, "start_worker", worker)
     rc = module.main(["--seconds", "8", "--promtool", promtool])
     out = capsys.readouterr().out
-    for name in ("utilization > 0.5 under load", "worker PID listed by NVML", "worker PID has SM utilization > 0",
-                 "exporter process served /metrics over HTTP", "HTTP scrape: utilization > 0.5 under load",
-                 "HTTP scrape: energy counter increases between scrapes", "HTTP scrape: promtool check metrics"):
+    for name in (
+        "utilization > 0.5 under load",
+        "worker PID listed by NVML",
+        "worker PID has SM utilization > 0",
+        "exporter process served /metrics over HTTP",
+        "HTTP scrape: utilization > 0.5 under load",
+        "HTTP scrape: energy counter increases between scrapes",
+        "HTTP scrape: promtool check metrics",
+    ):
         assert f"PASS  {name}" in out, out
     assert rc == 0, out

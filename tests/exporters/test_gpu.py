@@ -27,8 +27,12 @@ class Clock:
 def world(tmp_path, site):
     """Two GPUs held by alice and bob (containers with gpuhub labels), one free; real sampling code."""
     gpus = [
-        FakeGpu("GPU-fake-0", utilization=50, memory_used=8 * 1024**3,
-                processes=[FakeProcess(100, used_memory=6 * 1024**3, sm_percent=45, mem_percent=12)]),
+        FakeGpu(
+            "GPU-fake-0",
+            utilization=50,
+            memory_used=8 * 1024**3,
+            processes=[FakeProcess(100, used_memory=6 * 1024**3, sm_percent=45, mem_percent=12)],
+        ),
         FakeGpu("GPU-fake-1", utilization=0, processes=[FakeProcess(200, used_memory=1024**3)]),
         FakeGpu("GPU-fake-2", name="NVIDIA A100-SXM4-80GB"),
     ]
@@ -37,8 +41,15 @@ def world(tmp_path, site):
     docker.add(BOB_CID, gpuhub_labels("bob", "gist-ai", ["GPU-fake-1"], server="big"), name="/jupyter-bob-big")
     proc = make_proc_tree(tmp_path / "proc", {100: f"0::/docker/{ALICE_CID}\n", 200: f"0::/docker/{BOB_CID}\n"})
     mono = Clock()
-    registry, sampler = build_gpu_exporter(site, docker, FakeNvmlSource(gpus), registry=CollectorRegistry(),
-                                           proc_root=str(proc), monotonic=mono, clock=Clock(1.8e9))
+    registry, sampler = build_gpu_exporter(
+        site,
+        docker,
+        FakeNvmlSource(gpus),
+        registry=CollectorRegistry(),
+        proc_root=str(proc),
+        monotonic=mono,
+        clock=Clock(1.8e9),
+    )
     return registry, sampler, gpus, docker, mono
 
 
@@ -57,8 +68,18 @@ def test_device_series(world):
     assert value(registry, "gpuhub_gpu_energy_joules_total", uuid="GPU-fake-0") == 1000.0
     assert value(registry, "gpuhub_gpu_temperature_celsius", uuid="GPU-fake-0") == 35.0
     # model comes from the site inventory for known UUIDs
-    assert value(registry, "gpuhub_gpu_info", uuid="GPU-fake-2", model="A100", name="NVIDIA A100-SXM4-80GB",
-                 index="2", parent_uuid="") == 1
+    assert (
+        value(
+            registry,
+            "gpuhub_gpu_info",
+            uuid="GPU-fake-2",
+            model="A100",
+            name="NVIDIA A100-SXM4-80GB",
+            index="2",
+            parent_uuid="",
+        )
+        == 1
+    )
 
 
 def test_process_series_carry_the_container_labels(world):
@@ -75,8 +96,16 @@ def test_process_series_carry_the_container_labels(world):
 def test_holders_and_free_devices(world):
     registry, sampler, *_ = world
     sampler.sample_once()
-    assert value(registry, "gpuhub_gpu_allocated", uuid="GPU-fake-0", model="H100", org="gist-ai", user="alice", server="") == 1
-    assert value(registry, "gpuhub_gpu_allocated", uuid="GPU-fake-1", model="H100", org="gist-ai", user="bob", server="big") == 1
+    assert (
+        value(registry, "gpuhub_gpu_allocated", uuid="GPU-fake-0", model="H100", org="gist-ai", user="alice", server="")
+        == 1
+    )
+    assert (
+        value(
+            registry, "gpuhub_gpu_allocated", uuid="GPU-fake-1", model="H100", org="gist-ai", user="bob", server="big"
+        )
+        == 1
+    )
     assert value(registry, "gpuhub_gpu_unallocated", uuid="GPU-fake-2", model="A100") == 1
     assert value(registry, "gpuhub_gpu_unallocated", uuid="GPU-fake-0", model="H100") is None
 
@@ -131,13 +160,17 @@ def test_one_failing_device_does_not_fail_the_scrape(world):
 def test_nvml_down_still_serves_inventory_and_holders(site):
     docker = FakeDocker()
     docker.add(ALICE_CID, gpuhub_labels("alice", "gist-ai", ["GPU-fake-0"]))
-    registry, sampler = build_gpu_exporter(site, docker, FakeNvmlSource([FakeGpu("GPU-fake-0")], fail_init=9),
-                                           registry=CollectorRegistry())
+    registry, sampler = build_gpu_exporter(
+        site, docker, FakeNvmlSource([FakeGpu("GPU-fake-0")], fail_init=9), registry=CollectorRegistry()
+    )
     sampler.sample_once()
     assert value(registry, "gpuhub_exporter_up", exporter="gpu") == 0
     assert value(registry, "gpuhub_exporter_errors_total", exporter="gpu", source="nvml_init") == 1
     assert value(registry, "gpuhub_gpu_info", uuid="GPU-fake-1", model="H100", name="", index="", parent_uuid="") == 1
-    assert value(registry, "gpuhub_gpu_allocated", uuid="GPU-fake-0", model="H100", org="gist-ai", user="alice", server="") == 1
+    assert (
+        value(registry, "gpuhub_gpu_allocated", uuid="GPU-fake-0", model="H100", org="gist-ai", user="alice", server="")
+        == 1
+    )
     assert value(registry, "gpuhub_gpu_utilization_ratio", uuid="GPU-fake-0") is None
 
 
@@ -152,7 +185,10 @@ def test_runtime_none_serves_inventory_and_allocations_without_invented_utilizat
     for absent in ("utilization", "power", "temperature", "energy", "process", "active_seconds", "idle_allocated"):
         assert f"gpuhub_gpu_{absent}" not in text, absent
     assert value(registry, "gpuhub_gpu_info", uuid="GPU-fake-0", model="H100", name="", index="", parent_uuid="") == 1
-    assert value(registry, "gpuhub_gpu_allocated", uuid="GPU-fake-2", model="A100", org="gist-ai", user="alice", server="") == 1
+    assert (
+        value(registry, "gpuhub_gpu_allocated", uuid="GPU-fake-2", model="A100", org="gist-ai", user="alice", server="")
+        == 1
+    )
     assert value(registry, "gpuhub_gpu_unallocated", uuid="GPU-fake-0", model="H100") == 1
     assert value(registry, "gpuhub_exporter_up", exporter="gpu") == 1
 
@@ -165,7 +201,10 @@ def test_docker_outage_keeps_the_last_holders_and_reports_down(world):
     sampler.sample_once()
     assert value(registry, "gpuhub_exporter_up", exporter="gpu") == 0
     assert value(registry, "gpuhub_exporter_errors_total", exporter="gpu", source="docker") == 1
-    assert value(registry, "gpuhub_gpu_allocated", uuid="GPU-fake-0", model="H100", org="gist-ai", user="alice", server="") == 1
+    assert (
+        value(registry, "gpuhub_gpu_allocated", uuid="GPU-fake-0", model="H100", org="gist-ai", user="alice", server="")
+        == 1
+    )
     assert value(registry, "gpuhub_gpu_allocated_seconds_total", org="gist-ai", model="H100") == 20.0
 
 
@@ -187,7 +226,10 @@ def test_docker_factory_is_retried_until_the_daemon_answers(site):
     mono.t += 5
     sampler.sample_once()
     assert value(registry, "gpuhub_exporter_up", exporter="gpu") == 1
-    assert value(registry, "gpuhub_gpu_allocated", uuid="GPU-fake-0", model="H100", org="gist-ai", user="alice", server="") == 1
+    assert (
+        value(registry, "gpuhub_gpu_allocated", uuid="GPU-fake-0", model="H100", org="gist-ai", user="alice", server="")
+        == 1
+    )
 
 
 def test_mig_unit_allocation_counts_as_its_memory_share(tmp_path):
@@ -196,13 +238,16 @@ def test_mig_unit_allocation_counts_as_its_memory_share(tmp_path):
     docker = FakeDocker()
     docker.add(ALICE_CID, gpuhub_labels("alice", "gist-ai", ["MIG-1"]))
     mono = Clock()
-    registry, sampler = build_gpu_exporter(site, docker, FakeNvmlSource([FakeGpu("GPU-p", migs=units)]),
-                                           registry=CollectorRegistry(), monotonic=mono)
+    registry, sampler = build_gpu_exporter(
+        site, docker, FakeNvmlSource([FakeGpu("GPU-p", migs=units)]), registry=CollectorRegistry(), monotonic=mono
+    )
     sampler.sample_once()
     mono.t += 10
     sampler.sample_once()
     model = "NVIDIA H100 80GB HBM3"  # not in the site inventory: the NVML name
-    assert value(registry, "gpuhub_gpu_allocated", uuid="MIG-1", model="H100", org="gist-ai", user="alice", server="") == 1
+    assert (
+        value(registry, "gpuhub_gpu_allocated", uuid="MIG-1", model="H100", org="gist-ai", user="alice", server="") == 1
+    )
     assert value(registry, "gpuhub_gpu_allocated_seconds_total", org="gist-ai", model="H100") == pytest.approx(2.5)
     assert value(registry, "gpuhub_gpu_active_seconds_total", org="gist-ai", model="H100") == 0  # unknown on MIG
     assert value(registry, "gpuhub_gpu_unallocated", uuid="MIG-0", model=model) == 1
@@ -227,4 +272,4 @@ def test_each_collect_yields_fresh_families(world):
     c = GpuCollector(sampler)
     first, second = list(c.collect()), list(c.collect())
     assert [m.name for m in first] == [m.name for m in second]
-    assert all(a is not b for a, b in zip(first, second))
+    assert all(a is not b for a, b in zip(first, second, strict=False))

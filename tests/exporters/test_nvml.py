@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gpuhub.host.nvml import PynvmlSource
 from exporters.testing import FakeGpu, FakeNvmlError, FakeNvmlSource, FakeProcess
+from gpuhub.host.nvml import PynvmlSource
 
 
 def by_uuid(snapshot):
@@ -11,9 +11,17 @@ def by_uuid(snapshot):
 
 
 def test_snapshot_is_in_base_units():
-    gpu = FakeGpu("GPU-a", utilization=87, memory_utilization=25, memory_used=3 * 1024**3,
-                  memory_total=80 * 1024**3, power_mw=312_500, energy_mj=4_200_000, temperature=61,
-                  processes=[FakeProcess(4242, used_memory=2 * 1024**3, sm_percent=84, mem_percent=26)])
+    gpu = FakeGpu(
+        "GPU-a",
+        utilization=87,
+        memory_utilization=25,
+        memory_used=3 * 1024**3,
+        memory_total=80 * 1024**3,
+        power_mw=312_500,
+        energy_mj=4_200_000,
+        temperature=61,
+        processes=[FakeProcess(4242, used_memory=2 * 1024**3, sm_percent=84, mem_percent=26)],
+    )
     snap = FakeNvmlSource([gpu]).sample()
     assert snap.ok and snap.errors == ()
     d = by_uuid(snap)["GPU-a"]
@@ -104,8 +112,9 @@ def test_process_utilization_asks_only_for_new_samples():
 
 
 def test_mig_units_are_their_own_devices_and_processes_are_not_double_counted():
-    unit_a = FakeGpu("MIG-a", name="NVIDIA H100 80GB HBM3 MIG 3g.40gb", memory_total=40 * 1024**3,
-                     processes=[FakeProcess(11)])
+    unit_a = FakeGpu(
+        "MIG-a", name="NVIDIA H100 80GB HBM3 MIG 3g.40gb", memory_total=40 * 1024**3, processes=[FakeProcess(11)]
+    )
     unit_b = FakeGpu("MIG-b", name="NVIDIA H100 80GB HBM3 MIG 3g.40gb", memory_total=40 * 1024**3)
     parent = FakeGpu("GPU-p", migs=[unit_a, unit_b], processes=[FakeProcess(11)])
     snap = FakeNvmlSource([parent]).sample()
@@ -215,6 +224,13 @@ def test_constants_match_pynvml():
 
     from gpuhub.host import nvml
 
-    for name in ("NVML_SUCCESS", "NVML_ERROR_UNINITIALIZED", "NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_NOT_FOUND",
-                 "NVML_ERROR_GPU_IS_LOST", "NVML_TEMPERATURE_GPU", "NVML_DEVICE_MIG_ENABLE"):
+    for name in (
+        "NVML_SUCCESS",
+        "NVML_ERROR_UNINITIALIZED",
+        "NVML_ERROR_NOT_SUPPORTED",
+        "NVML_ERROR_NOT_FOUND",
+        "NVML_ERROR_GPU_IS_LOST",
+        "NVML_TEMPERATURE_GPU",
+        "NVML_DEVICE_MIG_ENABLE",
+    ):
         assert getattr(nvml, name) == getattr(pynvml, name), name

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -42,7 +42,8 @@ def ok(res: subprocess.CompletedProcess) -> str:
 def promtool_check_metrics(promtool: str, text: str) -> None:
     res = run([promtool, "check", "metrics"], input=text)
     assert res.returncode == 0 and not res.stdout.strip() and not res.stderr.strip(), (
-        f"promtool check metrics complained:\n{res.stdout}{res.stderr}")
+        f"promtool check metrics complained:\n{res.stdout}{res.stderr}"
+    )
 
 
 # ---------------------------------------------------------------- config and rules
@@ -112,11 +113,14 @@ def test_gpu_exporter_output_with_every_series_passes_promtool(promtool, tmp_pat
     docker = FakeDocker()
     docker.add(cid, gpuhub_labels("alice", "gist-ai", ["GPU-fake-0"]))
     proc = make_proc_tree(tmp_path / "proc", {4242: f"0::/docker/{cid}\n"})
-    gpus = [FakeGpu("GPU-fake-0", utilization=90, processes=[FakeProcess(4242, sm_percent=80, mem_percent=20)]),
-            FakeGpu("GPU-p", migs=[FakeGpu("MIG-0", processes=[FakeProcess(77)])]),
-            FakeGpu("GPU-bad", fail={"power"})]
-    registry, sampler = build_gpu_exporter(site, docker, FakeNvmlSource(gpus), registry=CollectorRegistry(),
-                                           proc_root=str(proc))
+    gpus = [
+        FakeGpu("GPU-fake-0", utilization=90, processes=[FakeProcess(4242, sm_percent=80, mem_percent=20)]),
+        FakeGpu("GPU-p", migs=[FakeGpu("MIG-0", processes=[FakeProcess(77)])]),
+        FakeGpu("GPU-bad", fail={"power"}),
+    ]
+    registry, sampler = build_gpu_exporter(
+        site, docker, FakeNvmlSource(gpus), registry=CollectorRegistry(), proc_root=str(proc)
+    )
     sampler.sample_once()
     sampler.sample_once()
     text = generate_latest(registry).decode()
@@ -126,8 +130,13 @@ def test_gpu_exporter_output_with_every_series_passes_promtool(promtool, tmp_pat
 
 def start_exporter(kind: str, site_file: Path, env: dict) -> tuple[subprocess.Popen, str]:
     """Run ``python -m exporters KIND`` on a free port; returns the process and its /metrics URL."""
-    proc = subprocess.Popen([sys.executable, "-m", "exporters", kind, "--site", str(site_file),
-                             "--listen", "127.0.0.1:0"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporters", kind, "--site", str(site_file), "--listen", "127.0.0.1:0"],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 30
     lines = []
     while time.monotonic() < deadline:
@@ -144,10 +153,12 @@ def start_exporter(kind: str, site_file: Path, env: dict) -> tuple[subprocess.Po
 
 @pytest.mark.parametrize("kind", ["usage", "gpu"])
 def test_exporter_binary_output_passes_promtool(kind, promtool, tmp_path, ledger_engine):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     add_interval(ledger_engine, gpus=1, started_at=now - timedelta(minutes=5))
-    data = site_data(hub={"state_dir": str(tmp_path), "db_url": str(ledger_engine.url)},
-                     metrics_token_env="GPUHUB_TEST_METRICS_TOKEN")
+    data = site_data(
+        hub={"state_dir": str(tmp_path), "db_url": str(ledger_engine.url)},
+        metrics_token_env="GPUHUB_TEST_METRICS_TOKEN",
+    )
     site_file = tmp_path / "site.yaml"
     site_file.write_text(yaml.safe_dump(data))
     env = {**os.environ, "GPUHUB_TEST_METRICS_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)}
@@ -170,12 +181,12 @@ def test_exporter_binary_output_passes_promtool(kind, promtool, tmp_path, ledger
 # ---------------------------------------------------------------- a real Prometheus
 
 
-
 def test_real_prometheus_scrapes_ledger_gpu_seconds(prometheus_bin, tmp_path, site, ledger_engine):
-    start = datetime.now(timezone.utc) - timedelta(seconds=1000)
+    start = datetime.now(UTC) - timedelta(seconds=1000)
     add_interval(ledger_engine, user="alice", gpus=1, started_at=start)  # open
-    add_interval(ledger_engine, user="bob", gpus=2, started_at=start - timedelta(hours=2),
-                 ended_at=start - timedelta(hours=1))  # closed: 7200 GPU-seconds
+    add_interval(
+        ledger_engine, user="bob", gpus=2, started_at=start - timedelta(hours=2), ended_at=start - timedelta(hours=1)
+    )  # closed: 7200 GPU-seconds
     closed = 7200.0
     registry, sampler = build_usage_exporter(site, ledger_engine, registry=CollectorRegistry())
     sampler.refresh()
@@ -183,18 +194,32 @@ def test_real_prometheus_scrapes_ledger_gpu_seconds(prometheus_bin, tmp_path, si
     exporter = serve(registry, "127.0.0.1:0", TOKEN)
     (tmp_path / "token").write_text(TOKEN)
     port = free_port()
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{
-            "job_name": "gpuhub-usage",
-            "authorization": {"type": "Bearer", "credentials_file": str(tmp_path / "token")},
-            "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"]}],
-        }],
-    }))
+    (tmp_path / "prometheus.yml").write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "scrape_configs": [
+                    {
+                        "job_name": "gpuhub-usage",
+                        "authorization": {"type": "Bearer", "credentials_file": str(tmp_path / "token")},
+                        "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"]}],
+                    }
+                ],
+            }
+        )
+    )
     log = (tmp_path / "prometheus.log").open("w")
-    prom = subprocess.Popen([prometheus_bin, f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-                             "--log.level=warn"], stdout=log, stderr=subprocess.STDOUT)
+    prom = subprocess.Popen(
+        [
+            prometheus_bin,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     api = f"http://127.0.0.1:{port}/api/v1"
     query = 'gpuhub_org_allocated_gpu_seconds_total{org="gist-ai",model="H100",job="gpuhub-usage"}'
     try:

@@ -20,8 +20,9 @@ TOKEN = "s3cret-token-for-tests"
 
 @pytest.fixture
 def endpoint(site):
-    registry, sampler = build_gpu_exporter(site, None, FakeNvmlSource(fake_gpus(2, procs_per_gpu=1)),
-                                           registry=CollectorRegistry(), interval=0.01)
+    registry, sampler = build_gpu_exporter(
+        site, None, FakeNvmlSource(fake_gpus(2, procs_per_gpu=1)), registry=CollectorRegistry(), interval=0.01
+    )
     sampler.sample_once()
     server = serve(registry, "127.0.0.1:0", TOKEN)
     yield server, sampler
@@ -79,12 +80,15 @@ def test_metrics_token_from_the_named_variable(tmp_path):
     assert metrics_token(make_site(tmp_path), {}) is None
 
 
-@pytest.mark.parametrize(("listen", "expected"), [
-    ("127.0.0.1:9835", ("127.0.0.1", 9835)),
-    (":9836", ("0.0.0.0", 9836)),
-    ("[::1]:9835", ("::1", 9835)),
-    ("localhost:0", ("localhost", 0)),
-])
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [
+        ("127.0.0.1:9835", ("127.0.0.1", 9835)),
+        (":9836", ("0.0.0.0", 9836)),
+        ("[::1]:9835", ("::1", 9835)),
+        ("localhost:0", ("localhost", 0)),
+    ],
+)
 def test_parse_listen(listen, expected):
     assert parse_listen(listen) == expected
 

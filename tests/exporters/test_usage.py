@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -17,7 +17,7 @@ KST = ZoneInfo("Asia/Seoul")
 
 
 def kst(*args) -> datetime:
-    return datetime(*args, tzinfo=KST).astimezone(timezone.utc)
+    return datetime(*args, tzinfo=KST).astimezone(UTC)
 
 
 class Clock:
@@ -40,8 +40,15 @@ def test_allocated_gpu_seconds_from_closed_and_open_intervals(site, ledger_engin
     t0 = utc(2026, 11, 10, 0, 0, 0)
     add_interval(ledger_engine, user="alice", gpus=2, started_at=t0, ended_at=t0 + timedelta(hours=1))
     add_interval(ledger_engine, user="alice", gpus=1, started_at=t0 + timedelta(hours=2))  # open
-    add_interval(ledger_engine, user="bob", gpus=2, model="A100", weight=0.6, started_at=t0,
-                 ended_at=t0 + timedelta(seconds=100, microseconds=500_000))
+    add_interval(
+        ledger_engine,
+        user="bob",
+        gpus=2,
+        model="A100",
+        weight=0.6,
+        started_at=t0,
+        ended_at=t0 + timedelta(seconds=100, microseconds=500_000),
+    )
     add_interval(ledger_engine, user="carol", org=None, gpus=0, model=None, started_at=t0)  # CPU server, no org
     clock = Clock(t0 + timedelta(hours=3))
     registry, sampler = exporter(site, ledger_engine, clock)
@@ -81,8 +88,11 @@ def test_a_backdated_close_never_makes_a_counter_go_down(site, ledger_engine):
     sampler.refresh()
     assert value(registry, "gpuhub_org_allocated_gpu_seconds_total", org="gist-ai", model="H100") == 600
     with ledger_engine.begin() as conn:  # the reconciler closes it at its last heartbeat
-        conn.execute(update(ledger.usage_intervals).where(ledger.usage_intervals.c.id == iid)
-                     .values(ended_at=t0 + timedelta(seconds=400), end_reason="lost"))
+        conn.execute(
+            update(ledger.usage_intervals)
+            .where(ledger.usage_intervals.c.id == iid)
+            .values(ended_at=t0 + timedelta(seconds=400), end_reason="lost")
+        )
     clock.now += timedelta(seconds=10)
     sampler.refresh()
     assert value(registry, "gpuhub_org_allocated_gpu_seconds_total", org="gist-ai", model="H100") == 600
@@ -90,13 +100,26 @@ def test_a_backdated_close_never_makes_a_counter_go_down(site, ledger_engine):
 
 def test_budget_used_this_month_in_the_site_time_zone(site, ledger_engine):
     # 2 GPUs of A100 (weight 0.6) from Oct 31 23:00 to Nov 1 01:00 KST: only 1 h is November's.
-    add_interval(ledger_engine, user="bob", gpus=2, model="A100", weight=0.6,
-                 started_at=kst(2026, 10, 31, 23), ended_at=kst(2026, 11, 1, 1))
+    add_interval(
+        ledger_engine,
+        user="bob",
+        gpus=2,
+        model="A100",
+        weight=0.6,
+        started_at=kst(2026, 10, 31, 23),
+        ended_at=kst(2026, 11, 1, 1),
+    )
     # an open H100 interval since Oct 31 23:30 KST; now is Nov 1 02:00 KST: 2 h in November
     add_interval(ledger_engine, user="alice", gpus=1, started_at=kst(2026, 10, 31, 23, 30))
     # October-only usage does not count
-    add_interval(ledger_engine, user="carol", org="cnuh-radiology", gpus=1,
-                 started_at=kst(2026, 10, 20), ended_at=kst(2026, 10, 21))
+    add_interval(
+        ledger_engine,
+        user="carol",
+        org="cnuh-radiology",
+        gpus=1,
+        started_at=kst(2026, 10, 20),
+        ended_at=kst(2026, 10, 21),
+    )
     registry, sampler = exporter(site, ledger_engine, Clock(kst(2026, 11, 1, 2)))
     sampler.refresh()
     used = 2 * 0.6 * 3600 + 1 * 1.0 * 2 * 3600
@@ -122,15 +145,39 @@ def test_month_turning_between_refreshes(site, ledger_engine):
 def test_limits_allocations_and_refusals(site, ledger_engine):
     now = utc(2026, 11, 10)
     with ledger_engine.begin() as conn:
-        conn.execute(insert(ledger.allocations), [
-            dict(device_uuid=f"GPU-{i}", server_key="alice/", user="alice", org="gist-ai", model="H100",
-                 interval_id=1, allocated_at=now) for i in range(2)
-        ] + [dict(device_uuid="GPU-9", server_key="carol/", user="carol", org="cnuh-radiology", model="A100",
-                  interval_id=2, allocated_at=now)])
-        conn.execute(insert(ledger.spawn_refusals), [
-            dict(org="gist-ai", reason="gpu-limit", count=7),
-            dict(org="", reason="no-org", count=2),
-        ])
+        conn.execute(
+            insert(ledger.allocations),
+            [
+                dict(
+                    device_uuid=f"GPU-{i}",
+                    server_key="alice/",
+                    user="alice",
+                    org="gist-ai",
+                    model="H100",
+                    interval_id=1,
+                    allocated_at=now,
+                )
+                for i in range(2)
+            ]
+            + [
+                dict(
+                    device_uuid="GPU-9",
+                    server_key="carol/",
+                    user="carol",
+                    org="cnuh-radiology",
+                    model="A100",
+                    interval_id=2,
+                    allocated_at=now,
+                )
+            ],
+        )
+        conn.execute(
+            insert(ledger.spawn_refusals),
+            [
+                dict(org="gist-ai", reason="gpu-limit", count=7),
+                dict(org="", reason="no-org", count=2),
+            ],
+        )
     registry, sampler = exporter(site, ledger_engine, Clock(now))
     sampler.refresh()
     assert value(registry, "gpuhub_org_gpus_in_use", org="gist-ai", model="H100") == 2
@@ -182,8 +229,15 @@ def test_sql_sums_match_quota_periods_arithmetic(site, ledger_engine):
         start = t0 + timedelta(minutes=37 * i, microseconds=123_457 * i)
         end = start + timedelta(seconds=911 * i + 1, microseconds=999_999 - i)
         gpus, weight = 1 + i % 3, (1.0, 0.6)[i % 2]
-        add_interval(ledger_engine, user=f"u{i}", gpus=gpus, model=("H100", "A100")[i % 2], weight=weight,
-                     started_at=start, ended_at=end)
+        add_interval(
+            ledger_engine,
+            user=f"u{i}",
+            gpus=gpus,
+            model=("H100", "A100")[i % 2],
+            weight=weight,
+            started_at=start,
+            ended_at=end,
+        )
         rows.append((gpus, weight, start, end))
     now = utc(2026, 11, 20)
     registry, sampler = exporter(site, ledger_engine, Clock(now))
@@ -191,8 +245,10 @@ def test_sql_sums_match_quota_periods_arithmetic(site, ledger_engine):
     lo, hi = month_bounds_at(now, KST)
     expected = sum(interval_charge(g, w, s, e, now, lo, hi) for g, w, s, e in rows)
     assert value(registry, "gpuhub_org_budget_used_seconds", org="gist-ai") == pytest.approx(expected, abs=1e-6)
-    weighted = sum(value(registry, "gpuhub_org_allocated_weighted_gpu_seconds_total", org="gist-ai", model=m)
-                   for m in ("H100", "A100"))
+    weighted = sum(
+        value(registry, "gpuhub_org_allocated_weighted_gpu_seconds_total", org="gist-ai", model=m)
+        for m in ("H100", "A100")
+    )
     assert weighted == pytest.approx(sum(interval_charge(g, w, s, e, now) for g, w, s, e in rows), abs=1e-6)
 
 

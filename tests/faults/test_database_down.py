@@ -165,8 +165,11 @@ def test_ledger_matches_dockers_own_times_after_the_outage(pg_outage):
     assert pg_outage["end_reasons"]["carol/"] == ["container-exited"], pg_outage["end_reasons"]
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (docs/reliability.md): JupyterHub's own token lookup in hub.db_url "
-                   "fails first and it answers 403 'Missing or invalid credentials.'; strict: passes only once fixed")
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (docs/reliability.md): JupyterHub's own token lookup in hub.db_url "
+    "fails first and it answers 403 'Missing or invalid credentials.'; strict: passes only once fixed",
+)
 def test_spawn_refusal_while_postgres_is_down_is_503_naming_hub_db_url(pg_outage):
     """Promise (README, Recovery): while the database is unreachable new servers fail closed with 503 and a message
     naming hub.db_url, GPU and CPU-only alike.
@@ -259,8 +262,11 @@ def test_full_state_disk_corrupts_nothing_and_spawns_work_once_there_is_room(dis
     assert disk_full["open_intervals_after"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (docs/reliability.md): JupyterHub's own commit at spawn start fails "
-                   "with 'database or disk is full' and it answers a bare 500; strict: passes only once fixed")
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (docs/reliability.md): JupyterHub's own commit at spawn start fails "
+    "with 'database or disk is full' and it answers a bare 500; strict: passes only once fixed",
+)
 def test_spawn_on_a_full_state_disk_gets_a_clear_error(disk_full):
     """Promise: a spawn on a full state disk is refused with an error that names the cause.
 

@@ -43,8 +43,11 @@ def hub(request, tmp_path_factory, docker_client, evil_image):
             h.wait_ready(user)
         yield h
     finally:
-        if any(getattr(i, "rep_call", None) and i.rep_call.failed for i in request.session.items
-               if i.module.__name__ == request.module.__name__):
+        if any(
+            getattr(i, "rep_call", None) and i.rep_call.failed
+            for i in request.session.items
+            if i.module.__name__ == request.module.__name__
+        ):
             print(h.dump_logs())
         h.cleanup()
 
@@ -67,7 +70,14 @@ def test_no_capabilities_no_new_privileges_no_docker_socket(hub):
     fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
     assert int(fields["CapEff"].strip(), 16) == 0
     assert fields["NoNewPrivs"].strip() == "1"
-    assert sh(hub, "alice", "import os; print(os.path.exists('/var/run/docker.sock') or os.path.exists('/run/docker.sock'))") == "False"
+    assert (
+        sh(
+            hub,
+            "alice",
+            "import os; print(os.path.exists('/var/run/docker.sock') or os.path.exists('/run/docker.sock'))",
+        )
+        == "False"
+    )
     assert "Read-only file system" in sh(hub, "alice", "open('/etc/gpuhub-test', 'w')")
 
 
@@ -117,7 +127,7 @@ def test_network_isolation_between_users_and_from_the_proxy_api(hub):
     b_ip = next(iter(b.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"]
     gateway = json.loads(sh(hub, "alice", "import os, json; print(json.dumps(os.environ['JUPYTERHUB_API_URL']))"))
     gw_ip = gateway.split("//")[1].split(":")[0]
-    probe = '''
+    probe = """
 import socket
 def can(host, port):
     s = socket.socket(); s.settimeout(2)
@@ -128,7 +138,7 @@ def can(host, port):
     finally:
         s.close()
 print(can(%r, 8888), can(%r, %d), can(%r, %d), can(%r, %d))
-''' % (b_ip, gw_ip, hub.site["hub"]["proxy_api_port"], gw_ip, hub.port, gw_ip, hub.site["hub"]["api_port"])
+""" % (b_ip, gw_ip, hub.site["hub"]["proxy_api_port"], gw_ip, hub.port, gw_ip, hub.site["hub"]["api_port"])  # noqa: UP031 - %r writes Python literals into the probe source
     to_b, to_proxy_api, to_proxy, to_hub_api = sh(hub, "alice", probe).split()
     assert to_b == "False", "user A reached user B's server"
     assert to_proxy_api == "False", "user A reached the proxy's API"
@@ -138,7 +148,10 @@ print(can(%r, 8888), can(%r, %d), can(%r, %d), can(%r, %d))
 
 
 def test_image_env_cannot_widen_gpu_visibility(hub):
-    assert hub.spawn("bob", {"image": "evil", "gpus": 1, "gpu_model": "H100", "org": "gist-ai"}).status_code in (201, 202)
+    assert hub.spawn("bob", {"image": "evil", "gpus": 1, "gpu_model": "H100", "org": "gist-ai"}).status_code in (
+        201,
+        202,
+    )
     hub.wait_ready("bob")
     (c,) = hub.containers(user="bob")
     granted = c.labels["gpuhub.gpus"]

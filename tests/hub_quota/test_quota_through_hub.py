@@ -9,7 +9,7 @@ import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,10 +23,18 @@ pytestmark = pytest.mark.docker
 def race_site(instance: str, port: int, state: Path) -> dict:
     site = default_site(instance, port, state)
     site["organizations"] = {
-        "org-a": {"members": [f"u{i:02d}" for i in range(0, 25)], "gpu_limit": 2, "gpu_hours_per_month": 100,
-                  "max_gpus_per_server": 2},
-        "org-b": {"members": [f"u{i:02d}" for i in range(25, 50)], "gpu_limit": 1, "gpu_hours_per_month": 100,
-                  "max_gpus_per_server": 1},
+        "org-a": {
+            "members": [f"u{i:02d}" for i in range(25)],
+            "gpu_limit": 2,
+            "gpu_hours_per_month": 100,
+            "max_gpus_per_server": 2,
+        },
+        "org-b": {
+            "members": [f"u{i:02d}" for i in range(25, 50)],
+            "gpu_limit": 1,
+            "gpu_hours_per_month": 100,
+            "max_gpus_per_server": 1,
+        },
     }
     site["gpus"]["max_gpus_per_user"] = 2
     return site
@@ -124,17 +132,22 @@ def test_hub_kill9_keeps_servers_allocations_and_ledger(make_hub):
 
 
 def quota_status(hub) -> dict:
-    r = requests.get(f"{hub.url}/services/gpuhub-quota/status", headers={"Authorization": f"token {hub.admin_token}"},
-                     timeout=10)
+    r = requests.get(
+        f"{hub.url}/services/gpuhub-quota/status", headers={"Authorization": f"token {hub.admin_token}"}, timeout=10
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
 
 def statement(hub, *extra) -> list[dict]:
-    period = datetime.now(timezone.utc).astimezone(__import__("zoneinfo").ZoneInfo("Asia/Seoul")).strftime("%Y-%m")
-    out = subprocess.run([sys.executable, "-m", "gpuhub.cli", "billing", "statement", "--period", period,
-                          "--format", "json", *extra], env={**os.environ, "GPUHUB_SITE_CONFIG": str(hub.site_path)},
-                         capture_output=True, text=True, cwd=ROOT)
+    period = datetime.now(UTC).astimezone(__import__("zoneinfo").ZoneInfo("Asia/Seoul")).strftime("%Y-%m")
+    out = subprocess.run(
+        [sys.executable, "-m", "gpuhub.cli", "billing", "statement", "--period", period, "--format", "json", *extra],
+        env={**os.environ, "GPUHUB_SITE_CONFIG": str(hub.site_path)},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -157,14 +170,18 @@ def test_statement_charges_gpus_times_weight_times_seconds(make_hub):
 def budget_site(instance, port, state):
     site = default_site(instance, port, state)
     site["organizations"]["gist-ai"]["gpu_hours_per_month"] = 0.004  # 14.4 weighted GPU-seconds
-    site["quota"] = {"enforce_interval_seconds": 1, "grace_seconds": 3, "min_remaining_gpu_hours": 0,
-                     "reconcile_interval_seconds": 5}
+    site["quota"] = {
+        "enforce_interval_seconds": 1,
+        "grace_seconds": 3,
+        "min_remaining_gpu_hours": 0,
+        "reconcile_interval_seconds": 5,
+    }
     return site
 
 
 def test_budget_enforcer_warns_then_stops_within_the_documented_bound(make_hub):
-    from quota.budget import site_overage_bound
     from gpuhub.core.site import load_site
+    from quota.budget import site_overage_bound
 
     hub = make_hub(site_fn=budget_site)
     assert hub.spawn("alice", {"image": "python", "gpus": 1, "gpu_model": "H100"}).status_code in (201, 202)
@@ -210,8 +227,9 @@ def test_dead_container_frees_its_gpu_at_dockers_finish_time(make_hub):
     while time.monotonic() < deadline and quota_status(hub)["orgs"]["cnuh-radiology"]["gpus_in_use"]:
         time.sleep(0.5)
     assert quota_status(hub)["orgs"]["cnuh-radiology"]["gpus_in_use"] == 0
-    (closed,) = [r for r in quota_store(hub.site_path).recently_closed(finished - timedelta(minutes=5))
-                 if r["user"] == "carol"]
+    (closed,) = [
+        r for r in quota_store(hub.site_path).recently_closed(finished - timedelta(minutes=5)) if r["user"] == "carol"
+    ]
     assert closed["end_reason"] == "container-exited"
     assert abs((closed["ended_at"] - finished).total_seconds()) < 0.01, (closed, finished)
     # the freed GPU can be taken again
@@ -232,13 +250,16 @@ def test_spawn_form_shows_orgs_budget_and_free_gpus(make_hub):
     hub.stop_server("alice")
 
 
-@pytest.mark.parametrize("options", [
-    {"image": "python", "gpus": 3},
-    {"image": "python", "gpus": 1, "devices": ["GPU-sim-h100-0"]},
-    {"image": "debian:bookworm-slim"},
-    {"image": "python", "gpus": 1, "gpu_model": "GPU-sim-h100-0"},
-    {"image": "python", "gpus": 2, "org": "cnuh-radiology"},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"image": "python", "gpus": 3},
+        {"image": "python", "gpus": 1, "devices": ["GPU-sim-h100-0"]},
+        {"image": "debian:bookworm-slim"},
+        {"image": "python", "gpus": 1, "gpu_model": "GPU-sim-h100-0"},
+        {"image": "python", "gpus": 2, "org": "cnuh-radiology"},
+    ],
+)
 def test_tampered_rest_options_cannot_exceed_limits(hub, options):
     """Refusals only: one module hub (the default site) serves every case."""
     r = hub.spawn("bob", options)
@@ -247,8 +268,8 @@ def test_tampered_rest_options_cannot_exceed_limits(hub, options):
 
 
 def test_container_that_died_while_the_hub_was_down_is_closed_at_its_finish_time(make_hub):
-    from gpuhub.hub.runtime import quota_store
     from gpuhub.host.dockerenv import docker_time
+    from gpuhub.hub.runtime import quota_store
 
     hub = make_hub(site_fn=default_site)
     assert hub.spawn("alice", {"image": "python", "gpus": 1}).status_code in (201, 202)
@@ -263,8 +284,9 @@ def test_container_that_died_while_the_hub_was_down_is_closed_at_its_finish_time
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and quota_status(hub)["orgs"]["gist-ai"]["gpus_in_use"]:
         time.sleep(0.5)
-    (closed,) = [r for r in quota_store(hub.site_path).recently_closed(finished - timedelta(minutes=5))
-                 if r["user"] == "alice"]
+    (closed,) = [
+        r for r in quota_store(hub.site_path).recently_closed(finished - timedelta(minutes=5)) if r["user"] == "alice"
+    ]
     assert closed["end_reason"] == "container-exited"
     assert abs((closed["ended_at"] - finished).total_seconds()) < 0.01  # not the restart time
 
@@ -272,9 +294,18 @@ def test_container_that_died_while_the_hub_was_down_is_closed_at_its_finish_time
 def test_unknown_labelled_container_is_stopped_by_the_reconciler(make_hub, docker_client):
     hub = make_hub(site_fn=default_site)
     stranger = docker_client.containers.run(
-        "gpuhub/base-notebook:latest", ["sleep", "600"], detach=True, name=f"{hub.instance}-stranger",
-        labels={"gpuhub.managed": "1", "gpuhub.hub": hub.instance, "gpuhub.user": "mallory", "gpuhub.server": "",
-                "gpuhub.gpus": "GPU-sim-h100-0", "gpuhub.org": "gist-ai"},
+        "gpuhub/base-notebook:latest",
+        ["sleep", "600"],
+        detach=True,
+        name=f"{hub.instance}-stranger",
+        labels={
+            "gpuhub.managed": "1",
+            "gpuhub.hub": hub.instance,
+            "gpuhub.user": "mallory",
+            "gpuhub.server": "",
+            "gpuhub.gpus": "GPU-sim-h100-0",
+            "gpuhub.org": "gist-ai",
+        },
     )
     deadline = time.monotonic() + 30  # reconcile_interval_seconds is 5 in the test site
     while time.monotonic() < deadline:
@@ -308,7 +339,7 @@ def test_runtime_nvidia_hands_devices_to_docker_and_fails_closed_without_the_too
     assert "gpu" in message.lower()
     hub.wait_containers_gone(user="alice")
     assert quota_status(hub)["orgs"]["gist-ai"]["gpus_in_use"] == 0
-    (closed,) = quota_store(hub.site_path).recently_closed(datetime.now(timezone.utc) - timedelta(minutes=5))
+    (closed,) = quota_store(hub.site_path).recently_closed(datetime.now(UTC) - timedelta(minutes=5))
     assert closed["end_reason"] == "spawn-failed"
     # a CPU server still starts: the failed GPU request does not poison later spawns
     assert hub.spawn("alice", {"image": "python", "gpus": 0}).status_code in (201, 202)

@@ -39,9 +39,13 @@ def test_apply_idle_adds_both_cullers_with_minimal_scopes_after_apply_services()
 
 
 def test_http_culler_timeout_is_the_smallest_of_the_site_org_and_course_ones():
-    site = make_site(idle={"http_timeout_minutes": 60, "cull_http": True},
-                     organizations={**QUOTA_SITE["organizations"],
-                                    "lab-a": {**QUOTA_SITE["organizations"]["lab-a"], "idle_http_timeout_minutes": 20}})
+    site = make_site(
+        idle={"http_timeout_minutes": 60, "cull_http": True},
+        organizations={
+            **QUOTA_SITE["organizations"],
+            "lab-a": {**QUOTA_SITE["organizations"]["lab-a"], "idle_http_timeout_minutes": 20},
+        },
+    )
     c = Config()
     apply_idle(c, site, FACTS)
     culler = next(s for s in c.JupyterHub.services if s["name"] == HTTP_CULLER)
@@ -51,12 +55,15 @@ def test_http_culler_timeout_is_the_smallest_of_the_site_org_and_course_ones():
     assert [s["name"] for s in c.JupyterHub.services] == [IDLE_SERVICE]
 
 
-@pytest.mark.parametrize("idle, message", [
-    ({"gpu_threshold": 1.5}, "idle.gpu_threshold: 1.5 is not allowed; allowed: a number in [0, 1)"),
-    ({"timeout_minutes": 0}, "idle.timeout_minutes: 0.0 is not allowed; allowed: minutes > 0"),
-    ({"gpu_exporters": ["gpu-host:9835"]}, "idle.gpu_exporters[0]: 'gpu-host:9835' is not allowed"),
-    ({"window": 30}, "idle.window: unknown key"),
-])
+@pytest.mark.parametrize(
+    "idle, message",
+    [
+        ({"gpu_threshold": 1.5}, "idle.gpu_threshold: 1.5 is not allowed; allowed: a number in [0, 1)"),
+        ({"timeout_minutes": 0}, "idle.timeout_minutes: 0.0 is not allowed; allowed: minutes > 0"),
+        ({"gpu_exporters": ["gpu-host:9835"]}, "idle.gpu_exporters[0]: 'gpu-host:9835' is not allowed"),
+        ({"window": 30}, "idle.window: unknown key"),
+    ],
+)
 def test_idle_section_errors_name_the_key_and_what_is_allowed(idle, message):
     with pytest.raises(SiteConfigError) as e:
         make_site(idle=idle)
@@ -64,14 +71,25 @@ def test_idle_section_errors_name_the_key_and_what_is_allowed(idle, message):
 
 
 def test_org_idle_timeout_must_be_positive():
-    orgs = {**QUOTA_SITE["organizations"], "lab-a": {**QUOTA_SITE["organizations"]["lab-a"],
-                                                     "idle_timeout_minutes": -5}}
+    orgs = {
+        **QUOTA_SITE["organizations"],
+        "lab-a": {**QUOTA_SITE["organizations"]["lab-a"], "idle_timeout_minutes": -5},
+    }
     with pytest.raises(SiteConfigError, match=r"organizations.lab-a.idle_timeout_minutes: -5.0 is not allowed"):
         make_site(organizations=orgs)
 
 
-@pytest.mark.parametrize("options, gpu", [({"gpus": 1}, True), ({"gpus": "2"}, True), ({"gpus": 0}, False),
-                                          ({}, False), (None, False), ({"gpus": "many"}, True)])
+@pytest.mark.parametrize(
+    "options, gpu",
+    [
+        ({"gpus": 1}, True),
+        ({"gpus": "2"}, True),
+        ({"gpus": 0}, False),
+        ({}, False),
+        (None, False),
+        ({"gpus": "many"}, True),
+    ],
+)
 def test_http_culler_leaves_gpu_servers_and_unreadable_counts_alone(options, gpu):
     assert holds_gpus(options) is gpu
 
@@ -85,11 +103,29 @@ def test_exemptions_by_server_user_and_org():
 
 
 def test_banner_names_gpus_idle_time_and_stop_time_and_escapes():
-    status = {"servers": {"alice/<b>": {"user": "alice", "warned": True, "devices": ["GPU-1"], "idle_seconds": 1260,
-                                        "cull_at": 1_800_000_600.0}},
-              "culled": [{"key": "alice/old", "user": "alice", "server": "old", "at": 1_800_000_000.0,
-                          "devices": "GPU-2", "idle_seconds": 1800, "kind": "gpu"},
-                         {"key": "bob/", "user": "bob", "server": "", "at": 1_800_000_000.0, "kind": "http"}]}
+    status = {
+        "servers": {
+            "alice/<b>": {
+                "user": "alice",
+                "warned": True,
+                "devices": ["GPU-1"],
+                "idle_seconds": 1260,
+                "cull_at": 1_800_000_600.0,
+            }
+        },
+        "culled": [
+            {
+                "key": "alice/old",
+                "user": "alice",
+                "server": "old",
+                "at": 1_800_000_000.0,
+                "devices": "GPU-2",
+                "idle_seconds": 1800,
+                "kind": "gpu",
+            },
+            {"key": "bob/", "user": "bob", "server": "", "at": 1_800_000_000.0, "kind": "http"},
+        ],
+    }
     html = banner_html("alice", status, 1_800_000_000.0 + timedelta(minutes=1).total_seconds())
     assert "&lt;b&gt;" in html and "GPU-1" in html and "idle for 21 min 00 s" in html
     assert "will be stopped at 08:10:00 UTC (in 9 min 00 s)" in html
@@ -101,17 +137,30 @@ def test_http_arbiter_uses_the_org_timeout_and_notes_its_culls(tmp_path, monkeyp
     from gpuhub.hub import idle_http
     from gpuhub.hub.idle_state import HTTP_CULLS_FILE, read_json
 
-    orgs = {**QUOTA_SITE["organizations"],
-            "lab-a": {**QUOTA_SITE["organizations"]["lab-a"], "idle_http_timeout_minutes": 240}}
+    orgs = {
+        **QUOTA_SITE["organizations"],
+        "lab-a": {**QUOTA_SITE["organizations"]["lab-a"], "idle_http_timeout_minutes": 240},
+    }
     site_file = tmp_path / "site.yaml"
-    site_file.write_text(yaml.safe_dump(
-        {**QUOTA_SITE, "organizations": orgs, "hub": {"state_dir": str(tmp_path)},
-         "idle": {"http_timeout_minutes": 60}}))
+    site_file.write_text(
+        yaml.safe_dump(
+            {
+                **QUOTA_SITE,
+                "organizations": orgs,
+                "hub": {"state_dir": str(tmp_path)},
+                "idle": {"http_timeout_minutes": 60},
+            }
+        )
+    )
     monkeypatch.setenv("GPUHUB_SITE_CONFIG", str(site_file))
 
     def cull(user, options, minutes):
-        return idle_http.arbiter(inactive=timedelta(minutes=minutes), inactive_limit=3600,
-                                 server={"full_name": f"{user}/", "user_options": options})
+        return idle_http.arbiter(
+            inactive=timedelta(minutes=minutes),
+            inactive_limit=3600,
+            server={"full_name": f"{user}/", "user_options": options},
+        )
+
     assert not cull("alice", {"gpus": 0, "org": "lab-a"}, 200)  # lab-a allows 4 h
     assert cull("alice", {"gpus": 0, "org": "lab-a"}, 241)
     assert not cull("carol", {"gpus": 0}, 59) and cull("carol", {"gpus": 0}, 61)  # lab-b: the site's 60 min

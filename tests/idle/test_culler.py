@@ -20,8 +20,9 @@ T0 = datetime(2027, 1, 15, 8, 0, tzinfo=UTC)
 class World:
     def __init__(self, tmp_path):
         self.now = T0.timestamp()
-        self.site = make_site(hub={"state_dir": str(tmp_path)},
-                              idle={"window_seconds": 30, "timeout_minutes": 30, "warn_minutes": 10})
+        self.site = make_site(
+            hub={"state_dir": str(tmp_path)}, idle={"window_seconds": 30, "timeout_minutes": 30, "warn_minutes": 10}
+        )
         engine = db.make_engine(f"sqlite:///{tmp_path / 'hub.sqlite'}")
         db.upgrade(engine)
         self.store = QuotaStore(engine, self.site, clock=lambda: datetime.fromtimestamp(self.now, UTC))

@@ -19,12 +19,15 @@ def feed(log: WindowLog, start: float, seconds: int, util) -> float:
     return start + seconds
 
 
-@pytest.mark.parametrize("pattern, expected", [
-    ("zero", 600.0),  # 20 complete zero windows
-    ("at-threshold", 600.0),  # 5 % is still idle (<=)
-    ("one-busy-second-per-minute", 0.0),  # 30 % in one window per minute: never more than 30 s
-    ("busy-now", 0.0),  # a busy sample in the current window resets at once
-])
+@pytest.mark.parametrize(
+    "pattern, expected",
+    [
+        ("zero", 600.0),  # 20 complete zero windows
+        ("at-threshold", 600.0),  # 5 % is still idle (<=)
+        ("one-busy-second-per-minute", 0.0),  # 30 % in one window per minute: never more than 30 s
+        ("busy-now", 0.0),  # a busy sample in the current window resets at once
+    ],
+)
 def test_idle_seconds_of_a_device(pattern, expected):
     log = WindowLog(W, 0.05)
     util = {
@@ -63,9 +66,17 @@ def test_missing_data_is_never_idle():
 
 
 def view(key="alice/", idle_s=0.0, busy=False, timeout=1800.0, started=T0 - 10_000, exempt=None, devices=("G0",)):
-    return ServerView(key=key, user=key.split("/")[0], org="gist-ai", devices=devices, started_at=started,
-                      device_idle=dict.fromkeys(devices, idle_s), kernels_busy=busy, timeout_seconds=timeout,
-                      exempt_until=exempt)
+    return ServerView(
+        key=key,
+        user=key.split("/")[0],
+        org="gist-ai",
+        devices=devices,
+        started_at=started,
+        device_idle=dict.fromkeys(devices, idle_s),
+        kernels_busy=busy,
+        timeout_seconds=timeout,
+        exempt_until=exempt,
+    )
 
 
 def run(planner, views_at):
@@ -99,6 +110,7 @@ def test_never_culled_when_anything_is_active_or_unknown(reason):
         if reason == "gpu-blip":  # 30 % in one window per minute
             return [view(idle_s=(now - T0) % 60)]
         return [ServerView(**{**v.__dict__, "device_idle": {"G0": None}})]
+
     log = run(planner, views)
     assert all(v[0].action is None for v in log.values())
 
@@ -128,17 +140,33 @@ def test_a_new_holder_does_not_inherit_the_previous_holders_idle_time():
 
 
 def test_a_server_is_as_idle_as_its_busiest_gpu():
-    v = ServerView(key="a/", user="a", org=None, devices=("G0", "G1"), started_at=0, device_idle={"G0": 900, "G1": 30},
-                   kernels_busy=False, timeout_seconds=60)
+    v = ServerView(
+        key="a/",
+        user="a",
+        org=None,
+        devices=("G0", "G1"),
+        started_at=0,
+        device_idle={"G0": 900, "G1": 30},
+        kernels_busy=False,
+        timeout_seconds=60,
+    )
     assert idle.server_idle_seconds(v, idle.Clock(), T0) == 30
 
 
 def test_timeouts_per_org_and_course():
-    site = make_site(organizations={
-        "gist-ai": {"members": ["alice"], "gpu_limit": 2, "idle_timeout_minutes": 90, "idle_http_timeout_minutes": 30},
-        "kaist-nlp": {"members": ["bob"], "gpu_limit": 2}},
+    site = make_site(
+        organizations={
+            "gist-ai": {
+                "members": ["alice"],
+                "gpu_limit": 2,
+                "idle_timeout_minutes": 90,
+                "idle_http_timeout_minutes": 30,
+            },
+            "kaist-nlp": {"members": ["bob"], "gpu_limit": 2},
+        },
         idle={"timeout_minutes": 20, "http_timeout_minutes": 60},
-        courses={"ml101": {"org": "kaist-nlp", "students": ["erin"], "idle_timeout_minutes": 5}})
+        courses={"ml101": {"org": "kaist-nlp", "students": ["erin"], "idle_timeout_minutes": 5}},
+    )
     assert idle.gpu_timeout_seconds(site, "alice", "gist-ai") == 5400
     assert idle.http_timeout_seconds(site, "alice", "gist-ai") == 1800
     assert idle.gpu_timeout_seconds(site, "bob", "kaist-nlp") == 1200
@@ -155,8 +183,10 @@ def test_long_timeouts_are_reachable():
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 200), st.sampled_from([None, 0.0, 0.05, 0.06, 0.5])), max_size=60),
-       st.integers(0, 200))
+@given(
+    st.lists(st.tuples(st.integers(0, 200), st.sampled_from([None, 0.0, 0.05, 0.06, 0.5])), max_size=60),
+    st.integers(0, 200),
+)
 def test_window_log_agrees_with_the_definition_on_all_windows(samples, later):
     log = WindowLog(10.0, 0.05, keep=1000)
     t = T0

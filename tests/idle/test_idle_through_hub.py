@@ -37,7 +37,7 @@ EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 HOLDERS = {"alice": GPUS[0], "bob": GPUS[1], "carol": GPUS[2], "dave": GPUS[3], "erin": GPUS[4]}
 
 CONFIG = f"""
-exec(compile(open({str(ROOT / 'jupyterhub_config.py')!r}).read(), "jupyterhub_config.py", "exec"))
+exec(compile(open({str(ROOT / "jupyterhub_config.py")!r}).read(), "jupyterhub_config.py", "exec"))
 from gpuhub.hub.idle_config import IDLE_SERVICE, apply_idle
 if not any(s["name"] == IDLE_SERVICE for s in c.JupyterHub.services):  # until the lead wires it in
     apply_idle(c, site, facts)
@@ -48,14 +48,22 @@ def idle_site(instance, port, state, exporter_url=None) -> dict:
     site = default_site(instance, port, state)
     site["gpus"]["devices"] = [{"uuid": u, "model": "H100"} for u in GPUS]
     site["organizations"] = {
-        "gist-ai": {"members": ["alice", "bob", "carol", "dave", "frank"], "gpu_limit": 5,
-                    "gpu_hours_per_month": 100, "max_gpus_per_server": 1},
-        "patient-lab": {"members": ["erin"], "gpu_limit": 1, "gpu_hours_per_month": 100,
-                        "idle_timeout_minutes": 30},
+        "gist-ai": {
+            "members": ["alice", "bob", "carol", "dave", "frank"],
+            "gpu_limit": 5,
+            "gpu_hours_per_month": 100,
+            "max_gpus_per_server": 1,
+        },
+        "patient-lab": {"members": ["erin"], "gpu_limit": 1, "gpu_hours_per_month": 100, "idle_timeout_minutes": 30},
     }
-    site["idle"] = {"window_seconds": 1, "timeout_minutes": TIMEOUT_S / 60, "warn_minutes": WARN_S / 60,
-                    "http_timeout_minutes": HTTP_S / 60, "check_interval_seconds": 1,
-                    "gpu_exporters": [exporter_url] if exporter_url else []}
+    site["idle"] = {
+        "window_seconds": 1,
+        "timeout_minutes": TIMEOUT_S / 60,
+        "warn_minutes": WARN_S / 60,
+        "http_timeout_minutes": HTTP_S / 60,
+        "check_interval_seconds": 1,
+        "gpu_exporters": [exporter_url] if exporter_url else [],
+    }
     return site
 
 
@@ -77,8 +85,14 @@ def world(request, tmp_path_factory, docker_client):
     gpus = [FakeGpu(u, utilization=0, memory_used=2 << 30) for u in GPUS]  # memory held, no kernel: idle-held
     hub = HubProcess(tmp)
     exporter_site = parse_site(idle_site(hub.instance, hub.port, hub.state), tmp / "site.yaml")
-    registry, sampler = build_gpu_exporter(exporter_site, docker.from_env(), FakeNvmlSource(gpus),
-                                           registry=CollectorRegistry(), interval=0.2, containers_interval=0.5)
+    registry, sampler = build_gpu_exporter(
+        exporter_site,
+        docker.from_env(),
+        FakeNvmlSource(gpus),
+        registry=CollectorRegistry(),
+        interval=0.2,
+        containers_interval=0.5,
+    )
     sampler.start()
     metrics = serve(registry, "127.0.0.1:0")
     hub.site = idle_site(hub.instance, hub.port, hub.state, f"http://127.0.0.1:{metrics.port}")
@@ -101,8 +115,12 @@ def world(request, tmp_path_factory, docker_client):
 
 
 def gpuhub_idle(hub, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gpuhub", "--site", str(hub.site_path), "idle", *args],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "gpuhub", "--site", str(hub.site_path), "idle", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def running(hub, user: str) -> bool:
@@ -138,9 +156,12 @@ def timeline(world):
         pass
     session = login(hub, "alice")
     seen = {}
-    seen["warning"] = wait_for("alice's warning on her home page", lambda: (
-        (page := session.get(f"{hub.url}/hub/home", timeout=10).text) and "will be stopped at" in page and page),
-        TIMEOUT_S + 30, hub)
+    seen["warning"] = wait_for(
+        "alice's warning on her home page",
+        lambda: (page := session.get(f"{hub.url}/hub/home", timeout=10).text) and "will be stopped at" in page and page,
+        TIMEOUT_S + 30,
+        hub,
+    )
     seen["status_while_warned"] = gpuhub_idle(hub, "status")
     wait_for("alice's server stopped", lambda: not running(hub, "alice"), WARN_S + 30, hub)
     seen["culled_after"] = time.monotonic() - started
@@ -190,8 +211,12 @@ def test_http_culler_stops_the_idle_cpu_only_server_and_leaves_gpu_servers(world
     hub, _ = world
     assert timeline["frank_running"] is False
     store = ledger(hub)
-    wait_for("frank's end_reason http-idle", lambda: any(
-        r["user"] == "frank" and r["end_reason"] == "http-idle" for r in store.recently_closed(EPOCH)), 15, hub)
+    wait_for(
+        "frank's end_reason http-idle",
+        lambda: any(r["user"] == "frank" and r["end_reason"] == "http-idle" for r in store.recently_closed(EPOCH)),
+        15,
+        hub,
+    )
     assert timeline["survivors"]["dave"] and timeline["survivors"]["erin"]  # GPU servers idle over HTTP too
     store.engine.dispose()
 

@@ -27,8 +27,9 @@ def test_gpu_idle_seconds_counts_windows_resets_on_use_and_starts_with_the_holde
     gpu = FakeGpu("GPU-fake-0", utilization=0, memory_used=4 << 30)  # memory held, no kernel: idle-held
     docker = FakeDocker()
     wall = Wall(1_800_000_000.0)
-    registry, sampler = build_gpu_exporter(site, docker, FakeNvmlSource([gpu]), registry=CollectorRegistry(),
-                                           clock=wall, containers_interval=0.0)
+    registry, sampler = build_gpu_exporter(
+        site, docker, FakeNvmlSource([gpu]), registry=CollectorRegistry(), clock=wall, containers_interval=0.0
+    )
     labels = dict(org="gist-ai", user="alice", server="", uuid="GPU-fake-0")
 
     def step(seconds):
@@ -54,8 +55,9 @@ def test_idle_culls_total_by_org_and_kind_from_the_ledger(ledger_engine, tmp_pat
     for reason, user in [("gpu-idle", "alice"), ("gpu-idle", "bob"), ("http-idle", "alice"), ("stopped", "carol")]:
         iid = add_interval(ledger_engine, user=user, started_at=now - timedelta(hours=1), ended_at=now)
         with ledger_engine.begin() as conn:
-            conn.execute(update(models.usage_intervals).where(models.usage_intervals.c.id == iid)
-                         .values(end_reason=reason))
+            conn.execute(
+                update(models.usage_intervals).where(models.usage_intervals.c.id == iid).values(end_reason=reason)
+            )
     registry, sampler = build_usage_exporter(site, ledger_engine, registry=CollectorRegistry())
     sampler.refresh()
     get = registry.get_sample_value

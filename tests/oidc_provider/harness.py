@@ -37,8 +37,7 @@ def ensure_installed() -> None:
     npm = require_tool("npm", "install npm (apt-get install npm)")
     if (HERE / "node_modules" / "oidc-provider" / "package.json").exists():
         return
-    proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=HERE, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=HERE, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         raise ProviderError(f"npm ci in {HERE} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
 
@@ -55,8 +54,14 @@ def proxy_command() -> str:
 class OIDCProvider:
     """One running provider.mjs with one confidential client and editable accounts."""
 
-    def __init__(self, workdir: Path, *, redirect_uris: list[str], client_id: str = "gpuhub",
-                 client_secret: str = "test-client-secret-0123456789"):
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        redirect_uris: list[str],
+        client_id: str = "gpuhub",
+        client_secret: str = "test-client-secret-0123456789",
+    ):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.accounts_file = self.workdir / "accounts.json"
@@ -100,9 +105,16 @@ class OIDCProvider:
             "OIDC_CLIENT_SECRET": self.client_secret,
             "OIDC_REDIRECT_URIS": ",".join(self.redirect_uris),
         }
-        log = open(self.log_file, "w")
-        self.proc = subprocess.Popen(["node", str(HERE / "provider.mjs")], stdout=subprocess.PIPE, stderr=log,
-                                     env=env, cwd=HERE, text=True, start_new_session=True)
+        log = open(self.log_file, "w")  # noqa: SIM115 - the provider writes to it for its whole life
+        self.proc = subprocess.Popen(
+            ["node", str(HERE / "provider.mjs")],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=env,
+            cwd=HERE,
+            text=True,
+            start_new_session=True,
+        )
         line: list[str] = []
         reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()), daemon=True)
         reader.start()

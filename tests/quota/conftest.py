@@ -7,14 +7,14 @@ private cluster that scripts/postgres.sh starts). If PostgreSQL cannot start, th
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
+from quotakit import Clock, make_site
 from sqlalchemy import text
 
 from quota import db
 from quota.store import QuotaStore
-from quotakit import Clock, make_site
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def site():
 
 @pytest.fixture
 def clock():
-    return Clock(datetime(2026, 11, 10, 3, 0, tzinfo=timezone.utc))
+    return Clock(datetime(2026, 11, 10, 3, 0, tzinfo=UTC))
 
 
 def _pg_schema_url(base: str):

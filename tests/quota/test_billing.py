@@ -17,10 +17,23 @@ from quota.policy import AllocationRequest
 
 def add(engine, user, org, model, gpus, weight, start, end, key=None):
     with engine.begin() as conn:
-        conn.execute(insert(usage_intervals).values(
-            server_key=key or f"{user}/{start.timestamp()}", user=user, server_name="", org=org, image="python",
-            device_uuids="", gpus=gpus, model=model, weight=weight, started_at=start, ended_at=end,
-            end_reason="stopped" if end else None, heartbeat_at=start))
+        conn.execute(
+            insert(usage_intervals).values(
+                server_key=key or f"{user}/{start.timestamp()}",
+                user=user,
+                server_name="",
+                org=org,
+                image="python",
+                device_uuids="",
+                gpus=gpus,
+                model=model,
+                weight=weight,
+                started_at=start,
+                ended_at=end,
+                end_reason="stopped" if end else None,
+                heartbeat_at=start,
+            )
+        )
 
 
 def test_n_gpus_of_weight_w_for_t_seconds_cost_n_w_t(store, site, clock):
@@ -55,7 +68,9 @@ def test_grouping_org_filter_and_rates(engine, site):
     add(engine, "carol", "lab-b", None, 0, 0.0, t, t + timedelta(hours=9))  # CPU-only: not billed
     rows = billing.statement(engine, site, "2026-11", now=t + timedelta(days=1))
     assert [(r["org"], r["user"], r["gpu_model"], r["intervals"], r["weighted_gpu_hours"]) for r in rows] == [
-        ("lab-a", "alice", "H100", 2, 2.0), ("lab-b", "carol", "B200", 1, 2.0)]
+        ("lab-a", "alice", "H100", 2, 2.0),
+        ("lab-b", "carol", "B200", 1, 2.0),
+    ]
     assert rows[0]["amount"] == 8000.0 and "amount" not in rows[1]
     rows = billing.statement(engine, site, "2026-11", org="lab-b", now=t + timedelta(days=1))
     assert [r["org"] for r in rows] == ["lab-b"]
@@ -92,8 +107,10 @@ def test_random_ledger_matches_python_reference(engine, site):
 def test_daily_splits_at_local_midnight(engine, site):
     start = datetime(2026, 11, 9, 14, 0, tzinfo=UTC)  # 23:00 KST 9 November
     add(engine, "alice", "lab-a", "H100", 2, 1.0, start, start + timedelta(hours=3))
-    days = {d["date"]: d["weighted_gpu_hours"] for d in billing.daily(engine, site, "2026-11",
-                                                                       now=start + timedelta(days=1))["lab-a"]}
+    days = {
+        d["date"]: d["weighted_gpu_hours"]
+        for d in billing.daily(engine, site, "2026-11", now=start + timedelta(days=1))["lab-a"]
+    }
     assert days["2026-11-09"] == pytest.approx(2.0) and days["2026-11-10"] == pytest.approx(4.0)
     assert sum(days.values()) == pytest.approx(6.0) and len(days) == 30
 

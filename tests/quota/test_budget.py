@@ -5,12 +5,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from quotakit import make_site
 
 from quota import budget
 from quota.budget import RunningServer, evaluate
 from quota.policy import AllocationRequest, Decision, Holding, Snapshot, decide
 from quota.store import QuotaRefused
-from quotakit import make_site
 
 T0 = datetime(2026, 11, 10, 3, 0, tzinfo=UTC)
 
@@ -54,8 +54,11 @@ class Sim:
         self.servers = {}  # key -> [start, end or None, gpus, weight, devices]
 
     def used(self, t):
-        return sum(g * w * ((e if e is not None and e < t else t) - s).total_seconds()
-                   for s, e, g, w, _ in self.servers.values() if s < t)
+        return sum(
+            g * w * ((e if e is not None and e < t else t) - s).total_seconds()
+            for s, e, g, w, _ in self.servers.values()
+            if s < t
+        )
 
     def running(self, t):
         return {k: v for k, v in self.servers.items() if v[1] is None or v[1] > t}
@@ -68,14 +71,27 @@ class Sim:
 
 
 @settings(max_examples=100, deadline=None)
-@given(E=st.floats(5, 120), G=st.floats(0, 600), S=st.floats(0, 30), phase=st.floats(0, 1), k=st.integers(1, 4),
-       budget_h=st.floats(0.05, 1), attempts=st.lists(st.tuples(st.floats(0, 2 * 3600), st.integers(1, 2)),
-                                                       min_size=1, max_size=12))
+@given(
+    E=st.floats(5, 120),
+    G=st.floats(0, 600),
+    S=st.floats(0, 30),
+    phase=st.floats(0, 1),
+    k=st.integers(1, 4),
+    budget_h=st.floats(0.05, 1),
+    attempts=st.lists(st.tuples(st.floats(0, 2 * 3600), st.integers(1, 2)), min_size=1, max_size=12),
+)
 def test_overage_never_exceeds_the_documented_bound(E, G, S, phase, k, budget_h, attempts):
-    org = {"sim": {"members": [f"u{i}" for i in range(12)], "gpu_limit": k, "gpu_hours_per_month": budget_h,
-                   "max_gpus_per_server": 2}}
-    site = make_site(organizations=org, quota={"enforce_interval_seconds": E, "grace_seconds": G,
-                                               "min_remaining_gpu_hours": 0.01})
+    org = {
+        "sim": {
+            "members": [f"u{i}" for i in range(12)],
+            "gpu_limit": k,
+            "gpu_hours_per_month": budget_h,
+            "max_gpus_per_server": 2,
+        }
+    }
+    site = make_site(
+        organizations=org, quota={"enforce_interval_seconds": E, "grace_seconds": G, "min_remaining_gpu_hours": 0.01}
+    )
     sim = Sim(site, "sim")
     starts = sorted((T0 + timedelta(seconds=a), f"u{i}", g) for i, (a, g) in enumerate(attempts))
     tick = T0 + timedelta(seconds=phase * E)
@@ -107,10 +123,20 @@ def test_store_time_travel_enforcement_within_bound(store, clock, site):
                 store.release(key, at, "budget-exhausted")
                 del pending[key]
         store.heartbeat(now)
-        running = [RunningServer(r["server_key"], r["user"], r["gpus"], r["weight"])
-                   for r in store.open_intervals() if r["org"] == "lab-c" and r["server_key"] not in pending]
-        v = evaluate("lab-c", 1, store.org_usage("lab-c"), running, now,
-                     announced=store.announced_warnings("lab-c", now), grace_seconds=G)
+        running = [
+            RunningServer(r["server_key"], r["user"], r["gpus"], r["weight"])
+            for r in store.open_intervals()
+            if r["org"] == "lab-c" and r["server_key"] not in pending
+        ]
+        v = evaluate(
+            "lab-c",
+            1,
+            store.org_usage("lab-c"),
+            running,
+            now,
+            announced=store.announced_warnings("lab-c", now),
+            grace_seconds=G,
+        )
         for f in v.warnings_due:
             assert store.announce_warning("lab-c", f, now, v.message)
             announced.append(f)

@@ -19,12 +19,19 @@ def site(tmp_path, models):
 
 
 def gpus():
-    mig = FakeGpu(uuid="GPU-b", name="NVIDIA H100 80GB HBM3", migs=[
-        FakeGpu(uuid="MIG-b1", name="NVIDIA H100 80GB HBM3 MIG 1g.10gb", is_mig=True, memory_total=10 * 1024**3),
-        FakeGpu(uuid="MIG-b2", name="NVIDIA H100 80GB HBM3 MIG 3g.40gb", is_mig=True, memory_total=40 * 1024**3),
-    ])
-    return [FakeGpu(uuid="GPU-a", name="NVIDIA H100 80GB HBM3"), mig,
-            FakeGpu(uuid="GPU-c", name="NVIDIA A100-SXM4-40GB")]
+    mig = FakeGpu(
+        uuid="GPU-b",
+        name="NVIDIA H100 80GB HBM3",
+        migs=[
+            FakeGpu(uuid="MIG-b1", name="NVIDIA H100 80GB HBM3 MIG 1g.10gb", is_mig=True, memory_total=10 * 1024**3),
+            FakeGpu(uuid="MIG-b2", name="NVIDIA H100 80GB HBM3 MIG 3g.40gb", is_mig=True, memory_total=40 * 1024**3),
+        ],
+    )
+    return [
+        FakeGpu(uuid="GPU-a", name="NVIDIA H100 80GB HBM3"),
+        mig,
+        FakeGpu(uuid="GPU-c", name="NVIDIA A100-SXM4-40GB"),
+    ]
 
 
 def test_gpus_and_declared_mig_profiles_are_units_with_their_model(tmp_path):

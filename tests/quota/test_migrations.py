@@ -51,8 +51,9 @@ def test_concurrent_upgrades_from_empty(db_url):
 
 
 def test_store_from_site_creates_and_migrates_the_default_sqlite(tmp_path):
-    from quota.store import QuotaStore
     from quotakit import make_site
+
+    from quota.store import QuotaStore
 
     store = QuotaStore.from_site(make_site(hub={"state_dir": str(tmp_path / "state")}))
     assert (tmp_path / "state" / "jupyterhub.sqlite").exists() and store.holdings() == []
@@ -75,8 +76,14 @@ def test_models_match_the_migration(db_url):
     db.upgrade(db_url)
     eng = db.make_engine(db_url)
     with eng.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"include_name": lambda n, t, p: t != "table" or
-                                                     n.startswith("gpuhub_") and n != "gpuhub_alembic_version",
-                                                     "compare_type": False})
+        ctx = MigrationContext.configure(
+            conn,
+            opts={
+                "include_name": lambda n, t, p: (
+                    t != "table" or n.startswith("gpuhub_") and n != "gpuhub_alembic_version"
+                ),
+                "compare_type": False,
+            },
+        )
         assert compare_metadata(ctx, metadata) == []
     eng.dispose()

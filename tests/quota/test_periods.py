@@ -70,16 +70,20 @@ def test_seoul_month_bounds_are_utc_instants():
     lo, hi = p.month_bounds(2026, 11, ZoneInfo("Asia/Seoul"))
     assert lo == datetime(2026, 10, 31, 15, 0, tzinfo=UTC)
     assert hi == datetime(2026, 11, 30, 15, 0, tzinfo=UTC)
-    assert p.month_bounds(2026, 12, ZoneInfo("UTC")) == (datetime(2026, 12, 1, tzinfo=UTC),
-                                                          datetime(2027, 1, 1, tzinfo=UTC))
+    assert p.month_bounds(2026, 12, ZoneInfo("UTC")) == (
+        datetime(2026, 12, 1, tzinfo=UTC),
+        datetime(2027, 1, 1, tzinfo=UTC),
+    )
 
 
 def test_split_exact_example_across_new_year_in_seoul():
     tz = ZoneInfo("Asia/Seoul")
     start = datetime(2026, 12, 31, 14, 30, tzinfo=UTC)  # 23:30 KST
     pieces = p.split_by_month(start, start + timedelta(hours=1), tz)
-    assert [(x.period, x.duration) for x in pieces] == [("2026-12", timedelta(minutes=30)),
-                                                         ("2027-01", timedelta(minutes=30))]
+    assert [(x.period, x.duration) for x in pieces] == [
+        ("2026-12", timedelta(minutes=30)),
+        ("2027-01", timedelta(minutes=30)),
+    ]
 
 
 def test_interval_charge_open_and_clipped():
@@ -107,11 +111,14 @@ def test_day_bounds_cover_the_month():
     assert sorted({(hi - lo).total_seconds() / 3600 for _, lo, hi in days}) == [24.0, 25.0]
 
 
-@pytest.mark.parametrize("instant, zone, expected", [
-    (datetime(2026, 11, 30, 15, 30, tzinfo=UTC), "Asia/Seoul", "2026-12"),  # 00:30 on Dec 1 in Seoul
-    (datetime(2026, 11, 30, 14, 59, 59, tzinfo=UTC), "Asia/Seoul", "2026-11"),
-    (datetime(2027, 1, 1, 3, 0, tzinfo=UTC), "America/New_York", "2026-12"),  # still New Year's Eve there
-    (datetime(2026, 11, 30, 15, 30, tzinfo=UTC), "UTC", "2026-11"),
-])
+@pytest.mark.parametrize(
+    "instant, zone, expected",
+    [
+        (datetime(2026, 11, 30, 15, 30, tzinfo=UTC), "Asia/Seoul", "2026-12"),  # 00:30 on Dec 1 in Seoul
+        (datetime(2026, 11, 30, 14, 59, 59, tzinfo=UTC), "Asia/Seoul", "2026-11"),
+        (datetime(2027, 1, 1, 3, 0, tzinfo=UTC), "America/New_York", "2026-12"),  # still New Year's Eve there
+        (datetime(2026, 11, 30, 15, 30, tzinfo=UTC), "UTC", "2026-11"),
+    ],
+)
 def test_period_of_reads_the_month_in_the_given_zone(instant, zone, expected):
     assert p.period_of(instant, ZoneInfo(zone)) == expected

@@ -23,38 +23,96 @@ REFUSALS = [
     # issue 11, one vocabulary: "invalid-gpus" became the parser's "gpus-negative" / "gpus-type"
     ("negative-gpus", req(gpus=-1), Snapshot(), 400, "gpus-negative", ["-1", ">= 0"]),
     ("bool-gpus", req(gpus=True), Snapshot(), 400, "gpus-type", ["True"]),
-    ("already-running", req(), Snapshot(open_servers=frozenset({"alice/"})), 409, "server-already-running",
-     ["alice/", "stop it"]),
+    (
+        "already-running",
+        req(),
+        Snapshot(open_servers=frozenset({"alice/"})),
+        409,
+        "server-already-running",
+        ["alice/", "stop it"],
+    ),
     # issue 11: an organization the site does not have is "unknown-org" (400), as the REST parser said
     ("unknown-org", req(org="nope"), Snapshot(), 400, "unknown-org", ["nope", "lab-a"]),
-    ("not-member", req(user="carol", org="lab-a"), Snapshot(), 403, "not-a-member",
-     ["carol", "lab-a", "lab-b", "ask an operator"]),
+    (
+        "not-member",
+        req(user="carol", org="lab-a"),
+        Snapshot(),
+        403,
+        "not-a-member",
+        ["carol", "lab-a", "lab-b", "ask an operator"],
+    ),
     # issue 11: the policy now implies a user's only organization (the user_options contract), so "no org"
     # is a user in none ("no-organization", as the REST parser said) or in several ("org-required")
-    ("gpu-without-org", req(user="zed", org=None, gpus=1), Snapshot(), 403, "no-organization",
-     ["zed", "GPU servers", "0 GPUs"]),
+    (
+        "gpu-without-org",
+        req(user="zed", org=None, gpus=1),
+        Snapshot(),
+        403,
+        "no-organization",
+        ["zed", "GPU servers", "0 GPUs"],
+    ),
     ("several-orgs", req(user="bob", org=None, gpus=1), Snapshot(), 400, "org-required", ["lab-a, lab-b", "'org'"]),
     ("image-not-in-org", req(image="torch"), Snapshot(), 403, "image-not-allowed", ["torch", "lab-a", "python, cpu"]),
     # issue 11: an image outside the catalog is "unknown-image" (400), as the REST parser said
     ("image-not-in-catalog", req(image="evil/miner"), Snapshot(), 400, "unknown-image", ["evil/miner", "catalog"]),
     ("gpu-on-cpu-image", req(image="cpu", gpus=1), Snapshot(), 400, "image-cpu-only", ["cpu", "1 GPU"]),
     ("unknown-model", req(model="B200"), Snapshot(), 400, "unknown-model", ["B200", "H100", "A100"]),
-    ("max-per-server", req(gpus=3), Snapshot(), 400, "max-gpus-per-server", ["at most 2", "3 requested",
-                                                                               "max_gpus_per_server"]),
-    ("budget", req(), Snapshot(org_used_gpu_seconds=99.95 * 3600), 403, "budget-exhausted",
-     ["99.95 of 100", "0.05 remaining", "0.1 needed", "gpu_hours_per_month"]),
-    ("budget-over", req(), Snapshot(org_used_gpu_seconds=120 * 3600), 403, "budget-exhausted",
-     ["120.00 of 100", "0.00 remaining"]),
-    ("user-cap", req(user="bob", gpus=2), Snapshot(holdings=(held(H[0], "bob", "lab-b"), held(H[1], "bob"))), 429,
-     "user-gpu-limit", ["holds 2 of 3", "2 more", "stop one"]),
-    ("org-cap", req(gpus=2), Snapshot(holdings=(held(H[0], "bob"), held(H[1], "bob"))), 429, "org-gpu-limit",
-     ["lab-a has 2 of 3", "2 more", "raise gpu_limit"]),
-    ("no-free-model", req(gpus=2, model="H100"),
-     Snapshot(holdings=tuple(held(u, "dave", "lab-c") for u in H[:3])), 429, "no-free-device",
-     ["1 of 4 H100", "2 were requested", "4 A100"]),
-    ("no-free-any", req(user="dave", org="lab-c", gpus=2),
-     Snapshot(holdings=tuple(held(u, "x", "lab-b") for u in H[:3] + A[:3])), 429, "no-free-device",
-     ["no GPU model has 2 free", "1 A100, 1 H100", "6 of 8 GPUs in use"]),
+    (
+        "max-per-server",
+        req(gpus=3),
+        Snapshot(),
+        400,
+        "max-gpus-per-server",
+        ["at most 2", "3 requested", "max_gpus_per_server"],
+    ),
+    (
+        "budget",
+        req(),
+        Snapshot(org_used_gpu_seconds=99.95 * 3600),
+        403,
+        "budget-exhausted",
+        ["99.95 of 100", "0.05 remaining", "0.1 needed", "gpu_hours_per_month"],
+    ),
+    (
+        "budget-over",
+        req(),
+        Snapshot(org_used_gpu_seconds=120 * 3600),
+        403,
+        "budget-exhausted",
+        ["120.00 of 100", "0.00 remaining"],
+    ),
+    (
+        "user-cap",
+        req(user="bob", gpus=2),
+        Snapshot(holdings=(held(H[0], "bob", "lab-b"), held(H[1], "bob"))),
+        429,
+        "user-gpu-limit",
+        ["holds 2 of 3", "2 more", "stop one"],
+    ),
+    (
+        "org-cap",
+        req(gpus=2),
+        Snapshot(holdings=(held(H[0], "bob"), held(H[1], "bob"))),
+        429,
+        "org-gpu-limit",
+        ["lab-a has 2 of 3", "2 more", "raise gpu_limit"],
+    ),
+    (
+        "no-free-model",
+        req(gpus=2, model="H100"),
+        Snapshot(holdings=tuple(held(u, "dave", "lab-c") for u in H[:3])),
+        429,
+        "no-free-device",
+        ["1 of 4 H100", "2 were requested", "4 A100"],
+    ),
+    (
+        "no-free-any",
+        req(user="dave", org="lab-c", gpus=2),
+        Snapshot(holdings=tuple(held(u, "x", "lab-b") for u in H[:3] + A[:3])),
+        429,
+        "no-free-device",
+        ["no GPU model has 2 free", "1 A100, 1 H100", "6 of 8 GPUs in use"],
+    ),
 ]
 
 
@@ -77,8 +135,9 @@ def test_cpu_only_servers_without_org_follow_the_site_switch():
 
 
 def test_idp_group_grants_membership():
-    out = decide(make_site(), req(user="erin", org="lab-b", image="python", groups=frozenset({"lab-b-staff"})),
-                 Snapshot())
+    out = decide(
+        make_site(), req(user="erin", org="lab-b", image="python", groups=frozenset({"lab-b-staff"})), Snapshot()
+    )
     assert isinstance(out, Decision) and len(out.devices) == 1
 
 
@@ -111,14 +170,18 @@ def test_budget_just_enough_is_admitted_and_zero_budget_never():
 
 def test_refusals_stop_at_the_most_permanent_rule():
     # over budget AND over the org cap: the budget (403) is reported, not the transient cap (429)
-    out = decide(make_site(), req(), Snapshot(org_used_gpu_seconds=200 * 3600,
-                                              holdings=tuple(held(u, "bob") for u in H[:3])))
+    out = decide(
+        make_site(), req(), Snapshot(org_used_gpu_seconds=200 * 3600, holdings=tuple(held(u, "bob") for u in H[:3]))
+    )
     assert out.rule == "budget-exhausted"
 
 
 def test_the_policy_fills_in_the_org_and_the_image():
-    site = make_site(organizations={"lab-z": {"members": ["alice"], "gpu_limit": 2, "gpu_hours_per_month": 10,
-                                              "images": ["cpu", "torch"]}})
+    site = make_site(
+        organizations={
+            "lab-z": {"members": ["alice"], "gpu_limit": 2, "gpu_hours_per_month": 10, "images": ["cpu", "torch"]}
+        }
+    )
     gpu = decide(site, req(org=None, image=None, gpus=1), Snapshot())
     cpu = decide(site, req(org=None, image=None, gpus=0), Snapshot())
     assert (gpu.request.org, gpu.request.image) == ("lab-z", "torch")  # the first GPU image for a GPU server

@@ -1,20 +1,27 @@
 """Reconcile plans: Docker's containers vs the ledger's open intervals."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from quota.reconcile import Adopt, Close, ContainerView, IntervalView, Plan, Stop, plan
 
-UTC = timezone.utc
+UTC = UTC
 NOW = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 
 
 def c(user, server="", running=True, gpus="", started=NOW - 2 * HOUR, finished=None, hub="h1", name=None, **labels):
-    lb = {"gpuhub.managed": "1", "gpuhub.hub": hub, "gpuhub.user": user, "gpuhub.server": server,
-          "gpuhub.org": labels.get("org", "lab-a"), "gpuhub.image": "python", "gpuhub.gpus": gpus,
-          "gpuhub.gpu-model": labels.get("model", "H100" if gpus else "")}
+    lb = {
+        "gpuhub.managed": "1",
+        "gpuhub.hub": hub,
+        "gpuhub.user": user,
+        "gpuhub.server": server,
+        "gpuhub.org": labels.get("org", "lab-a"),
+        "gpuhub.image": "python",
+        "gpuhub.gpus": gpus,
+        "gpuhub.gpu-model": labels.get("model", "H100" if gpus else ""),
+    }
     return ContainerView(name or f"jupyter-{user}-{server}", lb, running, started, finished)
 
 
@@ -84,8 +91,13 @@ def test_plan_applies_to_the_store(store, clock):
     rows = [IntervalView.from_row(r) for r in store.open_intervals()]
     died = clock.now - timedelta(seconds=100)
     adopted = c("carol", gpus="GPU-h100-3", org="lab-b", started=clock.now - timedelta(seconds=50))
-    p = plan([c("alice", running=False, finished=died, gpus=g.devices[0]), adopted], rows, clock.now,
-             unknown="adopt", held_devices=[h["device_uuid"] for h in store.holdings()])
+    p = plan(
+        [c("alice", running=False, finished=died, gpus=g.devices[0]), adopted],
+        rows,
+        clock.now,
+        unknown="adopt",
+        held_devices=[h["device_uuid"] for h in store.holdings()],
+    )
     out = store.apply_plan(p)
     assert [r["ended_at"] for r in out["closed"]] == [died] and len(out["adopted"]) == 1
     assert [r["server_key"] for r in store.open_intervals()] == ["carol/"]

@@ -22,8 +22,12 @@ def test_allocate_release_roundtrip_and_idempotent(store, clock):
     assert g.server_key == "alice/" and g.model == "A100" and g.weight == 0.5 and len(g.devices) == 2
     assert [h["device_uuid"] for h in store.holdings()] == sorted(g.devices)
     [iv] = store.open_intervals()
-    assert (iv["id"], iv["gpus"], iv["device_uuids"], iv["started_at"]) == (g.interval_id, 2, ",".join(g.devices),
-                                                                            clock.now)
+    assert (iv["id"], iv["gpus"], iv["device_uuids"], iv["started_at"]) == (
+        g.interval_id,
+        2,
+        ",".join(g.devices),
+        clock.now,
+    )
     clock.advance(90)
     closed = store.release("alice/", reason="stopped")
     assert closed["ended_at"] == clock.now and closed["end_reason"] == "stopped"
@@ -53,8 +57,11 @@ def test_refusals_raise_and_are_counted(store):
     with pytest.raises(QuotaRefused, match="already has an open allocation"):
         store.allocate(req(user="carol", org="lab-b"))
     store.record_refusal(None, "unknown-option")
-    assert store.refusal_counts() == {("lab-b", "org-gpu-limit"): 1, ("lab-b", "server-already-running"): 1,
-                                      ("", "unknown-option"): 1}
+    assert store.refusal_counts() == {
+        ("lab-b", "org-gpu-limit"): 1,
+        ("lab-b", "server-already-running"): 1,
+        ("", "unknown-option"): 1,
+    }
 
 
 def test_idp_groups_grant_membership(store):
@@ -74,8 +81,12 @@ def test_usage_includes_open_intervals_and_splits_at_month_end(store, clock):
     assert store.org_usage("lab-a") == pytest.approx(2 * 3600)  # December so far
     assert store.org_usage("lab-a", month_of=datetime(2026, 11, 15, tzinfo=UTC)) == pytest.approx(2 * 3600)
     org = store.status()["orgs"]["lab-a"]
-    assert (org["gpus_in_use"], org["gpu_limit"], org["used_gpu_hours"], org["remaining_gpu_hours"]) == (2, 3, 2.0,
-                                                                                                          98.0)
+    assert (org["gpus_in_use"], org["gpu_limit"], org["used_gpu_hours"], org["remaining_gpu_hours"]) == (
+        2,
+        3,
+        2.0,
+        98.0,
+    )
 
 
 def test_heartbeat_close_at_and_time_roundtrip(store, clock):
@@ -121,8 +132,9 @@ def test_adopt_records_a_running_container_and_refuses_conflicts(store, clock):
     assert store.org_usage("lab-b") == pytest.approx(3600)
 
 
-@pytest.mark.parametrize("bad_url", ["postgresql+psycopg://nobody@127.0.0.1:1/none",
-                                     "sqlite:////nonexistent-dir/for/sure/hub.sqlite"])
+@pytest.mark.parametrize(
+    "bad_url", ["postgresql+psycopg://nobody@127.0.0.1:1/none", "sqlite:////nonexistent-dir/for/sure/hub.sqlite"]
+)
 def test_unreachable_database_fails_closed(bad_url, site, clock):
     s = QuotaStore(db.make_engine(bad_url), site, clock)
     with pytest.raises(QuotaUnavailable, match="unavailable .* cannot be started"):
@@ -142,9 +154,13 @@ RACE = [
 @pytest.mark.parametrize("caps,expected,rules", RACE, ids=["caps-bind", "devices-bind"])
 def test_sixty_concurrent_spawns_never_share_a_device(db_url, engine, clock, caps, expected, rules):
     users = {org: [f"{org}-u{i}" for i in range(20)] for org in caps}
-    site = make_site(organizations={org: {"members": users[org], "gpu_limit": cap, "gpu_hours_per_month": 1000,
-                                          "max_gpus_per_server": 2} for org, cap in caps.items()},
-                     gpus={**make_site().raw["gpus"], "max_gpus_per_user": 8})
+    site = make_site(
+        organizations={
+            org: {"members": users[org], "gpu_limit": cap, "gpu_hours_per_month": 1000, "max_gpus_per_server": 2}
+            for org, cap in caps.items()
+        },
+        gpus={**make_site().raw["gpus"], "max_gpus_per_user": 8},
+    )
     # three stores on three engines, as if the hub, the quota service and the CLI raced each other
     engines = [engine] + [db.make_engine(db_url) for _ in range(2)]
     stores = [QuotaStore(e, site, clock) for e in engines]
@@ -166,8 +182,10 @@ def test_sixty_concurrent_spawns_never_share_a_device(db_url, engine, clock, cap
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=spawn, args=(i, org, u))
-               for i, (org, u) in enumerate((o, u) for o in caps for u in users[o])]
+    threads = [
+        threading.Thread(target=spawn, args=(i, org, u))
+        for i, (org, u) in enumerate((o, u) for o in caps for u in users[o])
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -203,8 +221,17 @@ def test_refusal_counter_speaks_the_rule_table(store, engine):
     with pytest.raises(ValueError, match="not an admission rule id"):
         store.record_refusal(None, "gpu-limit")
     with engine.begin() as conn:
-        conn.execute(insert(spawn_refusals), [dict(org="lab-a", reason="unknown-gpu-model", count=2),
-                                              dict(org="lab-a", reason="cpu-only-image", count=1)])
+        conn.execute(
+            insert(spawn_refusals),
+            [
+                dict(org="lab-a", reason="unknown-gpu-model", count=2),
+                dict(org="lab-a", reason="cpu-only-image", count=1),
+            ],
+        )
     store.record_refusal("lab-a", "unknown-model")
-    assert store.refusal_counts() == {("", "unknown-org"): 1, ("lab-a", "max-gpus-per-server"): 1,
-                                      ("lab-a", "unknown-model"): 3, ("lab-a", "image-cpu-only"): 1}
+    assert store.refusal_counts() == {
+        ("", "unknown-org"): 1,
+        ("lab-a", "max-gpus-per-server"): 1,
+        ("lab-a", "unknown-model"): 3,
+        ("lab-a", "image-cpu-only"): 1,
+    }

@@ -12,8 +12,13 @@ from tests.harness import ROOT
 def compose_config(**env) -> subprocess.CompletedProcess:
     exe = shutil.which("docker-compose")
     assert exe, "docker-compose is not installed; `make test` installs Debian's docker-compose"
-    return subprocess.run([exe, "-f", str(ROOT / "docker-compose.yml"), "config"], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, **env})
+    return subprocess.run(
+        [exe, "-f", str(ROOT / "docker-compose.yml"), "config"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+    )
 
 
 def test_compose_config_is_accepted_and_only_the_hub_gets_docker_sock():
@@ -22,8 +27,11 @@ def test_compose_config_is_accepted_and_only_the_hub_gets_docker_sock():
     doc = yaml.safe_load(out.stdout)
     services = doc["services"]
     assert {"hub", "postgres", "prometheus", "grafana", "gpu-exporter", "usage-exporter"} <= set(services)
-    rw_sock = [name for name, s in services.items()
-               if any("/var/run/docker.sock" in str(v) and not str(v).endswith(":ro") for v in s.get("volumes", []))]
+    rw_sock = [
+        name
+        for name, s in services.items()
+        if any("/var/run/docker.sock" in str(v) and not str(v).endswith(":ro") for v in s.get("volumes", []))
+    ]
     assert rw_sock == ["hub"], rw_sock
     assert services["hub"]["image"] == "gpuhub/hub:latest" and "build" not in services["hub"]  # gpuhub images build hub
     assert services["usage-exporter"]["network_mode"] == "host"  # its db_url is PostgreSQL on 127.0.0.1
@@ -38,6 +46,11 @@ def test_compose_config_is_accepted_and_only_the_hub_gets_docker_sock():
 
 def test_compose_refuses_to_start_without_the_oidc_secret():
     env = {k: v for k, v in os.environ.items() if k != "GPUHUB_OIDC_CLIENT_SECRET"}
-    out = subprocess.run([shutil.which("docker-compose"), "config"], cwd=ROOT, capture_output=True, text=True,
-                         env={**env, "GPUHUB_METRICS_TOKEN": "tok"})
+    out = subprocess.run(
+        [shutil.which("docker-compose"), "config"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**env, "GPUHUB_METRICS_TOKEN": "tok"},
+    )
     assert out.returncode != 0 and "GPUHUB_OIDC_CLIENT_SECRET" in out.stderr

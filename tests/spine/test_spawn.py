@@ -75,14 +75,20 @@ def test_two_users_stay_apart(hub):
     (a,) = hub.containers(user="alice")
     (c,) = hub.containers(user="carol")
     assert a.name != c.name
-    mounts = {u: {m["Name"] for m in x.attrs["Mounts"] if m["Type"] == "volume"} for u, x in (("alice", a), ("carol", c))}
+    mounts = {
+        u: {m["Name"] for m in x.attrs["Mounts"] if m["Type"] == "volume"} for u, x in (("alice", a), ("carol", c))
+    }
     assert mounts["alice"] and mounts["carol"] and not mounts["alice"] & mounts["carol"]
     hub.run_code("alice", "open('/home/jovyan/secret.txt', 'w').write('alice only')")
     assert "False" in hub.run_code("carol", "import os; print(os.path.exists('/home/jovyan/secret.txt'))")
     # Routes: carol's token does not open alice's server.
     token = hub.user_token("carol")
-    r = requests.get(f"{hub.url}/user/alice/api/contents", headers={"Authorization": f"token {token}"},
-                     allow_redirects=False, timeout=10)
+    r = requests.get(
+        f"{hub.url}/user/alice/api/contents",
+        headers={"Authorization": f"token {token}"},
+        allow_redirects=False,
+        timeout=10,
+    )
     assert r.status_code in (403, 302), r.status_code
     r = requests.get(f"{hub.url}/user/carol/api/contents", headers={"Authorization": f"token {token}"}, timeout=10)
     assert r.status_code == 200

@@ -9,9 +9,15 @@ from gpuhub.hub import hubconfig
 
 SITE = load_site(Path(__file__).resolve().parents[2] / "examples/site.yaml")
 FACTS = hubconfig.HubFacts(
-    hub_ip="172.30.0.1", network="gpuhub-users", demo_password="pw-123456789", admin_password="a" * 32,
+    hub_ip="172.30.0.1",
+    network="gpuhub-users",
+    demo_password="pw-123456789",
+    admin_password="a" * 32,
     admin_token="adm",
-    quota_service_token="qst", crypt_key="00" * 32, hub_metrics_token="hmt", proxy_command="/x/configurable-http-proxy",
+    quota_service_token="qst",
+    crypt_key="00" * 32,
+    hub_metrics_token="hmt",
+    proxy_command="/x/configurable-http-proxy",
 )
 
 
@@ -33,7 +39,9 @@ def test_spawner_uses_the_catalog_and_the_user_network():
     assert c.JupyterHub.spawner_class == "gpuhub.hub.spawner.GpuhubSpawner"
     assert c.GpuhubSpawner.network_name == "gpuhub-users"
     assert c.GpuhubSpawner.allowed_images == {
-        "python": "gpuhub/base-notebook:latest", "pytorch": "gpuhub/pytorch:latest"}
+        "python": "gpuhub/base-notebook:latest",
+        "pytorch": "gpuhub/pytorch:latest",
+    }
     assert c.GpuhubSpawner.pull_policy == "never"
     assert c.GpuhubSpawner.volumes == {"{prefix}-home-{username}": "/home/jovyan"}
     assert c.GpuhubSpawner.site_config == str(SITE.path)
@@ -71,8 +79,12 @@ class FakeDocker:  # prepare only asks Docker for the user network and the catal
         @staticmethod
         def get(name):
             class N:
-                attrs = {"Driver": "bridge", "Options": {"com.docker.network.bridge.enable_icc": "false"},  # isolated
-                         "IPAM": {"Config": [{"Subnet": "172.30.0.0/16"}]}}
+                attrs = {
+                    "Driver": "bridge",
+                    "Options": {"com.docker.network.bridge.enable_icc": "false"},  # isolated
+                    "IPAM": {"Config": [{"Subnet": "172.30.0.0/16"}]},
+                }
+
             return N
 
     class images:
@@ -101,11 +113,15 @@ def test_prepare_keeps_a_generated_demo_password(tmp_path):
     site_file = tmp_path / "site.yaml"
     site_file.write_text((Path(SITE.path)).read_text().replace("state_dir: ../state", "state_dir: st"))
     printed = []
-    site, facts = hubconfig.prepare({"GPUHUB_SITE_CONFIG": str(site_file)}, docker_client=FakeDocker,
-                                    log=printed.append)
+    site, facts = hubconfig.prepare(
+        {"GPUHUB_SITE_CONFIG": str(site_file)}, docker_client=FakeDocker, log=printed.append
+    )
     assert facts.hub_ip == "172.30.0.1" and facts.demo_password and facts.demo_password in printed[0]
     _, again = hubconfig.prepare({"GPUHUB_SITE_CONFIG": str(site_file)}, docker_client=FakeDocker, log=printed.append)
     assert again.demo_password == facts.demo_password
-    _, chosen = hubconfig.prepare({"GPUHUB_SITE_CONFIG": str(site_file), "GPUHUB_DEMO_PASSWORD": "chosen-pass-1"},
-                                  docker_client=FakeDocker, log=printed.append)
+    _, chosen = hubconfig.prepare(
+        {"GPUHUB_SITE_CONFIG": str(site_file), "GPUHUB_DEMO_PASSWORD": "chosen-pass-1"},
+        docker_client=FakeDocker,
+        log=printed.append,
+    )
     assert chosen.demo_password == "chosen-pass-1"

@@ -27,12 +27,24 @@ def test_shipped_example_is_valid_and_has_what_the_quickstart_promises():
 @pytest.mark.parametrize(
     "path,value,expected",
     [
-        (("organizations", "gist-ai", "gpu_limit"), "two", "organizations.gist-ai.gpu_limit: expected an integer >= 0, got 'two'"),
+        (
+            ("organizations", "gist-ai", "gpu_limit"),
+            "two",
+            "organizations.gist-ai.gpu_limit: expected an integer >= 0, got 'two'",
+        ),
         (("organizations", "gist-ai", "gpu_limit"), -1, "organizations.gist-ai.gpu_limit: -1 is not allowed"),
         (("gpus", "runtime"), "cuda", "gpus.runtime: 'cuda' is not allowed; allowed: none | nvidia"),
         (("timezone",), "Mars/Olympus", "timezone: 'Mars/Olympus' is not an IANA time zone"),
-        (("organizations", "gist-ai", "images"), ["python", "tensorflow"], "organizations.gist-ai.images[1]: 'tensorflow' is not in the image catalog"),
-        (("gpus", "devices"), [{"uuid": "GPU-x", "model": "V100"}], "gpus.devices[0].model: 'V100' is not declared under gpus.models"),
+        (
+            ("organizations", "gist-ai", "images"),
+            ["python", "tensorflow"],
+            "organizations.gist-ai.images[1]: 'tensorflow' is not in the image catalog",
+        ),
+        (
+            ("gpus", "devices"),
+            [{"uuid": "GPU-x", "model": "V100"}],
+            "gpus.devices[0].model: 'V100' is not declared under gpus.models",
+        ),
         (("hub", "bind_url"), "127.0.0.1:8000", "hub.bind_url: '127.0.0.1:8000' is not allowed"),
         (("organizations", "gist-ai", "gpu_limt"), 3, "organizations.gist-ai.gpu_limt: unknown key"),
     ],

@@ -19,8 +19,10 @@ TS = sa.DateTime(timezone=True)
 def epoch_us(dialect: str, col: str) -> str:
     """Immutable SQL for a UTC timestamp column as integer epoch microseconds (frozen copy of quota.sqlexpr)."""
     if dialect == "sqlite":  # fixed-width 'YYYY-MM-DD HH:MM:SS.ffffff' text
-        return (f"(CAST(round((julianday(substr({col}, 1, 19)) - 2440587.5) * 86400) AS INTEGER) * 1000000"
-                f" + CAST(substr({col}, 21, 6) AS INTEGER))")
+        return (
+            f"(CAST(round((julianday(substr({col}, 1, 19)) - 2440587.5) * 86400) AS INTEGER) * 1000000"
+            f" + CAST(substr({col}, 21, 6) AS INTEGER))"
+        )
     return f"CAST(extract(epoch FROM ({col} - timestamptz '1970-01-01 00:00:00+00')) * 1000000 AS bigint)"
 
 
@@ -58,10 +60,19 @@ def upgrade() -> None:
         sa.Column("ended_us", sa.BigInteger, sa.Computed(epoch_us(dialect, "ended_at"), persisted=True)),
     )
     open_only = sa.text("ended_at IS NULL")
-    op.create_index("gpuhub_usage_open_server", "gpuhub_usage_intervals", ["server_key"], unique=True,
-                    sqlite_where=open_only, postgresql_where=open_only)
-    op.create_index("gpuhub_usage_billing", "gpuhub_usage_intervals",
-                    ["org", "user", "model", "weight", "gpus", "started_us", "ended_us"])
+    op.create_index(
+        "gpuhub_usage_open_server",
+        "gpuhub_usage_intervals",
+        ["server_key"],
+        unique=True,
+        sqlite_where=open_only,
+        postgresql_where=open_only,
+    )
+    op.create_index(
+        "gpuhub_usage_billing",
+        "gpuhub_usage_intervals",
+        ["org", "user", "model", "weight", "gpus", "started_us", "ended_us"],
+    )
     op.create_index("gpuhub_usage_ended", "gpuhub_usage_intervals", ["ended_at"])
 
     op.create_table(
@@ -95,6 +106,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("gpuhub_budget_warnings", "gpuhub_alloc_lock", "gpuhub_user_ids", "gpuhub_spawn_refusals",
-                  "gpuhub_usage_intervals", "gpuhub_allocations"):
+    for table in (
+        "gpuhub_budget_warnings",
+        "gpuhub_alloc_lock",
+        "gpuhub_user_ids",
+        "gpuhub_spawn_refusals",
+        "gpuhub_usage_intervals",
+        "gpuhub_allocations",
+    ):
         op.drop_table(table)
