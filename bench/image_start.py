@@ -10,8 +10,12 @@ Ready = ``GET http://<container ip>:8888/user/<name>/api`` answers 200 (what the
 CPU = the container's cgroup v1 ``cpuacct.usage`` at that moment, and again ``--settle`` seconds
 later (work the server does just after it answers).
 
-    .venv/bin/python bench/image_start.py [--runs 5] [--json out.json] IMAGE [IMAGE ...]
+    .venv/bin/python bench/image_start.py [--runs 5] [--json out.json] [--course-student] IMAGE [IMAGE ...]
     e.g. bench/image_start.py gpuhub/stock-notebook gpuhub/base-notebook
+
+``--course-student``: start each server as a student of a course (the hub's course config on
+``JUPYTER_CONFIG_PATH``, as gpuhub.hub.courses writes it), so nbgrader's extensions load; without it
+the user is in no course and the images leave nbgrader off.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import re
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -33,6 +37,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import docker
+
+from gpuhub.hub import courses
 
 HUB_VERSION = "6.1.1"
 CGROUP_CPUACCT = Path("/sys/fs/cgroup/cpuacct/docker")
@@ -67,8 +73,9 @@ class FakeHubAPI(BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             scopes = [f"access:servers!user={user}", f"access:servers!server={user}/", f"read:users!user={user}"]
-            self._reply({"kind": "user", "name": user, "admin": False, "groups": [], "scopes": scopes,
-                         "session_id": None})
+            self._reply(
+                {"kind": "user", "name": user, "admin": False, "groups": [], "scopes": scopes, "session_id": None}
+            )
             return
         self._reply({"version": HUB_VERSION})
 
@@ -130,17 +137,31 @@ def cpu_seconds(container_id: str) -> float:
     return int((CGROUP_CPUACCT / container_id / "cpuacct.usage").read_text()) / 1e9
 
 
-def create_like_spawner(client, image: str, hub_url: str, uid: int, home: Path, *, read_only: bool = True,
-                        user: str | None = None, labels: dict | None = None):
-    """A created (not started) container configured the way gpuhub's spawner runs one."""
+def create_like_spawner(
+    client,
+    image: str,
+    hub_url: str,
+    uid: int,
+    home: Path,
+    *,
+    read_only: bool = True,
+    user: str | None = None,
+    labels: dict | None = None,
+    env: dict | None = None,
+    volumes: dict | None = None,
+    group_add: list[str] | None = None,
+):
+    """A created (not started) container configured the way gpuhub's spawner runs one (``env``,
+    ``volumes``, ``group_add``: what the courses hook adds for a course member)."""
     user = user or f"bench{uid}"
     return client.containers.create(
         image,
         user=f"{uid}:{uid}",
-        environment=spawn_env(hub_url, user),
+        environment={**spawn_env(hub_url, user), **(env or {})},
         read_only=read_only,
         tmpfs={"/tmp": "rw,nosuid,nodev,size=256m"},
-        volumes={str(home): {"bind": "/home/jovyan", "mode": "rw"}},
+        volumes={str(home): {"bind": "/home/jovyan", "mode": "rw"}, **(volumes or {})},
+        group_add=group_add,
         cap_drop=["ALL"],
         security_opt=["no-new-privileges"],
         pids_limit=512,
@@ -175,10 +196,23 @@ def wait_ready(container, timeout: float, t0: float | None = None) -> float:
         time.sleep(0.02)
 
 
-def one_start(client, image: str, hub_url: str, uid: int, settle: float, timeout: float) -> dict:
+def course_student(folder: Path) -> dict:
+    """create_like_spawner() arguments of a course student: the course config written into ``folder``."""
+    for rel, text in {**courses.member_config_files(), **courses.container_files()}.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(text)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return {
+        "env": {"JUPYTER_CONFIG_PATH": courses.CONFIG_DIR, "GPUHUB_COURSES": "bench101:student"},
+        "volumes": {str(folder): {"bind": courses.CONFIG_DIR, "mode": "ro"}},
+    }
+
+
+def one_start(client, image: str, hub_url: str, uid: int, settle: float, timeout: float, **extra) -> dict:
     home = Path(tempfile.mkdtemp(prefix="gpuhub-bench-home-"))
     os.chown(home, uid, uid)
-    container = create_like_spawner(client, image, hub_url, uid, home)
+    container = create_like_spawner(client, image, hub_url, uid, home, **extra)
     try:
         t0 = time.monotonic()
         container.start()
@@ -205,29 +239,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--uid", type=int, default=23456, help="first UID (each run uses the next one)")
     ap.add_argument("--json", type=Path, help="write the raw runs and summaries here")
+    ap.add_argument("--course-student", action="store_true", help="start as a course student (nbgrader on)")
     args = ap.parse_args(argv)
+    config = Path(tempfile.mkdtemp(prefix="gpuhub-bench-course-"))
+    extra = course_student(config) if args.course_student else {}
 
     client = docker.from_env()
     server, hub_url = start_fake_hub(bridge_gateway(client))
     results = {}
     uid = args.uid
     try:
-        print(f"fake hub API at {hub_url}; {args.runs} runs per image, read-only root, --user <uid>:<uid>")
-        print(f"{'image':32} {'size':>7} {'wall p50':>9} {'wall max':>9} {'CPU@ready':>10} {'CPU+' + str(args.settle) + 's':>9}")
+        who = "a course student" if args.course_student else "in no course"
+        print(f"fake hub API at {hub_url}; {args.runs} runs per image, read-only root, --user <uid>:<uid>, {who}")
+        settled = f"CPU+{args.settle}s"
+        print(f"{'image':32} {'size':>7} {'wall p50':>9} {'wall max':>9} {'CPU@ready':>10} {settled:>9}")
         for image in args.images:
             size = client.images.get(image).attrs["Size"] / 1e6
-            one_start(client, image, hub_url, uid, 0, args.timeout)  # warm the page cache, not counted
+            one_start(client, image, hub_url, uid, 0, args.timeout, **extra)  # warm the page cache, not counted
             runs = []
             for _ in range(args.runs):
                 uid += 1
-                runs.append(one_start(client, image, hub_url, uid, args.settle, args.timeout))
+                runs.append(one_start(client, image, hub_url, uid, args.settle, args.timeout, **extra))
             s = {k: summarize(runs, k) for k in ("wall_s", "cpu_ready_s", "cpu_settled_s")}
             results[image] = {"size_mb": size, "runs": runs, "summary": s}
-            print(f"{image:32} {size:6.0f}M {s['wall_s']['p50']:8.2f}s {s['wall_s']['max']:8.2f}s "
-                  f"{s['cpu_ready_s']['p50']:9.2f}s {s['cpu_settled_s']['p50']:8.2f}s")
+            print(
+                f"{image:32} {size:6.0f}M {s['wall_s']['p50']:8.2f}s {s['wall_s']['max']:8.2f}s "
+                f"{s['cpu_ready_s']['p50']:9.2f}s {s['cpu_settled_s']['p50']:8.2f}s"
+            )
     finally:
         server.shutdown()
-    hub_calls = sorted(set(re.sub(r"/users/[^/]+/", "/users/<name>/", r.split("?")[0]) for r in FakeHubAPI.requests))
+        shutil.rmtree(config, ignore_errors=True)
+    hub_calls = sorted({re.sub(r"/users/[^/]+/", "/users/<name>/", r.split("?")[0]) for r in FakeHubAPI.requests})
     print(f"hub API calls seen: {', '.join(hub_calls)}")
     if args.json:
         args.json.write_text(json.dumps({"results": results, "hub_calls": hub_calls}, indent=2))

@@ -28,7 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "gpuhub/base-notebook:latest"
 
 
-
 def default_site(instance: str, port: int, state: Path) -> dict:
     return {
         "timezone": "Asia/Seoul",
@@ -57,10 +56,20 @@ def default_site(instance: str, port: int, state: Path) -> dict:
         },
         "images": {"python": {"image": BASE_IMAGE, "display_name": "Python (CPU)"}},
         "organizations": {
-            "gist-ai": {"display_name": "GIST AI Lab", "members": ["alice", "bob"], "gpu_limit": 2,
-                        "gpu_hours_per_month": 100, "max_gpus_per_server": 2},
-            "cnuh-radiology": {"display_name": "CNUH Radiology", "members": ["carol", "bob"], "gpu_limit": 1,
-                               "gpu_hours_per_month": 40, "max_gpus_per_server": 1},
+            "gist-ai": {
+                "display_name": "GIST AI Lab",
+                "members": ["alice", "bob"],
+                "gpu_limit": 2,
+                "gpu_hours_per_month": 100,
+                "max_gpus_per_server": 2,
+            },
+            "cnuh-radiology": {
+                "display_name": "CNUH Radiology",
+                "members": ["carol", "bob"],
+                "gpu_limit": 1,
+                "gpu_hours_per_month": 40,
+                "max_gpus_per_server": 1,
+            },
         },
         "containers": {"mem_limit": "1G", "cpu_limit": 1.0, "pids_limit": 256},
         "quota": {"enforce_interval_seconds": 2, "reconcile_interval_seconds": 5, "grace_seconds": 2},
@@ -103,12 +112,16 @@ class HubProcess:
         )
         return env
 
-    def start(self, timeout: float = 60) -> "HubProcess":
+    def start(self, timeout: float = 60) -> HubProcess:
         self.state.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the hub writes to it for its whole life
         self.proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "jupyterhub"), "-f", str(self.config_file)],
-            cwd=self.tmp, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=self.tmp,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -195,15 +208,19 @@ class HubProcess:
             if not self.containers(all=True, **labels):
                 return
             time.sleep(0.1)
-        raise AssertionError(f"containers {labels} still there after {timeout} s: "
-                             f"{[c.name for c in self.containers(all=True, **labels)]}")
+        raise AssertionError(
+            f"containers {labels} still there after {timeout} s: "
+            f"{[c.name for c in self.containers(all=True, **labels)]}"
+        )
 
     # -------------------------------------------------------------- REST
 
     def api(self, method: str, path: str, token: str | None = None, **kw) -> requests.Response:
         headers = kw.pop("headers", {})
         headers["Authorization"] = f"token {token or self.admin_token}"
-        return requests.request(method, f"{self.url}/hub/api{path}", headers=headers, timeout=kw.pop("timeout", 30), **kw)
+        return requests.request(
+            method, f"{self.url}/hub/api{path}", headers=headers, timeout=kw.pop("timeout", 30), **kw
+        )
 
     def ensure_user(self, name: str) -> None:
         r = self.api("GET", f"/users/{name}")
@@ -251,30 +268,61 @@ class HubProcess:
         return execute(prefix, self.user_token(user), code, username=user, timeout=timeout)
 
 
-def execute(prefix: str, token: str, code: str, *, username: str = "test", timeout: float = 30,
-            strict: bool = False, keep_kernel: bool = False) -> str:
-    """Run ``code`` in a new python3 kernel of the single-user server at ``prefix`` (its base URL,
-    ending in "/") over the kernel websocket; return what it printed.
+def execute(
+    prefix: str,
+    token: str,
+    code: str,
+    *,
+    username: str = "test",
+    timeout: float = 30,
+    strict: bool = False,
+    keep_kernel: bool = False,
+    kernel: str = "python3",
+) -> str:
+    """Run ``code`` in a new ``kernel`` (kernelspec name) of the single-user server at ``prefix`` (its
+    base URL, ending in "/") over the kernel websocket; return what it printed.
 
     ``strict``: a kernel error or no reply within ``timeout`` raises AssertionError (otherwise the
     traceback is part of the output and the output so far is returned). ``keep_kernel``: leave
     the kernel running (by default it is deleted afterwards).
     """
     h = {"Authorization": f"token {token}"}
-    r = requests.post(f"{prefix}api/kernels", headers=h, json={"name": "python3"}, timeout=30)
+    r = requests.post(f"{prefix}api/kernels", headers=h, json={"name": kernel}, timeout=30)
     assert r.status_code == 201, (r.status_code, r.text[:500])
     kid = r.json()["id"]
-    ws = websocket.create_connection(f"{prefix.replace('http', 'ws', 1)}api/kernels/{kid}/channels",
-                                     header=[f"Authorization: token {token}"], timeout=timeout)
+    ws = websocket.create_connection(
+        f"{prefix.replace('http', 'ws', 1)}api/kernels/{kid}/channels",
+        header=[f"Authorization: token {token}"],
+        timeout=timeout,
+    )
     try:
         msg_id = uuid.uuid4().hex
-        ws.send(json.dumps({
-            "header": {"msg_id": msg_id, "username": username, "session": uuid.uuid4().hex,
-                       "msg_type": "execute_request", "version": "5.3", "date": ""},
-            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-            "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
-                        "allow_stdin": False, "stop_on_error": True},
-        }))
+        ws.send(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": msg_id,
+                        "username": username,
+                        "session": uuid.uuid4().hex,
+                        "msg_type": "execute_request",
+                        "version": "5.3",
+                        "date": "",
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "channel": "shell",
+                    "buffers": [],
+                    "content": {
+                        "code": code,
+                        "silent": False,
+                        "store_history": False,
+                        "user_expressions": {},
+                        "allow_stdin": False,
+                        "stop_on_error": True,
+                    },
+                }
+            )
+        )
         out, deadline = [], time.monotonic() + timeout
         while time.monotonic() < deadline:
             msg = json.loads(ws.recv())
@@ -304,7 +352,11 @@ def login(hub: HubProcess, user: str, password: str | None = None) -> requests.S
     s = requests.Session()
     r = s.get(f"{hub.url}/hub/login", timeout=10)
     xsrf = s.cookies.get("_xsrf", path="/hub/") or s.cookies.get("_xsrf")
-    r = s.post(f"{hub.url}/hub/login", data={"username": user, "password": password or hub.password, "_xsrf": xsrf},
-               timeout=30, allow_redirects=True)
+    r = s.post(
+        f"{hub.url}/hub/login",
+        data={"username": user, "password": password or hub.password, "_xsrf": xsrf},
+        timeout=30,
+        allow_redirects=True,
+    )
     assert r.ok and "/hub/login" not in r.url, (r.status_code, r.url)
     return s

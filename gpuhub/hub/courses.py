@@ -24,8 +24,10 @@ course's org, so course work lands on the course's cap and budget)
     nbgrader's docs describe. ``<instance>-nbgrader-config`` (read-only) at
     ``/srv/nbgrader/config``, on ``JUPYTER_CONFIG_PATH``: the nbgrader config and plugins in
     :mod:`gpuhub.hub.nbgrader_container`, which read the member's courses and roles from
-    ``GPUHUB_COURSES``. A member of course A never has course B's volumes, so B's files do not
-    exist in A's container, and the course lists show A only.
+    ``GPUHUB_COURSES``, and the switches that turn nbgrader's server and lab extensions on
+    (:data:`MEMBER_CONFIG`; the images ship them off, so a user in no course has none). A member
+    of course A never has course B's volumes, so B's files do not exist in A's container, and the
+    course lists show A only.
 
 Permission model (every user runs as their own UID:UID; a course's instructors also get the
 course's GID, :func:`gpuhub.core.site.course_gid`, through ``group_add``; students never do)
@@ -182,8 +184,8 @@ def derived_groups(by_user: dict, by_idp_group: dict, username: str, idp_groups)
     groups = set(by_user.get(username, ()))
     for g in idp_groups:
         groups.update(by_idp_group.get(g, ()))
-    taught = {g[len(INSTRUCTOR_GROUP_PREFIX):] for g in groups if g.startswith(INSTRUCTOR_GROUP_PREFIX)}
-    return {g for g in groups if not (g.startswith(STUDENT_GROUP_PREFIX) and g[len(STUDENT_GROUP_PREFIX):] in taught)}
+    taught = {g[len(INSTRUCTOR_GROUP_PREFIX) :] for g in groups if g.startswith(INSTRUCTOR_GROUP_PREFIX)}
+    return {g for g in groups if not (g.startswith(STUDENT_GROUP_PREFIX) and g[len(STUDENT_GROUP_PREFIX) :] in taught)}
 
 
 def roles(site: Site) -> list[dict]:
@@ -192,21 +194,30 @@ def roles(site: Site) -> list[dict]:
     whose ``user_options`` carry the GPUs, model and org."""
     if not site.courses:
         return []
-    out = [{
-        "name": MEMBERS_ROLE,
-        "description": "nbgrader course members: list services (nbgrader's course list)",
-        "scopes": ["list:services"],
-        "groups": sorted(managed_groups(site)),
-    }]
+    out = [
+        {
+            "name": MEMBERS_ROLE,
+            "description": "nbgrader course members: list services (nbgrader's course list)",
+            "scopes": ["list:services"],
+            "groups": sorted(managed_groups(site)),
+        }
+    ]
     for key in site.courses:
         students = student_group(key)
-        out.append({
-            "name": f"gpuhub-course-{key}-instructors",
-            "description": f"instructors of course {key}: see its students and their servers (GPUs in user_options)",
-            "scopes": ["admin-ui", f"list:users!group={students}", f"read:users!group={students}",
-                       f"read:servers!group={students}"],
-            "groups": [instructor_group(key)],
-        })
+        out.append(
+            {
+                "name": f"gpuhub-course-{key}-instructors",
+                "description": f"instructors of course {key}: see its students and their servers "
+                "(GPUs in user_options)",
+                "scopes": [
+                    "admin-ui",
+                    f"list:users!group={students}",
+                    f"read:users!group={students}",
+                    f"read:servers!group={students}",
+                ],
+                "groups": [instructor_group(key)],
+            }
+        )
     return out
 
 
@@ -215,9 +226,14 @@ def check_usernames(site: Site) -> None:
     from gpuhub.core import naming
 
     naming.check_listed_usernames(
-        ((f"courses.{key}.{kind}[{i}]", name) for key, course in site.courses.items()
-         for kind in ("instructors", "students") for i, name in enumerate(getattr(course, kind))),
-        CourseConfigError)
+        (
+            (f"courses.{key}.{kind}[{i}]", name)
+            for key, course in site.courses.items()
+            for kind in ("instructors", "students")
+            for i, name in enumerate(getattr(course, kind))
+        ),
+        CourseConfigError,
+    )
 
 
 # ---------------------------------------------------------------- one container
@@ -248,15 +264,25 @@ def courses_env(courses: dict[str, str]) -> str:
     return ",".join(f"{key}:{role}" for key, role in sorted(courses.items()))
 
 
-def container_plan(site: Site, username: str, uid: int, groups: frozenset[str] = frozenset(),
-                   instance: str = "gpuhub", org: str | None = None, server_name: str = "") -> ContainerPlan | None:
+def container_plan(
+    site: Site,
+    username: str,
+    uid: int,
+    groups: frozenset[str] = frozenset(),
+    instance: str = "gpuhub",
+    org: str | None = None,
+    server_name: str = "",
+) -> ContainerPlan | None:
     """The plan for one server of ``username`` (running as ``uid``) charged to ``org``; None when
     the user is in no course of that org. Course work happens in servers charged to the course's
     org, so its GPU use lands on the course's cap and budget (``org=None``: every course).
     A server named after a course the user teaches is that course's formgrader
     (``GPUHUB_SERVER_COURSE``); other servers grade the first course taught."""
-    courses = {key: role for key, role in site.courses_of(username, groups).items()
-               if org is None or site.courses[key].org == org}
+    courses = {
+        key: role
+        for key, role in site.courses_of(username, groups).items()
+        if org is None or site.courses[key].org == org
+    }
     if not courses:
         return None
     binds: dict[str, dict] = {config_volume(instance): {"bind": CONFIG_DIR, "mode": "ro"}}
@@ -277,14 +303,18 @@ def container_plan(site: Site, username: str, uid: int, groups: frozenset[str] =
             init_binds[vol] = {"bind": f"/gpuhub/course/{key}", "mode": "rw"}
             script.append(_course_dir_script(f"/gpuhub/course/{key}", course.gid))
     files = container_files()
+    script.append(_member_config_script("/gpuhub/config"))
     script.append(_student_labconfig_script("/gpuhub/config"))
     teaches = any(role == "instructor" for role in courses.values())
     config_path = CONFIG_DIR if teaches else f"{CONFIG_DIR}/student:{CONFIG_DIR}"
     return ContainerPlan(
         courses=courses,
         binds=binds,
-        env={"JUPYTER_CONFIG_PATH": config_path, "GPUHUB_COURSES": courses_env(courses),
-             **({"GPUHUB_SERVER_COURSE": server_name} if courses.get(server_name) == "instructor" else {})},
+        env={
+            "JUPYTER_CONFIG_PATH": config_path,
+            "GPUHUB_COURSES": courses_env(courses),
+            **({"GPUHUB_SERVER_COURSE": server_name} if courses.get(server_name) == "instructor" else {}),
+        },
         group_add=[str(site.courses[key].gid) for key, role in sorted(courses.items()) if role == "instructor"],
         volume_labels=labels,
         init_binds=init_binds,
@@ -293,23 +323,61 @@ def container_plan(site: Site, username: str, uid: int, groups: frozenset[str] =
     )
 
 
+# nbgrader is off in the images (a user in no course gets none of it: images/base-notebook/jupyter/);
+# these files in the config volume, on every member's JUPYTER_CONFIG_PATH, turn it on for members.
+# Jupyter Server merges jupyter_server_config.d/*.json across the config path (this one wins over the
+# image's); the role-specific switches in nbgrader_container/jupyter_server_config.py win over both.
+NBGRADER_SERVER_EXTENSIONS = ("formgrader", "validate_assignment", "assignment_list", "course_list")
+MEMBER_CONFIG = {
+    "jupyter_server_config.d/gpuhub-course-member.json": {
+        "ServerApp": {
+            "jpserver_extensions": {f"nbgrader.server_extensions.{ext}": True for ext in NBGRADER_SERVER_EXTENSIONS}
+        }
+    },
+    "labconfig/page_config.json": {"disabledExtensions": {"@jupyter/nbgrader": False}},
+}
+
+
+def member_config_files() -> dict[str, str]:
+    """Path under the config volume -> JSON text (see :data:`MEMBER_CONFIG`)."""
+    return {path: json.dumps(data, sort_keys=True) for path, data in MEMBER_CONFIG.items()}
+
+
+def _member_config_script(target: str) -> str:
+    lines = []
+    for path, text in member_config_files().items():
+        folder = f"{target}/{path.rsplit('/', 1)[0]}"
+        lines += [
+            f"mkdir -p {folder} && chmod 0755 {folder}",
+            _write_sh(folder, f"'%s' {shlex.quote(text)}", path.rsplit("/", 1)[1]),
+        ]
+    return "\n".join(lines)
+
+
 # What students have no use for: JupyterLab leaves these nbgrader plugins out for them (instructors keep them).
-STUDENT_DISABLED_PLUGINS = ("@jupyter/nbgrader:formgrader", "@jupyter/nbgrader:create-assignment",
-                            "@jupyter/nbgrader:course-list")
+STUDENT_DISABLED_PLUGINS = (
+    "@jupyter/nbgrader:formgrader",
+    "@jupyter/nbgrader:create-assignment",
+    "@jupyter/nbgrader:course-list",
+)
 
 
 def _student_labconfig_script(target: str) -> str:
     """``<config>/student/labconfig/page_config.json``, on students' JUPYTER_CONFIG_PATH only."""
-    page = json.dumps({"disabledExtensions": {p: True for p in STUDENT_DISABLED_PLUGINS}})
-    return (f"mkdir -p {target}/student/labconfig && chmod 0755 {target}/student {target}/student/labconfig && "
-            f"printf '%s' {shlex.quote(page)} > {target}/student/labconfig/page_config.json && "
-            f"chmod 0644 {target}/student/labconfig/page_config.json")
+    page = json.dumps({"disabledExtensions": dict.fromkeys(STUDENT_DISABLED_PLUGINS, True)})
+    return (
+        f"mkdir -p {target}/student/labconfig && chmod 0755 {target}/student {target}/student/labconfig && "
+        f"printf '%s' {shlex.quote(page)} > {target}/student/labconfig/page_config.json && "
+        f"chmod 0644 {target}/student/labconfig/page_config.json"
+    )
 
 
 def _write_sh(folder: str, printf_args: str, name: str) -> str:
     """Shell that writes a 0644 file by write-then-rename: a reader sees either version whole."""
-    return (f't=$(mktemp {folder}/.tmp.XXXXXX) && printf {printf_args} > "$t" && chmod 0644 "$t" '
-            f'&& mv -f "$t" {folder}/{name}')
+    return (
+        f't=$(mktemp {folder}/.tmp.XXXXXX) && printf {printf_args} > "$t" && chmod 0644 "$t" '
+        f'&& mv -f "$t" {folder}/{name}'
+    )
 
 
 def _files_script(target: str) -> str:
@@ -336,11 +404,13 @@ def _exchange_script(root: str, gid: int, uid: int, username: str) -> str:
 def _course_dir_script(root: str, gid: int) -> str:
     db = f"{root}/gradebook.db"
     wal = "import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute('pragma journal_mode=wal').fetchall()"
-    return "\n".join([
-        f"chown 0:{gid} {root} && chmod {COURSE_DIR_MODE:o} {root}",
-        f"if [ ! -e {db} ] && command -v python3 >/dev/null; then python3 -c {shlex.quote(wal)} {db} "
-        f"&& chown 0:{gid} {db} && chmod {GRADEBOOK_MODE:o} {db}; fi",
-    ])
+    return "\n".join(
+        [
+            f"chown 0:{gid} {root} && chmod {COURSE_DIR_MODE:o} {root}",
+            f"if [ ! -e {db} ] && command -v python3 >/dev/null; then python3 -c {shlex.quote(wal)} {db} "
+            f"&& chown 0:{gid} {db} && chmod {GRADEBOOK_MODE:o} {db}; fi",
+        ]
+    )
 
 
 # ---------------------------------------------------------------- hub side effects (spawner)
@@ -370,8 +440,10 @@ def members(site: Site, key: str, hub_groups: dict[str, set[str]] | None = None)
     course = site.courses[key]
     hub_groups = hub_groups or {}
     rows: dict[str, dict] = {}
-    for role, listed, group in (("instructor", course.instructors, instructor_group(key)),
-                                ("student", course.students, student_group(key))):
+    for role, listed, group in (
+        ("instructor", course.instructors, instructor_group(key)),
+        ("student", course.students, student_group(key)),
+    ):
         for name in listed:
             rows.setdefault(name, {"user": name, "role": role, "source": "site"})
         for name in sorted(hub_groups.get(group, ())):
@@ -385,25 +457,31 @@ def course_servers(site: Site, key: str, status: dict, member_rows: list[dict]) 
     course = site.courses[key]
     roles_by_user = {r["user"]: r["role"] for r in member_rows}
     org = status.get("orgs", {}).get(course.org, {})
-    servers = [dict(s, role=roles_by_user[s["user"]]) for s in org.get("running_servers", [])
-               if s["user"] in roles_by_user]
+    servers = [
+        dict(s, role=roles_by_user[s["user"]]) for s in org.get("running_servers", []) if s["user"] in roles_by_user
+    ]
     return {
-        "course": key, "org": course.org, "period": status.get("period"),
+        "course": key,
+        "org": course.org,
+        "period": status.get("period"),
         "servers": servers,
         "course_gpus_in_use": sum(s["gpus"] for s in servers),
-        "org_gpus_in_use": org.get("gpus_in_use", 0), "org_gpu_limit": org.get("gpu_limit", 0),
-        "org_used_gpu_hours": org.get("used_gpu_hours", 0.0), "org_budget_gpu_hours": org.get("budget_gpu_hours", 0.0),
+        "org_gpus_in_use": org.get("gpus_in_use", 0),
+        "org_gpu_limit": org.get("gpu_limit", 0),
+        "org_used_gpu_hours": org.get("used_gpu_hours", 0.0),
+        "org_budget_gpu_hours": org.get("budget_gpu_hours", 0.0),
     }
 
 
 def describe(course: Course) -> dict:
     return {
-        "course": course.key, "display_name": course.display_name, "org": course.org, "image": course.image,
-        "instructors": list(course.instructors), "students": list(course.students),
+        "course": course.key,
+        "display_name": course.display_name,
+        "org": course.org,
+        "image": course.image,
+        "instructors": list(course.instructors),
+        "students": list(course.students),
         "instructors_idp_groups": list(course.instructors_idp_groups),
-        "students_idp_groups": list(course.students_idp_groups), "gid": course.gid,
+        "students_idp_groups": list(course.students_idp_groups),
+        "gid": course.gid,
     }
-
-
-def dumps(obj) -> str:
-    return json.dumps(obj, indent=2, default=str)

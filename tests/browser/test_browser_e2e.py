@@ -24,8 +24,15 @@ from tests.oidc_provider.harness import OIDCProvider, ProviderError
 pytestmark = pytest.mark.docker
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "browser"
 SECRET_ENV = "GPUHUB_E2E_OIDC_SECRET"
 ORG_GROUP = "gist-ai-lab"
@@ -51,9 +58,14 @@ def e2e(request, tmp_path_factory, docker_client):
     except ProviderError as e:
         pytest.fail(str(e), pytrace=False)
     hub.site["hub"]["auth"] = {
-        "type": "oidc", "issuer": provider.issuer, "client_id": provider.client_id,
-        "client_secret_env": SECRET_ENV, "groups_claim": "groups", "admin_groups": ["hub-admins"],
-        "username_claim": "preferred_username", "trusted_email_domains": {},
+        "type": "oidc",
+        "issuer": provider.issuer,
+        "client_id": provider.client_id,
+        "client_secret_env": SECRET_ENV,
+        "groups_claim": "groups",
+        "admin_groups": ["hub-admins"],
+        "username_claim": "preferred_username",
+        "trusted_email_domains": {},
     }
     hub.site["organizations"]["gist-ai"]["idp_groups"] = [ORG_GROUP]
     hub.site_path.write_text(yaml.safe_dump(hub.site))
@@ -87,7 +99,8 @@ def sign_in(page, hub, provider, login, shots=None, prefix=""):
     if shots:
         page.screenshot(path=shots / f"{prefix}01-hub-login.png")
     page.get_by_role("button", name=re.compile("Sign in with SSO")).or_(
-        page.get_by_role("link", name=re.compile("Sign in with SSO"))).first.click()
+        page.get_by_role("link", name=re.compile("Sign in with SSO"))
+    ).first.click()
     page.wait_for_selector("input[name=login]")
     page.fill("input[name=login]", login)
     page.fill("input[name=password]", provider.accounts[login]["password"])
@@ -114,13 +127,26 @@ def notebook(hub, user: str, name: str) -> None:
     """An .ipynb with one prefilled cell (put through the server's contents API)."""
     token = hub.user_token(user)
     nb = {
-        "cells": [{"cell_type": "code", "execution_count": None, "id": "c1", "metadata": {}, "outputs": [],
-                   "source": "print(6 * 7)"}],
+        "cells": [
+            {
+                "cell_type": "code",
+                "execution_count": None,
+                "id": "c1",
+                "metadata": {},
+                "outputs": [],
+                "source": "print(6 * 7)",
+            }
+        ],
         "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}},
-        "nbformat": 4, "nbformat_minor": 5,
+        "nbformat": 4,
+        "nbformat_minor": 5,
     }
-    r = requests.put(f"{hub.url}/user/{user}/api/contents/{name}", headers={"Authorization": f"token {token}"},
-                     json={"type": "notebook", "format": "json", "content": nb}, timeout=30)
+    r = requests.put(
+        f"{hub.url}/user/{user}/api/contents/{name}",
+        headers={"Authorization": f"token {token}"},
+        json={"type": "notebook", "format": "json", "content": nb},
+        timeout=30,
+    )
     assert r.status_code in (200, 201), r.text[:500]
 
 
@@ -155,7 +181,9 @@ def test_login_spawn_gpu_run_cell_stop_and_second_user_sees_fewer_free(e2e, brow
         page.wait_for_url(re.compile(r"/hub/spawn-pending/minji|/user/minji/"), timeout=30_000)
     except PlaywrightTimeout:
         page.screenshot(path=shots / "06-spawn-failed.png", full_page=True)
-        pytest.fail(f"the spawn form did not lead to the progress page; the page says:\n{page.inner_text('body')[:2000]}")
+        pytest.fail(
+            f"the spawn form did not lead to the progress page; the page says:\n{page.inner_text('body')[:2000]}"
+        )
     page.screenshot(path=shots / "06-progress.png")
     page.wait_for_url(re.compile(r"/user/minji/lab"), timeout=120_000)
     page.wait_for_selector("#jp-main-dock-panel", timeout=120_000)
@@ -207,3 +235,81 @@ def test_login_spawn_gpu_run_cell_stop_and_second_user_sees_fewer_free(e2e, brow
     page2.screenshot(path=shots / "12-second-user-form-after-stop.png", full_page=True)
     ctx1.close()
     ctx2.close()
+
+
+# ---------------------------------------------------------------- offline JupyterLab, nbgrader for course members only
+
+NOT_NEWS = "official Jupyter news"  # the announcements plugin's question
+
+
+@pytest.fixture(scope="module")
+def course_hub(request, tmp_path_factory, docker_client):
+    """A shared-password hub where dana teaches ml101 and alice is in no course; both servers started."""
+    hub = HubProcess(tmp_path_factory.mktemp("offline-hub"))
+    hub.site["organizations"]["ai-academy"] = {
+        "display_name": "AI Academy",
+        "gpu_limit": 1,
+        "gpu_hours_per_month": 10,
+        "max_gpus_per_server": 1,
+    }
+    hub.site["courses"] = {"ml101": {"display_name": "ML 101", "org": "ai-academy", "instructors": ["dana"]}}
+    hub.site_path.write_text(yaml.safe_dump(hub.site))
+    try:
+        hub.start()
+        for user in ("alice", "dana"):
+            r = hub.spawn(user, {"image": "python", "gpus": 0})
+            assert r.status_code in (201, 202), r.text
+        for user in ("alice", "dana"):
+            hub.wait_ready(user, timeout=120)
+        yield hub
+    finally:
+        if request.session.testsfailed:
+            print(hub.dump_logs())
+        hub.cleanup()
+
+
+def open_lab(browser, hub, user: str, shots: Path, requests_seen: list[str]):
+    """Log in with the shared password, open the user's JupyterLab; every request the page makes is recorded."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = ctx.new_page()
+    page.set_default_timeout(60_000)
+    page.on("request", lambda req: requests_seen.append(req.url))
+    page.goto(f"{hub.url}/hub/login")
+    page.fill("#username_input", user)
+    page.fill("#password_input", hub.password)
+    page.click("#login_submit")
+    page.wait_for_url(re.compile(re.escape(hub.url) + r"/(hub|user)/"))  # home, or straight to the running server
+    page.goto(f"{hub.url}/user/{user}/lab")
+    page.wait_for_selector("#jp-main-dock-panel", timeout=120_000)
+    page.wait_for_selector(".lm-MenuBar-itemLabel >> text=Help")
+    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(5_000)  # the announcements plugin asks a few seconds after the start
+    page.screenshot(path=shots / f"offline-{user}-lab.png")
+    return ctx, page
+
+
+def test_lab_asks_nothing_of_the_internet_and_nbgrader_shows_only_for_course_members(course_hub, browser, shots):
+    hub = course_hub
+    local = re.compile(rf"^(?:{re.escape(hub.url)}/|data:|blob:)")
+    seen: dict[str, list[str]] = {"alice": [], "dana": []}
+    ctx, page = open_lab(browser, hub, "alice", shots, seen["alice"])
+    menus = page.locator(".lm-MenuBar-itemLabel").all_inner_texts()
+    assert "File" in menus and "Nbgrader" not in menus, menus  # in no course: no nbgrader at all
+    assert page.get_by_text(NOT_NEWS).count() == 0
+    assert page.get_by_text("Create Assignment").count() == 0
+    ctx.close()
+    ctx, page = open_lab(browser, hub, "dana", shots, seen["dana"])
+    menus = page.locator(".lm-MenuBar-itemLabel").all_inner_texts()
+    assert "Nbgrader" in menus, menus  # the course's instructor has it
+    page.locator(".lm-MenuBar-itemLabel", has_text="Nbgrader").click()
+    page.screenshot(path=shots / "offline-dana-nbgrader-menu.png")
+    assert page.get_by_text("Formgrader").count() >= 1
+    assert page.get_by_text(NOT_NEWS).count() == 0
+    ctx.close()
+    for user, urls in seen.items():
+        assert any(u.startswith(f"{hub.url}/user/{user}/lab") for u in urls), urls
+        foreign = [u for u in urls if not local.match(u)]
+        assert foreign == [], f"{user}'s lab page asked other hosts: {foreign}"
+    (shots / "offline-requests.txt").write_text(
+        "\n".join(f"{user} {u}" for user, urls in seen.items() for u in urls) + "\n"
+    )

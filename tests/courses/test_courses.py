@@ -13,13 +13,19 @@ import yaml
 from traitlets.config import Config
 
 from gpuhub import cli
-from gpuhub.hub import courses, hubconfig
 from gpuhub.core.site import SiteConfigError, load_site, parse_site
+from gpuhub.hub import courses, hubconfig
 
 ROOT = Path(__file__).resolve().parents[2]
 FACTS = hubconfig.HubFacts(
-    hub_ip="172.30.0.1", network="gpuhub-users", demo_password="pw-123456789", admin_password="a" * 32, admin_token="adm",
-    quota_service_token="qst", crypt_key="00" * 32, hub_metrics_token="hmt",
+    hub_ip="172.30.0.1",
+    network="gpuhub-users",
+    demo_password="pw-123456789",
+    admin_password="a" * 32,
+    admin_token="adm",
+    quota_service_token="qst",
+    crypt_key="00" * 32,
+    hub_metrics_token="hmt",
     proxy_command="/x/configurable-http-proxy",
 )
 
@@ -29,8 +35,13 @@ def site_data(**courses_) -> dict:
     data["images"]["torch"] = {"image": "gpuhub/pytorch:latest"}
     data["organizations"]["ai-academy"]["images"] = ["python"]
     data["courses"] = courses_ or {
-        "ml101": {"org": "ai-academy", "instructors": ["prof"], "students": ["ann", "ben"],
-                  "instructors_idp_groups": ["ml101-staff"], "students_idp_groups": ["ml101-2026"]},
+        "ml101": {
+            "org": "ai-academy",
+            "instructors": ["prof"],
+            "students": ["ann", "ben"],
+            "instructors_idp_groups": ["ml101-staff"],
+            "students_idp_groups": ["ml101-2026"],
+        },
         "cs50": {"org": "ai-academy", "students": ["dave"], "display_name": "CS 50"},
     }
     return data
@@ -64,15 +75,24 @@ def test_the_example_site_has_a_course():
     assert s.courses["ml101"].org == "ai-academy"
 
 
-@pytest.mark.parametrize("spec,words", [
-    ({"students": ["ann"]}, "courses.c1.org: required key is missing"),
-    ({"org": "nope"}, "courses.c1.org: 'nope' is not an organization key"),
-    ({"org": "ai-academy", "image": "nope"}, "courses.c1.image: 'nope' is not in the image catalog"),
-    ({"org": "ai-academy", "image": "torch"}, "courses.c1.image: 'torch' is not allowed for organization 'ai-academy'"),
-    ({"org": "ai-academy", "instructors": ["ann"], "students": ["ann"]}, "courses.c1.students: 'ann' is also listed"),
-    ({"org": "ai-academy", "teachers": ["ann"]}, "courses.c1.teachers: unknown key"),
-    ({"org": "ai-academy", "students": "ann"}, "courses.c1.students: expected a list of strings"),
-])
+@pytest.mark.parametrize(
+    "spec,words",
+    [
+        ({"students": ["ann"]}, "courses.c1.org: required key is missing"),
+        ({"org": "nope"}, "courses.c1.org: 'nope' is not an organization key"),
+        ({"org": "ai-academy", "image": "nope"}, "courses.c1.image: 'nope' is not in the image catalog"),
+        (
+            {"org": "ai-academy", "image": "torch"},
+            "courses.c1.image: 'torch' is not allowed for organization 'ai-academy'",
+        ),
+        (
+            {"org": "ai-academy", "instructors": ["ann"], "students": ["ann"]},
+            "courses.c1.students: 'ann' is also listed",
+        ),
+        ({"org": "ai-academy", "teachers": ["ann"]}, "courses.c1.teachers: unknown key"),
+        ({"org": "ai-academy", "students": "ann"}, "courses.c1.students: expected a list of strings"),
+    ],
+)
 def test_course_errors_name_the_key_path(spec, words):
     with pytest.raises(SiteConfigError) as e:
         site(c1=spec)
@@ -94,8 +114,10 @@ def test_hub_groups_are_derived_from_site_and_idp_groups():
     assert courses.hub_groups_of(s, "zoe", frozenset({"ml101-2026"})) == {"nbgrader-ml101"}
     assert courses.hub_groups_of(s, "alice") == set()
     assert courses.load_groups(s) == {
-        "formgrade-ml101": {"users": ["prof"]}, "nbgrader-ml101": {"users": ["ann", "ben"]},
-        "formgrade-cs50": {"users": []}, "nbgrader-cs50": {"users": ["dave"]},
+        "formgrade-ml101": {"users": ["prof"]},
+        "nbgrader-ml101": {"users": ["ann", "ben"]},
+        "formgrade-cs50": {"users": []},
+        "nbgrader-cs50": {"users": ["dave"]},
     }
     by_user, by_idp = courses.groups_by_user(s), courses.groups_by_idp_group(s)
     assert courses.derived_groups(by_user, by_idp, "ann", set()) == {"nbgrader-ml101"}
@@ -107,8 +129,12 @@ def test_hub_groups_are_derived_from_site_and_idp_groups():
 def test_roles_let_members_list_services_and_instructors_see_their_students_only():
     roles = {r["name"]: r for r in courses.roles(site())}
     assert roles["gpuhub-course-members"]["scopes"] == ["list:services"]
-    assert set(roles["gpuhub-course-members"]["groups"]) == {"formgrade-ml101", "nbgrader-ml101", "formgrade-cs50",
-                                                            "nbgrader-cs50"}
+    assert set(roles["gpuhub-course-members"]["groups"]) == {
+        "formgrade-ml101",
+        "nbgrader-ml101",
+        "formgrade-cs50",
+        "nbgrader-cs50",
+    }
     ml = roles["gpuhub-course-ml101-instructors"]
     assert ml["groups"] == ["formgrade-ml101"]
     assert "read:servers!group=nbgrader-ml101" in ml["scopes"] and "list:users!group=nbgrader-ml101" in ml["scopes"]
@@ -162,11 +188,14 @@ def test_a_server_named_after_a_taught_course_grades_that_course():
     s = site()
     named = courses.container_plan(s, "prof", 20002, instance="hub1", server_name="ml101")
     assert named.env["GPUHUB_SERVER_COURSE"] == "ml101"
-    assert "GPUHUB_SERVER_COURSE" not in courses.container_plan(s, "prof", 20002, instance="hub1",
-                                                                server_name="scratch").env
+    assert (
+        "GPUHUB_SERVER_COURSE"
+        not in courses.container_plan(s, "prof", 20002, instance="hub1", server_name="scratch").env
+    )
     # a student's server named after their course is an ordinary server
-    assert "GPUHUB_SERVER_COURSE" not in courses.container_plan(s, "ann", 20003, instance="hub1",
-                                                                server_name="ml101").env
+    assert (
+        "GPUHUB_SERVER_COURSE" not in courses.container_plan(s, "ann", 20003, instance="hub1", server_name="ml101").env
+    )
 
 
 def test_init_script_sets_the_permission_model():
@@ -175,12 +204,14 @@ def test_init_script_sets_the_permission_model():
     plan = courses.container_plan(s, "prof", 20002, instance="hub1")
     script = plan.init_command[-1]
     ex = "/gpuhub/exchange/ml101"
-    for line in (f"mkdir -p {ex} && chown 0:{gid} {ex} && chmod 2775 {ex}",
-                 f"chown 0:{gid} {ex}/outbound && chmod 2775 {ex}/outbound",
-                 f"chown 0:{gid} {ex}/inbound && chmod 3773 {ex}/inbound",
-                 f"chown 0:{gid} {ex}/feedback && chmod 2771 {ex}/feedback",
-                 f"chown 0:{gid} /gpuhub/course/ml101 && chmod 2770 /gpuhub/course/ml101",
-                 f"{ex}/.gpuhub/uids/20002"):
+    for line in (
+        f"mkdir -p {ex} && chown 0:{gid} {ex} && chmod 2775 {ex}",
+        f"chown 0:{gid} {ex}/outbound && chmod 2775 {ex}/outbound",
+        f"chown 0:{gid} {ex}/inbound && chmod 3773 {ex}/inbound",
+        f"chown 0:{gid} {ex}/feedback && chmod 2771 {ex}/feedback",
+        f"chown 0:{gid} /gpuhub/course/ml101 && chmod 2770 /gpuhub/course/ml101",
+        f"{ex}/.gpuhub/uids/20002",
+    ):
         assert line in script, line
     assert plan.init_binds["hub1-course-ml101"] == {"bind": "/gpuhub/course/ml101", "mode": "rw"}
     assert len(plan.init_env) == len(courses.CONTAINER_FILES)
@@ -243,7 +274,7 @@ def test_apply_courses_shared_password_loads_groups_and_extends_roles():
     hubconfig.apply_services(c, s, FACTS)
     before = list(c.JupyterHub.load_roles)
     hubconfig.apply_courses(c, s, FACTS)
-    assert c.JupyterHub.load_roles[:len(before)] == before
+    assert c.JupyterHub.load_roles[: len(before)] == before
     names = [r["name"] for r in c.JupyterHub.load_roles]
     assert "gpuhub-course-ml101-instructors" in names and "gpuhub-quota" in names
     assert c.JupyterHub.load_groups["nbgrader-ml101"] == {"users": ["ann", "ben"]}
@@ -253,8 +284,12 @@ def test_apply_courses_shared_password_loads_groups_and_extends_roles():
 
 def test_apply_courses_oidc_adds_groups_at_login_and_lets_members_in():
     data = site_data()
-    data["hub"]["auth"] = {"type": "oidc", "issuer": "https://sso.example.kr/realms/x", "client_id": "hub",
-                           "client_secret_env": "X"}
+    data["hub"]["auth"] = {
+        "type": "oidc",
+        "issuer": "https://sso.example.kr/realms/x",
+        "client_id": "hub",
+        "client_secret_env": "X",
+    }
     s = parse_site(data, ROOT / "examples/site.yaml")
     c = Config()
     hubconfig.apply_auth(c, s, FACTS)
@@ -285,17 +320,46 @@ def test_course_member_names_are_checked():
 
 def test_course_servers_reports_members_servers_for_the_course_org():
     s = site()
-    status = {"period": "2026-11", "orgs": {"ai-academy": {
-        "gpus_in_use": 2, "gpu_limit": 2, "used_gpu_hours": 3.5, "budget_gpu_hours": 60,
-        "running_servers": [
-            {"server_key": "ann/", "user": "ann", "gpus": 1, "model": "H100", "devices": ["GPU-1"], "image": "python",
-             "started_at": "x", "running_seconds": 60.0},
-            {"server_key": "dave/", "user": "dave", "gpus": 1, "model": "H100", "devices": ["GPU-2"], "image": "python",
-             "started_at": "x", "running_seconds": 60.0},
-        ]}}}
+    status = {
+        "period": "2026-11",
+        "orgs": {
+            "ai-academy": {
+                "gpus_in_use": 2,
+                "gpu_limit": 2,
+                "used_gpu_hours": 3.5,
+                "budget_gpu_hours": 60,
+                "running_servers": [
+                    {
+                        "server_key": "ann/",
+                        "user": "ann",
+                        "gpus": 1,
+                        "model": "H100",
+                        "devices": ["GPU-1"],
+                        "image": "python",
+                        "started_at": "x",
+                        "running_seconds": 60.0,
+                    },
+                    {
+                        "server_key": "dave/",
+                        "user": "dave",
+                        "gpus": 1,
+                        "model": "H100",
+                        "devices": ["GPU-2"],
+                        "image": "python",
+                        "started_at": "x",
+                        "running_seconds": 60.0,
+                    },
+                ],
+            }
+        },
+    }
     rows = courses.members(s, "ml101", {"nbgrader-ml101": {"zoe"}})
     assert [(r["user"], r["role"], r["source"]) for r in rows] == [
-        ("prof", "instructor", "site"), ("ann", "student", "site"), ("ben", "student", "site"), ("zoe", "student", "idp")]
+        ("prof", "instructor", "site"),
+        ("ann", "student", "site"),
+        ("ben", "student", "site"),
+        ("zoe", "student", "idp"),
+    ]
     report = courses.course_servers(s, "ml101", status, rows)
     assert [x["user"] for x in report["servers"]] == ["ann"] and report["servers"][0]["role"] == "student"
     assert (report["course_gpus_in_use"], report["org_gpus_in_use"], report["org_gpu_limit"]) == (1, 2, 2)

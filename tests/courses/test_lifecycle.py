@@ -29,28 +29,44 @@ USERS = ("prof", "ann", "ben", "dave")
 
 def _cell(source: str, **nbgrader) -> dict:
     meta = {"schema_version": 3, "locked": False, "solution": False, "grade": False, "task": False, **nbgrader}
-    return {"cell_type": "code", "execution_count": None, "metadata": {"nbgrader": meta}, "outputs": [],
-            "source": source}
+    return {
+        "cell_type": "code",
+        "execution_count": None,
+        "metadata": {"nbgrader": meta},
+        "outputs": [],
+        "source": source,
+    }
 
 
 SOURCE_NOTEBOOK = {
     "cells": [
-        _cell("def square(x):\n    ### BEGIN SOLUTION\n    return x * x\n    ### END SOLUTION\n",
-              solution=True, grade_id="answer"),
-        _cell("assert square(3) == 9\nassert square(-2) == 4\n", grade=True, locked=True, points=2,
-              grade_id="test_square"),
+        _cell(
+            "def square(x):\n    ### BEGIN SOLUTION\n    return x * x\n    ### END SOLUTION\n",
+            solution=True,
+            grade_id="answer",
+        ),
+        _cell(
+            "assert square(3) == 9\nassert square(-2) == 4\n", grade=True, locked=True, points=2, grade_id="test_square"
+        ),
     ],
-    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-                 "language_info": {"name": "python"}},
-    "nbformat": 4, "nbformat_minor": 4,
+    "metadata": {
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+        "language_info": {"name": "python"},
+    },
+    "nbformat": 4,
+    "nbformat_minor": 4,
 }
 
 
 @pytest.fixture(scope="module")
 def hub(request, tmp_path_factory, docker_client):
     site = default_site("placeholder", 0, tmp_path_factory.mktemp("state"))
-    site["organizations"]["ai-academy"] = {"display_name": "AI Academy", "gpu_limit": 2, "gpu_hours_per_month": 50,
-                                           "max_gpus_per_server": 1}
+    site["organizations"]["ai-academy"] = {
+        "display_name": "AI Academy",
+        "gpu_limit": 2,
+        "gpu_hours_per_month": 50,
+        "max_gpus_per_server": 1,
+    }
     site["courses"] = {
         "ml101": {"display_name": "ML 101", "org": "ai-academy", "instructors": ["prof"], "students": ["ann", "ben"]},
         "cs50": {"org": "ai-academy", "students": ["dave"]},
@@ -71,9 +87,11 @@ def servers(hub):
 
 def sh(hub, user: str, script: str, cwd: str = "/home/jovyan", timeout: float = 180) -> tuple[int, str]:
     """Run a shell command in the user's server (kernel -> subprocess); (exit status, output)."""
-    code = ("import json, subprocess\n"
-            f"r = subprocess.run({script!r}, shell=True, cwd={cwd!r}, capture_output=True, text=True)\n"
-            "print(json.dumps([r.returncode, r.stdout + r.stderr]))\n")
+    code = (
+        "import json, subprocess\n"
+        f"r = subprocess.run({script!r}, shell=True, cwd={cwd!r}, capture_output=True, text=True)\n"
+        "print(json.dumps([r.returncode, r.stdout + r.stderr]))\n"
+    )
     out = hub.run_code(user, code, timeout=timeout)
     try:
         rc, text = json.loads(out.strip().splitlines()[-1])
@@ -116,7 +134,10 @@ print(json.dumps(res))
 
 def answer(hub, user: str, body: str) -> None:
     """The student edits the fetched notebook's answer cell (as they would in JupyterLab)."""
-    py(hub, user, f"""
+    py(
+        hub,
+        user,
+        f"""
 import json
 p = "/home/jovyan/hw1/hw1.ipynb"
 nb = json.load(open(p))
@@ -125,18 +146,23 @@ assert "NotImplementedError" in "".join(cell["source"]), cell["source"]
 cell["source"] = {("def square(x):" + chr(10) + "    return " + body + chr(10))!r}
 json.dump(nb, open(p, "w"))
 print(json.dumps("ok"))
-""")
+""",
+    )
 
 
 def test_full_lifecycle_with_nbgraders_own_commands(hub, servers):
     # instructor: quickstart in the home (fills the shared course folder ~/ml101), an own assignment
     ok(hub, "prof", "nbgrader quickstart ml101")
-    py(hub, "prof", f"""
+    py(
+        hub,
+        "prof",
+        f"""
 import json, os
 os.makedirs("/home/jovyan/ml101/source/hw1", exist_ok=True)
 json.dump(json.loads({json.dumps(SOURCE_NOTEBOOK)!r}), open("/home/jovyan/ml101/source/hw1/hw1.ipynb", "w"))
 print(json.dumps("ok"))
-""")
+""",
+    )
     ok(hub, "prof", "nbgrader generate_assignment hw1", cwd="/home/jovyan/ml101")
     ok(hub, "prof", "nbgrader release_assignment hw1", cwd="/home/jovyan/ml101")
     assert "hw1" in ok(hub, "ann", "nbgrader list --course ml101")
@@ -149,8 +175,12 @@ print(json.dumps("ok"))
 
     # ben forges a submission in ann's name (a later one, which collect would otherwise prefer)
     forged = "ann+hw1+2099-01-01 00:00:00.000000 UTC+forged"
-    ok(hub, "ben", f"mkdir '{EXCHANGE}/inbound/{forged}' && cp hw1/hw1.ipynb '{EXCHANGE}/inbound/{forged}/' "
-                   f"&& printf '2099-01-01 00:00:00.000000 UTC' > '{EXCHANGE}/inbound/{forged}/timestamp.txt'")
+    ok(
+        hub,
+        "ben",
+        f"mkdir '{EXCHANGE}/inbound/{forged}' && cp hw1/hw1.ipynb '{EXCHANGE}/inbound/{forged}/' "
+        f"&& printf '2099-01-01 00:00:00.000000 UTC' > '{EXCHANGE}/inbound/{forged}/timestamp.txt'",
+    )
 
     # instructor: collect (the forged one is refused), autograde, feedback
     out = ok(hub, "prof", "nbgrader collect hw1", cwd="/home/jovyan/ml101")
@@ -162,11 +192,15 @@ print(json.dumps("ok"))
     scores = {}
     for user in ("ann", "ben"):
         ok(hub, user, "nbgrader fetch_feedback hw1 --course ml101")
-        html = py(hub, user, """
+        html = py(
+            hub,
+            user,
+            """
 import glob, json
 files = glob.glob("/home/jovyan/hw1/feedback/*/hw1.html")
 print(json.dumps(open(files[0]).read() if len(files) == 1 else files))
-""")
+""",
+        )
         assert isinstance(html, str), html
         m = re.search(r"hw1 \(Score: ([\d.]+) / ([\d.]+)\)", html)
         assert m, html[:2000]
@@ -175,13 +209,17 @@ print(json.dumps(open(files[0]).read() if len(files) == 1 else files))
     assert scores == {"ann": 2.0, "ben": 0.0}
 
     # hand on the names the isolation tests need (only the instructor can list them)
-    listing = py(hub, "prof", f"""
+    listing = py(
+        hub,
+        "prof",
+        f"""
 import json, os
 inbound = sorted(os.listdir("{EXCHANGE}/inbound"))
 secret = open(os.path.join("{EXCHANGE}/inbound", next(n for n in inbound if n.startswith("ann+") and "forged" not in n),
                            "submission_secret.txt")).read()
 print(json.dumps({{"inbound": inbound, "secret": secret, "feedback": sorted(os.listdir("{EXCHANGE}/feedback"))}}))
-""")
+""",
+    )
     ann_sub = next(n for n in listing["inbound"] if n.startswith("ann+") and "forged" not in n)
     ann_feedback = hashlib.md5((listing["secret"] + "hw1").encode()).hexdigest() + ".html"
     assert ann_feedback in listing["feedback"], listing
@@ -199,7 +237,10 @@ def test_a_student_cannot_list_read_or_change_another_students_work(hub, servers
     assert probe(hub, "ben", fb)["read"] == "PermissionError"  # even knowing the name (ACL: ann only)
     assert probe(hub, "ann", fb)["read"] not in ("PermissionError", "FileNotFoundError")
     # nor rename, delete or write into it (sticky inbound, 0750 submission folder)
-    res = py(hub, "ben", f"""
+    res = py(
+        hub,
+        "ben",
+        f"""
 import json, os, shutil
 res = {{}}
 for what, fn in (("rename", lambda: os.rename({sub!r}, {sub!r} + "x")),
@@ -211,9 +252,14 @@ for what, fn in (("rename", lambda: os.rename({sub!r}, {sub!r} + "x")),
     except Exception as e:
         res[what] = type(e).__name__
 print(json.dumps(res))
-""")
-    assert res == {"rename": "PermissionError", "delete": "PermissionError", "write": "PermissionError",
-                   "feedback": "PermissionError"}, res
+""",
+    )
+    assert res == {
+        "rename": "PermissionError",
+        "delete": "PermissionError",
+        "write": "PermissionError",
+        "feedback": "PermissionError",
+    }, res
     # ann's graded work is hers: ben's own folder on the instructor side is separate
     assert "x * x" in ok(hub, "prof", "cat submitted/ann/hw1/hw1.ipynb", cwd="/home/jovyan/ml101")
 
@@ -235,11 +281,15 @@ def test_a_student_cannot_release_collect_or_open_formgrader(hub, servers):
 
 
 def test_a_member_of_another_course_sees_neither_courses_files(hub, servers):
-    seen = py(hub, "dave", """
+    seen = py(
+        hub,
+        "dave",
+        """
 import json, os
 print(json.dumps({"exchange": sorted(os.listdir("/srv/nbgrader/exchange")),
                   "ml101_home": os.path.exists("/home/jovyan/ml101")}))
-""")
+""",
+    )
     assert seen == {"exchange": ["cs50"], "ml101_home": False}, seen
     rc, out = sh(hub, "dave", "nbgrader fetch_assignment hw1 --course ml101")
     assert rc != 0, out
@@ -293,8 +343,23 @@ def test_instructor_sees_the_course_students_servers_and_gpus(hub, servers):
     users = {u["name"]: u for u in r.json()}
     assert set(users) == {"ann", "ben"}, sorted(users)
     assert users["ann"]["servers"][""]["user_options"]["gpus"] == 1
-    out = subprocess.run([sys.executable, "-m", "gpuhub.cli", "--site", str(hub.site_path), "course", "servers", "ml101",
-                          "--format", "json"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpuhub.cli",
+            "--site",
+            str(hub.site_path),
+            "course",
+            "servers",
+            "ml101",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     by_user = {s["user"]: s for s in report["servers"]}
@@ -305,8 +370,10 @@ def test_instructor_sees_the_course_students_servers_and_gpus(hub, servers):
 def test_concurrent_graders_do_not_hit_database_is_locked(hub, servers):
     """Eight gradebook writers at once (z2jh#872): WAL on the local course volume + a busy timeout
     make them queue instead of failing."""
-    script = ("for i in $(seq 1 8); do (nbgrader db student add load$i --last-name=L$i >/tmp/db$i.log 2>&1; "
-              "echo \"rc=$?\" >>/tmp/db$i.log) & done; wait; cat /tmp/db*.log")
+    script = (
+        "for i in $(seq 1 8); do (nbgrader db student add load$i --last-name=L$i >/tmp/db$i.log 2>&1; "
+        'echo "rc=$?" >>/tmp/db$i.log) & done; wait; cat /tmp/db*.log'
+    )
     out = ok(hub, "prof", script, cwd="/home/jovyan/ml101", timeout=240)
     assert "database is locked" not in out, out
     assert out.count("rc=0") == 8, out
@@ -320,7 +387,7 @@ def test_students_lab_leaves_out_the_instructor_tools(hub, servers):
         r = requests.get(f"{hub.url}/user/{user}/lab", headers={"Authorization": f"token {token}"}, timeout=60)
         assert r.status_code == 200, r.status_code
         start = r.text.index('id="jupyter-config-data"')
-        blob = r.text[r.text.index(">", start) + 1:r.text.index("</script>", start)]
+        blob = r.text[r.text.index(">", start) + 1 : r.text.index("</script>", start)]
         return json.loads(blob)
 
     student = page_config("ben")["disabledExtensions"]

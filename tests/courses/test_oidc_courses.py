@@ -36,11 +36,22 @@ def oidc_hub(tmp_path_factory, docker_client, request):
         pytest.fail(str(e), pytrace=False)
     site = default_site(hub.instance, hub.port, hub.state)
     site["hub"].update(instance=hub.instance, bind_url=hub.url)
-    site["hub"]["auth"] = {"type": "oidc", "issuer": provider.issuer, "client_id": provider.client_id,
-                           "client_secret_env": SECRET_ENV, "groups_claim": "groups"}
+    site["hub"]["auth"] = {
+        "type": "oidc",
+        "issuer": provider.issuer,
+        "client_id": provider.client_id,
+        "client_secret_env": SECRET_ENV,
+        "groups_claim": "groups",
+    }
     site["organizations"]["ai-academy"] = {"gpu_limit": 1, "gpu_hours_per_month": 10}
-    site["courses"] = {"ml101": {"org": "ai-academy", "instructors": ["prof"],
-                                 "students_idp_groups": ["ml101-2026"], "instructors_idp_groups": ["ml101-staff"]}}
+    site["courses"] = {
+        "ml101": {
+            "org": "ai-academy",
+            "instructors": ["prof"],
+            "students_idp_groups": ["ml101-2026"],
+            "instructors_idp_groups": ["ml101-staff"],
+        }
+    }
     hub.site = site
     hub.site_path.write_text(yaml.safe_dump(site))
     env = hub.env()

@@ -52,8 +52,9 @@ def built(docker_client):
         try:
             return docker_client.images.get(tag)
         except docker.errors.ImageNotFound:
-            pytest.fail(f"{tag} is not built; build it with `make images` or `gpuhub images build {name}`",
-                        pytrace=False)
+            pytest.fail(
+                f"{tag} is not built; build it with `make images` or `gpuhub images build {name}`", pytrace=False
+            )
 
     return get
 
@@ -79,13 +80,22 @@ def run_in(docker_client):
 class Spawned:
     """A started single-user container, its URL and its API token, removed at teardown."""
 
-    def __init__(self, bench, client, image: str, hub_url: str, uid: int, read_only: bool):
+    def __init__(self, bench, client, image: str, hub_url: str, uid: int, read_only: bool, **extra):
         self.bench = bench
         self.home = Path(tempfile.mkdtemp(prefix="gpuhub-test-home-"))
         os.chown(self.home, uid, uid)
         self.uid = uid
-        self.container = bench.create_like_spawner(client, image, hub_url, uid, self.home, read_only=read_only,
-                                                   user=f"test{uid}", labels={"gpuhub.test": "images"})
+        self.container = bench.create_like_spawner(
+            client,
+            image,
+            hub_url,
+            uid,
+            self.home,
+            read_only=read_only,
+            user=f"test{uid}",
+            labels={"gpuhub.test": "images"},
+            **extra,
+        )
         self.container.start()
         try:
             bench.wait_ready(self.container, timeout=60)
@@ -121,12 +131,28 @@ class Spawned:
 
 
 @pytest.fixture
+def course_config(tmp_path):
+    """A folder laid out like the hub's course config volume (``/srv/nbgrader/config``) for a member:
+    what gpuhub.hub.courses writes into it."""
+    from gpuhub.hub import courses
+
+    root = tmp_path / "course-config"
+    for rel, text in {**courses.member_config_files(), **courses.container_files()}.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    for p in [root, *root.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return root
+
+
+@pytest.fixture
 def spawn(bench, docker_client, fake_hub, request):
-    """spawn(image, uid, read_only=True) -> Spawned; logs are printed when the test fails."""
+    """spawn(image, uid, read_only=True, env=, volumes=, group_add=) -> Spawned; logs are printed when
+    the test fails."""
     started: list[Spawned] = []
 
-    def start(image: str, uid: int, read_only: bool = True) -> Spawned:
-        s = Spawned(bench, docker_client, image, fake_hub, uid, read_only)
+    def start(image: str, uid: int, read_only: bool = True, **extra) -> Spawned:
+        s = Spawned(bench, docker_client, image, fake_hub, uid, read_only, **extra)
         started.append(s)
         return s
 

@@ -42,10 +42,17 @@ def test_lock_pins_every_wheel_with_a_sha256(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_dockerfile_labels_and_base(name):
     text = (images.image_dir(ROOT, name) / "Dockerfile").read_text()
-    for label in ("org.opencontainers.image.title", "org.opencontainers.image.description",
-                  "org.opencontainers.image.version", "org.opencontainers.image.source",
-                  "org.opencontainers.image.licenses", "org.opencontainers.image.created",
-                  "gpuhub.display-name", "gpuhub.gpu", "gpuhub.lock-sha256"):
+    for label in (
+        "org.opencontainers.image.title",
+        "org.opencontainers.image.description",
+        "org.opencontainers.image.version",
+        "org.opencontainers.image.source",
+        "org.opencontainers.image.licenses",
+        "org.opencontainers.image.created",
+        "gpuhub.display-name",
+        "gpuhub.gpu",
+        "gpuhub.lock-sha256",
+    ):
         assert f"{label}=" in text, f"images/{name}/Dockerfile lacks the {label} label"
     assert 'gpuhub.lock-sha256="${LOCK_SHA256}"' in text
     assert "RUN --mount" not in text, "the legacy builder has no RUN --mount"
@@ -163,7 +170,7 @@ def test_check_catalog_names_missing_images_and_the_build_command():
             "other": ImageSpec("other", "example/other:1", "Other"),
         }
 
-    assert images.check_catalog(Site, _Client(set(s.image for s in Site.images.values()))) == []
+    assert images.check_catalog(Site, _Client({s.image for s in Site.images.values()})) == []
     errors = images.check_catalog(Site, _Client({"gpuhub/base-notebook:latest"}))
     assert len(errors) == 2
     assert errors[0].startswith("images.torch: image 'gpuhub/pytorch:latest' is not in the local Docker engine")

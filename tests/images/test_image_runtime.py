@@ -4,6 +4,7 @@ capabilities dropped, the JUPYTERHUB_* environment of a spawn (a fake hub API an
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -37,10 +38,41 @@ def test_runs_read_only_as_arbitrary_uid(built, spawn, name):
     assert out.split()[0] == "1" and ".ipython" in out, out
     # the UI pages render through the hub auth (token checked against the hub API)
     assert s.get("lab").status_code == 200
-    assert s.get("formgrader", allow_redirects=False).status_code in (200, 302)
+    assert s.get("formgrader", allow_redirects=False).status_code == 404  # in no course: no nbgrader
     translations = s.get("lab/api/translations").json()["data"]
     assert "ko_KR" in translations, translations
     assert s.get("lab/api/translations/ko_KR").json()["data"], "Korean pack has no strings"
+
+
+@pytest.mark.parametrize("name", ["base-notebook", "pytorch"])
+def test_a_course_instructor_has_a_name_named_course_groups_and_formgrader(built, spawn, name, tmp_path, course_config):
+    """What the courses hook adds for an instructor (course config on JUPYTER_CONFIG_PATH, the
+    course's exchange owned by root:<course GID>, that GID as a supplementary group): the UID and
+    the course GID have names, nbgrader's formgrader is on."""
+    built(name)
+    gid = 31001
+    exchange = tmp_path / "exchange"
+    exchange.mkdir(mode=0o2775)
+    os.chown(exchange, 0, gid)
+    member = {"JUPYTER_CONFIG_PATH": "/srv/nbgrader/config", "GPUHUB_COURSES": "ml101:instructor"}
+    volumes = {
+        str(course_config): {"bind": "/srv/nbgrader/config", "mode": "ro"},
+        str(exchange): {"bind": "/srv/nbgrader/exchange/ml101", "mode": "rw"},
+    }
+    s = spawn(f"gpuhub/{name}:latest", uid=61237, env=member, volumes=volumes, group_add=[str(gid)])
+    user = "test61237"
+    rc, out = s.exec(
+        ["sh", "-c", "id; whoami; ls -ld /srv/nbgrader/exchange/ml101 | cut -d' ' -f3,4; getent group 31001"]
+    )
+    assert out.splitlines() == [
+        f"uid=61237({user}) gid=61237({user}) groups=61237({user}),{gid}(formgrade-ml101)",
+        user,
+        "root formgrade-ml101",
+        f"formgrade-ml101:x:{gid}:{user}",
+    ], out
+    out = _run_code(s, "import getpass, os; print(getpass.getuser(), os.environ['USER'], os.environ['LOGNAME'])")
+    assert out.split() == [user, user, user], out
+    assert s.get("formgrader", allow_redirects=False).status_code in (200, 302)
 
 
 def test_writes_nothing_outside_home_and_tmp(built, spawn):

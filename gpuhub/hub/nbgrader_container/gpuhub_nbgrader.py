@@ -65,8 +65,13 @@ _ACL_UNDEFINED_ID = 0xFFFFFFFF
 
 
 def readable_only_by(path: str, uid: int) -> None:
-    entries = [(_ACL_USER_OBJ, 6, _ACL_UNDEFINED_ID), (_ACL_USER, 4, uid), (_ACL_GROUP_OBJ, 4, _ACL_UNDEFINED_ID),
-               (_ACL_MASK, 4, _ACL_UNDEFINED_ID), (_ACL_OTHER, 0, _ACL_UNDEFINED_ID)]
+    entries = [
+        (_ACL_USER_OBJ, 6, _ACL_UNDEFINED_ID),
+        (_ACL_USER, 4, uid),
+        (_ACL_GROUP_OBJ, 4, _ACL_UNDEFINED_ID),
+        (_ACL_MASK, 4, _ACL_UNDEFINED_ID),
+        (_ACL_OTHER, 0, _ACL_UNDEFINED_ID),
+    ]
     value = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
     os.setxattr(path, "system.posix_acl_access", value)
 
@@ -85,12 +90,14 @@ def _student_is_me(coursedir):
 
 class GpuhubAuthPlugin(JupyterHubAuthPlugin):
     def add_student_to_course(self, student_id, course_id):
-        self.log.info("course membership comes from the hub's site config; %s is not added to %s here",
-                      student_id, course_id)
+        self.log.info(
+            "course membership comes from the hub's site config; %s is not added to %s here", student_id, course_id
+        )
 
     def remove_student_from_course(self, student_id, course_id):
-        self.log.info("course membership comes from the hub's site config; %s is not removed from %s here",
-                      student_id, course_id)
+        self.log.info(
+            "course membership comes from the hub's site config; %s is not removed from %s here", student_id, course_id
+        )
 
 
 class ExchangeSubmit(_Submit):
@@ -114,11 +121,14 @@ class ExchangeReleaseFeedback(_ReleaseFeedback):
     def copy_files(self):
         super().copy_files()
         uids = {name: uid for uid, name in registry(self.course_path).items()}
-        regexp = re.escape(os.path.sep).join([
-            self.coursedir.format_path(self.coursedir.feedback_directory, "(?P<student_id>.*)",
-                                       self.coursedir.assignment_id, escape=True),
-            "(?P<notebook_id>.*).html",
-        ])
+        regexp = re.escape(os.path.sep).join(
+            [
+                self.coursedir.format_path(
+                    self.coursedir.feedback_directory, "(?P<student_id>.*)", self.coursedir.assignment_id, escape=True
+                ),
+                "(?P<notebook_id>.*).html",
+            ]
+        )
         for html_file in glob.glob(os.path.join(self.src_path, "*.html")):
             m = re.match(regexp, html_file)
             secret_file = os.path.join(os.path.dirname(html_file), "submission_secret.txt")
@@ -153,8 +163,13 @@ class ExchangeCollect(_Collect):
         except OSError:
             owner = None
         if owner != claimed:
-            self.log.warning("Skipping %s: it is named for %r but was submitted by UID %s (%s)",
-                             path, claimed, uid, owner or "not a member of this course")
+            self.log.warning(
+                "Skipping %s: it is named for %r but was submitted by UID %s (%s)",
+                path,
+                claimed,
+                uid,
+                owner or "not a member of this course",
+            )
         return owner == claimed
 
     def init_src(self):
@@ -164,11 +179,11 @@ class ExchangeCollect(_Collect):
         self.course_path = os.path.join(self.root, self.coursedir.course_id)
         self.inbound_path = os.path.join(self.course_path, "inbound")
         if not os.path.isdir(self.inbound_path):
-            self.fail("Course not found: {}".format(self.inbound_path))
+            self.fail(f"Course not found: {self.inbound_path}")
         if not os.access(self.inbound_path, os.R_OK | os.X_OK):
-            self.fail("You don't have read permissions for the directory: {}".format(self.inbound_path))
+            self.fail(f"You don't have read permissions for the directory: {self.inbound_path}")
         student_id = self.coursedir.student_id if self.coursedir.student_id else "*"
-        pattern = os.path.join(self.inbound_path, "{}+{}+*".format(student_id, self.coursedir.assignment_id))
+        pattern = os.path.join(self.inbound_path, f"{student_id}+{self.coursedir.assignment_id}+*")
         records = []
         for path in sorted(glob.glob(pattern)):
             if self._genuine(path):
@@ -236,16 +251,25 @@ def _load_jupyter_server_extension(serverapp):
             here = CourseDirectory(config=config).course_id
             hub_base = os.environ.get("JUPYTERHUB_BASE_URL", "/")
             user = os.environ.get("JUPYTERHUB_USER", "")
-            return [{"course_id": course, "kind": "jupyterhub",
-                     "url": self.get_base_url() + url_path_join(hub_base, "user", user, server, "formgrader")}
-                    for course, server in formgrader_servers().items() if course != here]
+            return [
+                {
+                    "course_id": course,
+                    "kind": "jupyterhub",
+                    "url": self.get_base_url() + url_path_join(hub_base, "user", user, server, "formgrader"),
+                }
+                for course, server in formgrader_servers().items()
+                if course != here
+            ]
 
     extensions = serverapp.extension_manager.extensions  # the enabled ones, filled before requests come
     webapp = serverapp.web_app
     webapp.settings["assignment_dir"] = serverapp.root_dir
     base_url = webapp.settings["base_url"]
-    webapp.add_handlers(".*$", [
-        (url_path_join(base_url, "formgraders"), LocalCourseListHandler),
-        (url_path_join(base_url, "nbgrader_version"), NbGraderVersionHandler),
-    ])
+    webapp.add_handlers(
+        ".*$",
+        [
+            (url_path_join(base_url, "formgraders"), LocalCourseListHandler),
+            (url_path_join(base_url, "nbgrader_version"), NbGraderVersionHandler),
+        ],
+    )
     serverapp.log.info("gpuhub: nbgrader course list (local formgrader found in-process)")
