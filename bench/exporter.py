@@ -67,6 +67,25 @@ def make_site(tmp: Path, gpus: int, orgs: int):
     )
 
 
+def _interval(user: str, org: str, devices: str, gpus: int, model, started_at, ended_at, heartbeat_at) -> dict:
+    """A ``gpuhub_usage_intervals`` row of ``user``'s default server (closed ones ``stopped``)."""
+    return dict(
+        server_key=f"{user}/",
+        user=user,
+        server_name="",
+        org=org,
+        image="python",
+        device_uuids=devices,
+        gpus=gpus,
+        model=model,
+        weight=1.0,
+        started_at=started_at,
+        ended_at=ended_at,
+        end_reason=None if ended_at is None else "stopped",
+        heartbeat_at=heartbeat_at,
+    )
+
+
 def fill_ledger(engine, servers: int, closed: int, orgs: int, gpus: int) -> None:
     ledger.metadata.create_all(engine)
     now = datetime.now(UTC)
@@ -74,41 +93,14 @@ def fill_ledger(engine, servers: int, closed: int, orgs: int, gpus: int) -> None
     rows = []
     for i in range(servers):
         g = 1 if i < gpus else 0  # the GPUs are held by the first servers; the rest are CPU servers
-        rows.append(
-            dict(
-                server_key=f"user{i}/",
-                user=f"user{i}",
-                server_name="",
-                org=f"org-{i % orgs}",
-                image="python",
-                device_uuids=f"GPU-fake-{i}" if g else "",
-                gpus=g,
-                model="H100" if g else None,
-                weight=1.0,
-                started_at=now - timedelta(seconds=rnd.randint(60, 86400)),
-                ended_at=None,
-                heartbeat_at=now,
-            )
-        )
+        started = now - timedelta(seconds=rnd.randint(60, 86400))
+        device = f"GPU-fake-{i}" if g else ""
+        rows.append(_interval(f"user{i}", f"org-{i % orgs}", device, g, "H100" if g else None, started, None, now))
     for i in range(closed):
         start = now - timedelta(days=rnd.uniform(0, 60))
-        rows.append(
-            dict(
-                server_key=f"old{i}/",
-                user=f"old{i}",
-                server_name="",
-                org=f"org-{i % orgs}",
-                image="python",
-                device_uuids="GPU-x",
-                gpus=rnd.choice((0, 1, 1, 2)),
-                model=rnd.choice(("H100", "A100")),
-                weight=1.0,
-                started_at=start,
-                ended_at=start + timedelta(seconds=rnd.randint(60, 36000)),
-                end_reason="stopped",
-                heartbeat_at=start,
-            )
-        )
+        gpus_held, model = rnd.choice((0, 1, 1, 2)), rnd.choice(("H100", "A100"))
+        end = start + timedelta(seconds=rnd.randint(60, 36000))
+        rows.append(_interval(f"old{i}", f"org-{i % orgs}", "GPU-x", gpus_held, model, start, end, start))
     with engine.begin() as conn:
         conn.execute(insert(ledger.usage_intervals), rows)
         conn.execute(

@@ -251,15 +251,23 @@ def cmd_billing_statement(args) -> int:
     return 0
 
 
+def _on_hub_database(site: Site, operation, *args, **kw):
+    """``operation(hub.db_url, *args, **kw)`` (a quota.backup command); its refusal or a database fault is a
+    UsageError naming the fix."""
+    from quota import backup  # sqlalchemy + alembic: only for the commands that open a database
+
+    with _database(site):
+        try:
+            return operation(site.hub.database_url, *args, **kw)
+        except backup.BackupError as e:
+            raise UsageError(str(e)) from None
+
+
 def cmd_backup(args) -> int:
     from quota import backup  # sqlalchemy + alembic: only for the commands that open a database
 
     site = _site(args)
-    with _database(site):
-        try:
-            m = backup.backup(site.hub.database_url, Path(args.to))
-        except backup.BackupError as e:
-            raise UsageError(str(e)) from None
+    m = _on_hub_database(site, backup.backup, Path(args.to))
     print(
         f"gpuhub: backed up {len(m['tables'])} tables ({backup.data_rows(m['tables'])} rows, schema revision "
         f"{m['revision']}, {m['backend']}) to {Path(args.to) / m['file']} with {backup.MANIFEST}"
@@ -271,11 +279,7 @@ def cmd_restore(args) -> int:
     from quota import backup  # sqlalchemy + alembic: only for the commands that open a database
 
     site = _site(args)
-    with _database(site):
-        try:
-            rows = backup.restore(site.hub.database_url, Path(getattr(args, "from")), force=args.force)
-        except backup.BackupError as e:
-            raise UsageError(str(e)) from None
+    rows = _on_hub_database(site, backup.restore, Path(getattr(args, "from")), force=args.force)
     print(
         f"gpuhub: restored {len(rows)} tables ({backup.data_rows(rows)} rows) from {getattr(args, 'from')} "
         f"into hub.db_url of {site.path}; start the hub to serve them"

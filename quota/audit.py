@@ -33,7 +33,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -41,10 +40,10 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 
 from gpuhub.core.periods import utc, utcnow
-from quota.db import make_engine, upgrade
+from quota.db import make_engine, retry_pause, transient, upgrade
 from quota.models import audit_log
 
 GENESIS = "0" * 64
@@ -52,7 +51,6 @@ PG_AUDIT_LOCK = 0x67707561  # "gpua": one audit appender at a time per PostgreSQ
 PRUNE_ACTION = "audit.pruned"
 DEFAULT_RETENTION_DAYS = 730
 EXPORT_FIELDS = ("account", "time", "source_address", "data_touched", "action")  # PIPC access-log fields
-_TRANSIENT_PG = {"40001", "40P01", "55P03"}
 A = audit_log.c
 
 
@@ -144,15 +142,6 @@ def _row(r) -> AuditRow:
     )
 
 
-def _transient(e: DBAPIError) -> bool:
-    if e.connection_invalidated or isinstance(e, IntegrityError):
-        return True
-    if getattr(e.orig, "sqlstate", None) in _TRANSIENT_PG:
-        return True
-    msg = str(e.orig).lower()
-    return "database is locked" in msg or "database is busy" in msg
-
-
 class AuditLog:
     """The audit log in ``engine``'s database (the hub database); ``clock()`` returns an aware datetime."""
 
@@ -182,9 +171,9 @@ class AuditLog:
                         return fn(conn)
             except DBAPIError as e:
                 attempt += 1
-                if not _transient(e) or time.monotonic() > give_up:
+                if not transient(e) or time.monotonic() > give_up:
                     raise
-                time.sleep(min(0.2, 0.002 * 2**attempt) * random.random())
+                retry_pause(attempt)
 
     @staticmethod
     def _append(

@@ -11,6 +11,8 @@ unreachable database is reported within seconds instead of hanging a spawn.
 
 from __future__ import annotations
 
+import random
+import time
 from pathlib import Path
 
 from alembic import command
@@ -18,12 +20,31 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "gpuhub_alembic_version"
 SQLITE_BUSY_TIMEOUT_S = 30.0
 PG_CONNECT_TIMEOUT_S = 5
 _PG_MIGRATION_LOCK = 0x67707568  # "gpuh": one migrator at a time across hub processes
+TRANSIENT_PG = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
+
+
+def transient(e: DBAPIError) -> bool:
+    """Whether a write transaction that raised ``e`` may simply be run again (the writers' retry loops)."""
+    if e.connection_invalidated:
+        return True  # a pooled connection died (database restart): the retry opens a fresh one
+    if isinstance(e, IntegrityError):
+        return True  # someone committed the same key first: re-read and decide again
+    if getattr(e.orig, "sqlstate", None) in TRANSIENT_PG:
+        return True
+    msg = str(e.orig).lower()
+    return "database is locked" in msg or "database is busy" in msg
+
+
+def retry_pause(attempt: int) -> None:
+    """Sleep before retry ``attempt``: jittered, doubling from 2 ms, at most 200 ms."""
+    time.sleep(min(0.2, 0.002 * 2**attempt) * random.random())
 
 
 def make_engine(url: str, **kw) -> Engine:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -36,7 +35,7 @@ from gpuhub.core.periods import month_bounds_at, month_of, period_key, utc, utcn
 from gpuhub.core.site import Device, Site
 from quota import budget as budget_rules
 from quota import policy
-from quota.db import make_engine, upgrade
+from quota.db import make_engine, retry_pause, transient, upgrade
 from quota.models import (
     UtcDateTime,
     alloc_lock,
@@ -52,7 +51,6 @@ from quota.sqlexpr import OVERLAP_WHERE, Dialect, timed, window
 
 log = logging.getLogger(__name__)
 
-TRANSIENT_PG = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
 IV = usage_intervals.c
 
 # Statements of the hot path, built once (construction cost more than the round trips).
@@ -98,16 +96,43 @@ class Grant:
     warnings: tuple[str, ...] = ()  # e.g. "org has used 83 % of its budget" (for the spawn progress page)
 
 
-def _transient(e: DBAPIError) -> bool:
-    if e.connection_invalidated:
-        return True  # a pooled connection died (database restart): the retry opens a fresh one
-    if isinstance(e, IntegrityError):
-        return True  # someone committed the same device/server first: re-read and decide again
-    code = getattr(e.orig, "sqlstate", None)
-    if code in TRANSIENT_PG:
-        return True
-    msg = str(e.orig).lower()
-    return "database is locked" in msg or "database is busy" in msg
+def _hold(conn: Connection, who, key: str, devices, model, weight: float, started_at, heartbeat_at) -> int:
+    """Open ``key``'s usage interval and allocate ``devices`` to it from ``started_at``; returns the interval id.
+
+    ``who`` (an allocation request or an adopted container) gives the user, server name, org and image."""
+    interval_id = conn.execute(
+        _INSERT_INTERVAL,
+        dict(
+            server_key=key,
+            user=who.user,
+            server_name=who.server_name,
+            org=who.org,
+            image=who.image,
+            device_uuids=",".join(devices),
+            gpus=len(devices),
+            model=model,
+            weight=weight,
+            started_at=started_at,
+            heartbeat_at=heartbeat_at,
+        ),
+    ).inserted_primary_key[0]
+    if devices:
+        conn.execute(
+            _INSERT_ALLOCATIONS,
+            [
+                dict(
+                    device_uuid=d,
+                    server_key=key,
+                    user=who.user,
+                    org=who.org,
+                    model=model or "",
+                    interval_id=interval_id,
+                    allocated_at=started_at,
+                )
+                for d in devices
+            ],
+        )
+    return interval_id
 
 
 class QuotaStore:
@@ -176,8 +201,8 @@ class QuotaStore:
                             self._lock(conn)
                         return fn(conn)
             except DBAPIError as e:
-                if _transient(e) and attempt + 1 < self.max_attempts and time.monotonic() < give_up:
-                    time.sleep(min(0.2, 0.002 * 2**attempt) * random.random())
+                if transient(e) and attempt + 1 < self.max_attempts and time.monotonic() < give_up:
+                    retry_pause(attempt)
                     continue
                 if isinstance(e, IntegrityError):
                     raise
@@ -225,38 +250,7 @@ class QuotaStore:
         if isinstance(decision, Refusal):
             self._bump_refusal(conn, decision.org or req.org, decision.rule)
             return decision
-        interval_id = conn.execute(
-            _INSERT_INTERVAL,
-            dict(
-                server_key=req.server_key,
-                user=req.user,
-                server_name=req.server_name,
-                org=req.org,
-                image=req.image,
-                device_uuids=",".join(decision.devices),
-                gpus=len(decision.devices),
-                model=decision.model,
-                weight=decision.weight,
-                started_at=now,
-                heartbeat_at=now,
-            ),
-        ).inserted_primary_key[0]
-        if decision.devices:
-            conn.execute(
-                _INSERT_ALLOCATIONS,
-                [
-                    dict(
-                        device_uuid=d,
-                        server_key=req.server_key,
-                        user=req.user,
-                        org=req.org,
-                        model=decision.model,
-                        interval_id=interval_id,
-                        allocated_at=now,
-                    )
-                    for d in decision.devices
-                ],
-            )
+        interval_id = _hold(conn, req, req.server_key, decision.devices, decision.model, decision.weight, now, now)
         note = ()
         if decision.devices:
             org = self.site.organizations[req.org]
@@ -307,33 +301,7 @@ class QuotaStore:
             model = a.model if a.devices else None
             weight = self.site.weight_of(model) if model in self.site.gpus.models else (1.0 if model else 0.0)
             start = min(utc(a.started_at), self.now())
-            iid = conn.execute(
-                insert(usage_intervals).values(
-                    server_key=key,
-                    user=a.user,
-                    server_name=a.server_name,
-                    org=a.org,
-                    image=a.image,
-                    device_uuids=",".join(a.devices),
-                    gpus=len(a.devices),
-                    model=model,
-                    weight=weight,
-                    started_at=start,
-                    heartbeat_at=self.now(),
-                )
-            ).inserted_primary_key[0]
-            for d in a.devices:
-                conn.execute(
-                    insert(allocations).values(
-                        device_uuid=d,
-                        server_key=key,
-                        user=a.user,
-                        org=a.org,
-                        model=model or "",
-                        interval_id=iid,
-                        allocated_at=start,
-                    )
-                )
+            iid = _hold(conn, a, key, a.devices, model, weight, start, self.now())
             return Grant(key, list(a.devices), model, weight, iid, start)
 
         out = self._write(run, lock=True)

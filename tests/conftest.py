@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 
 import docker
 import pytest
+from sqlalchemy import text
 
+from quota import db
 from tests.harness import BASE_IMAGE, ROOT, HubProcess
 from tests.procs import FAILED_MODULES, module_failed
 
@@ -67,3 +70,32 @@ def postgres_url():
             pytest.fail(f"PostgreSQL could not start:\n{e.stderr}", pytrace=False)
         url = out.stdout.strip().splitlines()[-1]
     return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A fresh quota database for each test, once on SQLite (a temp file) and once on PostgreSQL (a new schema
+    in the ``postgres_url`` cluster, dropped afterwards); if PostgreSQL is not there, those tests FAIL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'hub.sqlite'}"
+        return
+    base = request.getfixturevalue("postgres_url")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = db.make_engine(base)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{base}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def engine(db_url):
+    """``db_url`` migrated to the latest schema, as an Engine."""
+    db.upgrade(db_url)
+    eng = db.make_engine(db_url)
+    yield eng
+    eng.dispose()

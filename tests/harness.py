@@ -54,7 +54,7 @@ def default_site(instance: str, port: int, state: Path) -> dict:
             "models": {"H100": {"weight": 1.0}, "A100": {"weight": 0.6}},
             "max_gpus_per_user": 2,
         },
-        "images": {"python": {"image": BASE_IMAGE, "display_name": "Python (CPU)"}},
+        "images": {"python": {"image": BASE_IMAGE, "display_name": "Python (simulated GPUs)"}},
         "organizations": {
             "gist-ai": {
                 "display_name": "GIST AI Lab",

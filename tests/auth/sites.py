@@ -21,7 +21,7 @@ BASE = {
         "models": {"H100": {"weight": 1.0}},
         "devices": [{"uuid": "GPU-sim-0", "model": "H100"}, {"uuid": "GPU-sim-1", "model": "H100"}],
     },
-    "images": {"python": {"image": "gpuhub/base-notebook:latest", "display_name": "Python (CPU)"}},
+    "images": {"python": {"image": "gpuhub/base-notebook:latest", "display_name": "Python (simulated GPUs)"}},
     "organizations": {
         "gist-ai": {
             "display_name": "GIST AI Lab",

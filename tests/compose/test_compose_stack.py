@@ -145,18 +145,14 @@ class Stack:
         del doc["services"]["gpu-exporter"]["deploy"]  # no NVIDIA runtime here (see the module docstring)
         (self.tmp / "docker-compose.yml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
+    def _run_compose(self, *args, timeout: float) -> subprocess.CompletedProcess:
+        """``docker-compose ARGS`` on this stack's project and compose file; output captured, never checked."""
+        cmd = [shutil.which("docker-compose"), "-p", self.project, "-f", str(self.tmp / "docker-compose.yml")]
+        cmd += ["--project-directory", str(ROOT), *args]
+        return subprocess.run(cmd, env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
     def compose(self, *args, timeout: float = 240) -> str:
-        cmd = [
-            shutil.which("docker-compose"),
-            "-p",
-            self.project,
-            "-f",
-            str(self.tmp / "docker-compose.yml"),
-            "--project-directory",
-            str(ROOT),
-            *args,
-        ]
-        r = subprocess.run(cmd, env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        r = self._run_compose(*args, timeout=timeout)
         assert r.returncode == 0, f"docker-compose {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
         return r.stdout
 
@@ -203,50 +199,10 @@ class Stack:
             engine.dispose()
 
     def logs(self, service: str) -> str:
-        r = subprocess.run(
-            [
-                shutil.which("docker-compose"),
-                "-p",
-                self.project,
-                "-f",
-                str(self.tmp / "docker-compose.yml"),
-                "--project-directory",
-                str(ROOT),
-                "logs",
-                "--no-color",
-                "--tail",
-                "60",
-                service,
-            ],
-            env=self.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        return r.stdout[-6000:]
+        return self._run_compose("logs", "--no-color", "--tail", "60", service, timeout=60).stdout[-6000:]
 
     def remove_everything(self, client: docker.DockerClient) -> None:
-        subprocess.run(
-            [
-                shutil.which("docker-compose"),
-                "-p",
-                self.project,
-                "-f",
-                str(self.tmp / "docker-compose.yml"),
-                "--project-directory",
-                str(ROOT),
-                "down",
-                "-v",
-                "--remove-orphans",
-                "-t",
-                "5",
-            ],
-            env=self.env,
-            cwd=ROOT,
-            capture_output=True,
-            timeout=180,
-        )
+        self._run_compose("down", "-v", "--remove-orphans", "-t", "5", timeout=180)
         for c in client.containers.list(all=True, filters={"label": f"gpuhub.hub={self.instance}"}):
             c.remove(force=True)
         for v in client.volumes.list(filters={"name": f"{self.instance}-"}):

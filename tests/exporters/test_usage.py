@@ -14,6 +14,7 @@ from quota import models as ledger
 from tests.exporters.helpers import add_interval, utc
 
 KST = ZoneInfo("Asia/Seoul")
+BOB_A100 = dict(user="bob", gpus=2, model="A100", weight=0.6)  # two A100s, the site's weight 0.6
 
 
 def kst(*args) -> datetime:
@@ -40,15 +41,7 @@ def test_allocated_gpu_seconds_from_closed_and_open_intervals(site, ledger_engin
     t0 = utc(2026, 11, 10, 0, 0, 0)
     add_interval(ledger_engine, user="alice", gpus=2, started_at=t0, ended_at=t0 + timedelta(hours=1))
     add_interval(ledger_engine, user="alice", gpus=1, started_at=t0 + timedelta(hours=2))  # open
-    add_interval(
-        ledger_engine,
-        user="bob",
-        gpus=2,
-        model="A100",
-        weight=0.6,
-        started_at=t0,
-        ended_at=t0 + timedelta(seconds=100, microseconds=500_000),
-    )
+    add_interval(ledger_engine, **BOB_A100, started_at=t0, ended_at=t0 + timedelta(seconds=100, microseconds=500_000))
     add_interval(ledger_engine, user="carol", org=None, gpus=0, model=None, started_at=t0)  # CPU server, no org
     clock = Clock(t0 + timedelta(hours=3))
     registry, sampler = exporter(site, ledger_engine, clock)
@@ -100,15 +93,7 @@ def test_a_backdated_close_never_makes_a_counter_go_down(site, ledger_engine):
 
 def test_budget_used_this_month_in_the_site_time_zone(site, ledger_engine):
     # 2 GPUs of A100 (weight 0.6) from Oct 31 23:00 to Nov 1 01:00 KST: only 1 h is November's.
-    add_interval(
-        ledger_engine,
-        user="bob",
-        gpus=2,
-        model="A100",
-        weight=0.6,
-        started_at=kst(2026, 10, 31, 23),
-        ended_at=kst(2026, 11, 1, 1),
-    )
+    add_interval(ledger_engine, **BOB_A100, started_at=kst(2026, 10, 31, 23), ended_at=kst(2026, 11, 1, 1))
     # an open H100 interval since Oct 31 23:30 KST; now is Nov 1 02:00 KST: 2 h in November
     add_interval(ledger_engine, user="alice", gpus=1, started_at=kst(2026, 10, 31, 23, 30))
     # October-only usage does not count
@@ -142,34 +127,26 @@ def test_month_turning_between_refreshes(site, ledger_engine):
     assert value(registry, "gpuhub_org_allocated_gpu_seconds_total", org="gist-ai", model="H100") == 4200
 
 
+def allocation(device: str, user: str, org: str, model: str, interval_id: int, at: datetime) -> dict:
+    """A ``gpuhub_allocations`` row: ``device`` held by ``user``'s default server."""
+    return dict(
+        device_uuid=device,
+        server_key=f"{user}/",
+        user=user,
+        org=org,
+        model=model,
+        interval_id=interval_id,
+        allocated_at=at,
+    )
+
+
 def test_limits_allocations_and_refusals(site, ledger_engine):
     now = utc(2026, 11, 10)
     with ledger_engine.begin() as conn:
         conn.execute(
             insert(ledger.allocations),
-            [
-                dict(
-                    device_uuid=f"GPU-{i}",
-                    server_key="alice/",
-                    user="alice",
-                    org="gist-ai",
-                    model="H100",
-                    interval_id=1,
-                    allocated_at=now,
-                )
-                for i in range(2)
-            ]
-            + [
-                dict(
-                    device_uuid="GPU-9",
-                    server_key="carol/",
-                    user="carol",
-                    org="cnuh-radiology",
-                    model="A100",
-                    interval_id=2,
-                    allocated_at=now,
-                )
-            ],
+            [allocation(f"GPU-{i}", "alice", "gist-ai", "H100", 1, now) for i in range(2)]
+            + [allocation("GPU-9", "carol", "cnuh-radiology", "A100", 2, now)],
         )
         conn.execute(
             insert(ledger.spawn_refusals),

@@ -36,6 +36,12 @@ def log(engine, clock):
     return AuditLog(engine, clock)
 
 
+def tamper(engine, sql: str, params: dict | None = None) -> None:
+    """Change the audit table behind the appender's back, as someone with write access to the database would."""
+    with engine.begin() as conn:
+        conn.execute(text(sql), params or {})
+
+
 def test_append_chains_rows_and_verify_passes(log, clock):
     first = log.append(
         "dua.accepted", project="cancer", account="alice", source="10.0.0.5", target="dua", detail={"sha256": "ab" * 32}
@@ -59,8 +65,7 @@ def test_empty_log_verifies(log):
 
 def test_an_sql_update_is_named(log, clock, engine):
     fill(log, clock)
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE gpuhub_audit_log SET target = '/data/registry/other.csv' WHERE id = 3"))
+    tamper(engine, "UPDATE gpuhub_audit_log SET target = '/data/registry/other.csv' WHERE id = 3")
     v = log.verify()
     assert not v.ok and (v.finding.row_id, v.finding.kind) == (3, "hash-mismatch")
     assert v.finding.message == "row 3: its content does not match its hash (edited, or inserted outside gpuhub)"
@@ -70,8 +75,7 @@ def test_an_update_that_recomputes_its_own_hash_breaks_the_next_link(log, clock,
     fill(log, clock)
     r3 = [r for r in log.rows() if r.id == 3][0]
     forged = row_hash(r3.prev_hash, 3, r3.at, r3.project, "mallory", r3.source, r3.action, r3.target, r3.detail)
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE gpuhub_audit_log SET account = 'mallory', hash = :h WHERE id = 3"), {"h": forged})
+    tamper(engine, "UPDATE gpuhub_audit_log SET account = 'mallory', hash = :h WHERE id = 3", {"h": forged})
     v = log.verify()
     assert (v.finding.row_id, v.finding.kind) == (4, "broken-link")
     assert "row 3 was replaced, or row 4 inserted" in v.finding.message
@@ -95,8 +99,7 @@ def test_an_sql_insert_is_named(log, clock, engine):
 
 def test_an_sql_delete_is_named(log, clock, engine):
     fill(log, clock)
-    with engine.begin() as conn:
-        conn.execute(text("DELETE FROM gpuhub_audit_log WHERE id IN (3, 4)"))
+    tamper(engine, "DELETE FROM gpuhub_audit_log WHERE id IN (3, 4)")
     v = log.verify()
     assert (v.finding.row_id, v.finding.kind) == (3, "gap")
     assert v.finding.message == "rows 3..4 deleted: a gap in ids between rows 2 and 5"
@@ -104,8 +107,7 @@ def test_an_sql_delete_is_named(log, clock, engine):
 
 def test_deleting_the_first_rows_is_named(log, clock, engine):
     fill(log, clock)
-    with engine.begin() as conn:
-        conn.execute(text("DELETE FROM gpuhub_audit_log WHERE id <= 2"))
+    tamper(engine, "DELETE FROM gpuhub_audit_log WHERE id <= 2")
     v = log.verify()
     assert (v.finding.row_id, v.finding.kind) == (3, "front-deleted")
     assert "rows up to 2 were deleted" in v.finding.message
@@ -116,8 +118,7 @@ def test_deleting_the_newest_row_needs_the_anchor(log, clock, engine):
     fill(log, clock)
     anchor = (log.verify().head_id, log.verify().head_hash)
     assert log.verify(anchor).ok
-    with engine.begin() as conn:
-        conn.execute(text("DELETE FROM gpuhub_audit_log WHERE id = 6"))
+    tamper(engine, "DELETE FROM gpuhub_audit_log WHERE id = 6")
     assert log.verify().ok
     v = log.verify(anchor)
     assert (v.ok, v.finding.row_id, v.finding.kind) == (False, 6, "anchor")
@@ -196,8 +197,7 @@ def test_prune_stops_at_a_young_row_even_if_older_ones_follow(log, clock, engine
 
 def test_prune_refuses_to_destroy_evidence(log, clock, engine):
     fill(log, clock)
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE gpuhub_audit_log SET account = 'nobody' WHERE id = 2"))
+    tamper(engine, "UPDATE gpuhub_audit_log SET account = 'nobody' WHERE id = 2")
     clock.advance(days=5000)
     with pytest.raises(AuditBroken, match=r"^audit log broken at row 2 \(hash-mismatch\): .* nothing was pruned"):
         log.prune(730)
@@ -235,6 +235,12 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     return rc, out.out, out.err
 
 
+def export_day(day: str, db_url: str, capsys, *more: str) -> tuple[int, str, str]:
+    """``gpuhub audit export`` of project ``cancer`` for one day in Seoul time."""
+    argv = ["audit", "export", "--project", "cancer", "--from", day, "--to", day, *more]
+    return run_cli([*argv, "--db-url", db_url, "--timezone", "Asia/Seoul"], capsys)
+
+
 def test_cli_verify_and_export(log, clock, engine, db_url, capsys, tmp_path):
     fill(log, clock, 3)
     rc, out, _ = run_cli(["audit", "verify", "--db-url", db_url], capsys)
@@ -242,47 +248,12 @@ def test_cli_verify_and_export(log, clock, engine, db_url, capsys, tmp_path):
     assert rc == 0 and out.splitlines()[0] == f"audit log ok: 3 rows, head 3:{head.head_hash}"
     rc, _, _ = run_cli(["audit", "verify", "--db-url", db_url, "--anchor", f"3:{head.head_hash}"], capsys)
     assert rc == 0
-    rc, out, _ = run_cli(
-        [
-            "audit",
-            "export",
-            "--project",
-            "cancer",
-            "--from",
-            "2026-12-01",
-            "--to",
-            "2026-12-01",
-            "--format",
-            "csv",
-            "--db-url",
-            db_url,
-            "--timezone",
-            "Asia/Seoul",
-        ],
-        capsys,
-    )
+    rc, out, _ = export_day("2026-12-01", db_url, capsys, "--format", "csv")
     assert rc == 0 and out.splitlines()[0] == "account,time,source_address,data_touched,action"
     assert len(out.splitlines()) == 4  # 09:30 UTC is 18:30 in Seoul, still 1 December
-    rc, out, _ = run_cli(
-        [
-            "audit",
-            "export",
-            "--project",
-            "cancer",
-            "--from",
-            "2026-12-02",
-            "--to",
-            "2026-12-02",
-            "--db-url",
-            db_url,
-            "--timezone",
-            "Asia/Seoul",
-        ],
-        capsys,
-    )
+    rc, out, _ = export_day("2026-12-02", db_url, capsys)
     assert rc == 0 and len(out.splitlines()) == 1  # header only
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE gpuhub_audit_log SET action = 'nothing' WHERE id = 2"))
+    tamper(engine, "UPDATE gpuhub_audit_log SET action = 'nothing' WHERE id = 2")
     rc, _, err = run_cli(["audit", "verify", "--db-url", db_url], capsys)
     assert rc == 1 and err.startswith("gpuhub: audit log BROKEN at row 2 (hash-mismatch): row 2: its content")
 

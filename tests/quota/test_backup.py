@@ -57,6 +57,28 @@ def gpuhub(capsys, *argv) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
+def interval(
+    user: str, server_name: str, org: str, model: str, gpus: int, started_at: datetime, ended_at=None, **kw
+) -> dict:
+    """One ``gpuhub_usage_intervals`` row as the hub writes it (closed ones ``stopped`` unless told otherwise)."""
+    return dict(
+        server_key=f"{user}/{server_name}",
+        user=user,
+        server_name=server_name,
+        org=org,
+        image=kw.pop("image", "python"),
+        device_uuids=kw.pop("device_uuids", ""),
+        gpus=gpus,
+        model=model,
+        weight=kw.pop("weight", 1.0),
+        started_at=started_at,
+        ended_at=ended_at,
+        end_reason=kw.pop("end_reason", None if ended_at is None else "stopped"),
+        heartbeat_at=kw.pop("heartbeat_at", started_at),
+        **kw,
+    )
+
+
 def fill(url: str) -> None:
     """A ledger like a hub's: closed intervals in two months, a month-crossing and a still-open one, refusals,
     audit rows (a hash chain), on the revision the hub runs."""
@@ -68,56 +90,17 @@ def fill(url: str) -> None:
         [("alice", "lab-a", "H100", 2, 1.0), ("bob", "lab-a", "A100", 1, 0.5), ("carol", "lab-b", "H100", 1, 1.0)] * 7
     ):
         start = t + timedelta(days=i, minutes=17 * i)
-        rows.append(
-            dict(
-                server_key=f"{user}/{i}",
-                user=user,
-                server_name=str(i),
-                org=org,
-                image="python",
-                device_uuids=f"GPU-{model}-{i}",
-                gpus=gpus,
-                model=model,
-                weight=w,
-                started_at=start,
-                ended_at=start + timedelta(hours=1, seconds=i * 37.123457),
-                end_reason="stopped",
-                heartbeat_at=start,
-            )
-        )
+        end = start + timedelta(hours=1, seconds=i * 37.123457)
+        rows.append(interval(user, str(i), org, model, gpus, start, end, device_uuids=f"GPU-{model}-{i}", weight=w))
     cross = datetime(2026, 11, 30, 14, 0, tzinfo=UTC)  # 23:00 KST on the last day of November
+    end = cross + timedelta(hours=3)
     rows.append(
-        dict(
-            server_key="bob/cross",
-            user="bob",
-            server_name="cross",
-            org="lab-b",
-            image="python",
-            device_uuids="GPU-H100-9",
-            gpus=1,
-            model="H100",
-            weight=1.0,
-            started_at=cross,
-            ended_at=cross + timedelta(hours=3),
-            end_reason="culled",
-            heartbeat_at=cross,
-        )
+        interval("bob", "cross", "lab-b", "H100", 1, cross, end, device_uuids="GPU-H100-9", end_reason="culled")
     )
+    open_since = NOW - timedelta(hours=5)
     rows.append(
-        dict(
-            server_key="alice/",
-            user="alice",
-            server_name="",
-            org="lab-a",
-            image="torch",
-            device_uuids="GPU-H100-0",
-            gpus=1,
-            model="H100",
-            weight=1.0,
-            started_at=NOW - timedelta(hours=5),
-            ended_at=None,
-            end_reason=None,
-            heartbeat_at=NOW,
+        interval(
+            "alice", "", "lab-a", "H100", 1, open_since, image="torch", device_uuids="GPU-H100-0", heartbeat_at=NOW
         )
     )
     with engine.begin() as conn:
@@ -166,22 +149,7 @@ def test_restore_into_a_fresh_database_gives_identical_statements(two_databases,
     # the hub then writes on from the restored ledger: new ids continue after the restored ones
     engine = db.make_engine(dst_url)
     with engine.begin() as conn:
-        conn.execute(
-            insert(usage_intervals).values(
-                server_key="dave/",
-                user="dave",
-                server_name="",
-                org="lab-c",
-                image="python",
-                device_uuids="",
-                gpus=1,
-                model="H100",
-                weight=1.0,
-                started_at=NOW,
-                ended_at=None,
-                heartbeat_at=NOW,
-            )
-        )
+        conn.execute(insert(usage_intervals).values(interval("dave", "", "lab-c", "H100", 1, NOW)))
         assert conn.execute(text("SELECT count(*) FROM gpuhub_usage_intervals")).scalar_one() == 24
     engine.dispose()
 
@@ -267,23 +235,8 @@ def test_an_older_backup_restores_into_a_database_the_hub_has_migrated(two_datab
     engine = db.make_engine(src_url)
     start = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
     with engine.begin() as conn:
-        conn.execute(
-            insert(usage_intervals).values(
-                server_key="alice/",
-                user="alice",
-                server_name="",
-                org="lab-a",
-                image="python",
-                device_uuids="GPU-0",
-                gpus=2,
-                model="H100",
-                weight=1.0,
-                started_at=start,
-                ended_at=start + timedelta(hours=2),
-                end_reason="stopped",
-                heartbeat_at=start,
-            )
-        )
+        row = interval("alice", "", "lab-a", "H100", 2, start, start + timedelta(hours=2), device_uuids="GPU-0")
+        conn.execute(insert(usage_intervals).values(row))
     engine.dispose()
     db.upgrade(dst_url)  # the new hub started once
     src, dst = site_file(tmp_path, "src", src_url), site_file(tmp_path, "dst", dst_url)
