@@ -35,6 +35,13 @@ if [ "${1:-}" = "--print-flags" ]; then dockerd_flags; exit 0; fi
 if docker info >/dev/null 2>&1; then exit 0; fi
 command -v dockerd >/dev/null 2>&1 || apt_need docker.io
 command -v docker >/dev/null 2>&1 || apt_need docker.io
+# A dockerd that is still shutting down (it stops answering before it exits) holds /var/run/docker.pid
+# and its log: wait for it to go, or the new one refuses to start ("pid file found").
+for _ in $(seq 1 120); do
+  old="$(cat /var/run/docker.pid 2>/dev/null || true)"
+  if [ -z "$old" ] || ! [ -d "/proc/$old" ]; then break; fi
+  sleep 0.5
+done
 mapfile -t flags < <(dockerd_flags)
 step "starting dockerd ${flags[*]} (log: $GPUHUB_RUN/dockerd.log)"
 as_root sh -c "nohup dockerd ${flags[*]} >'$GPUHUB_RUN/dockerd.log' 2>&1 & echo \$! >'$GPUHUB_RUN/dockerd.pid'"
@@ -42,5 +49,5 @@ for _ in $(seq 1 60); do
   if docker info >/dev/null 2>&1; then note "docker engine ready"; exit 0; fi
   sleep 0.5
 done
-tail -20 "$GPUHUB_RUN/dockerd.log" >&2
+tail -c 4000 "$GPUHUB_RUN/dockerd.log" | tr -d '\000' >&2
 die "dockerd did not answer within 30 s; see $GPUHUB_RUN/dockerd.log"
