@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from quota import db
 from tests.harness import BASE_IMAGE, ROOT, HubProcess
-from tests.procs import FAILED_MODULES, module_failed
+from tests.procs import FAILED_MODULES, cleaned_up
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -42,13 +42,9 @@ def docker_client():
 def _hub(request, tmp_path_factory, **kw):
     tmp = tmp_path_factory.mktemp("hub")
     hub = HubProcess(tmp, **kw)
-    try:
+    with cleaned_up(request, hub):
         hub.start()
         yield hub
-    finally:
-        if module_failed(request):
-            print(hub.dump_logs())
-        hub.cleanup()
 
 
 @pytest.fixture(scope="module")

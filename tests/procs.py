@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+from contextlib import contextmanager
 
 #: test modules with a failed test (filled by tests/conftest.py's report hook)
 FAILED_MODULES: set[str] = set()
@@ -15,6 +16,18 @@ def module_failed(request) -> bool:
     """True when a test of the requesting (module-scoped) fixture's module failed: dump logs then.
     (A module fixture's ``request.node`` is the module, which never gets a ``rep_call``.)"""
     return request.node.module.__name__ in FAILED_MODULES
+
+
+@contextmanager
+def cleaned_up(request, hub):
+    """For a module fixture's hub: on the way out, print its logs when a test of the module failed, then
+    remove everything it made (containers, volumes, processes)."""
+    try:
+        yield hub
+    finally:
+        if module_failed(request):
+            print(hub.dump_logs())
+        hub.cleanup()
 
 
 def free_port() -> int:

@@ -15,19 +15,9 @@ from traitlets.config import Config
 from gpuhub import cli
 from gpuhub.core.site import SiteConfigError, load_site, parse_site
 from gpuhub.hub import courses, hubconfig
+from tests.unit.test_hubconfig import FACTS  # the facts prepare() would find, for apply_* tests
 
 ROOT = Path(__file__).resolve().parents[2]
-FACTS = hubconfig.HubFacts(
-    hub_ip="172.30.0.1",
-    network="gpuhub-users",
-    demo_password="pw-123456789",
-    admin_password="a" * 32,
-    admin_token="adm",
-    quota_service_token="qst",
-    crypt_key="00" * 32,
-    hub_metrics_token="hmt",
-    proxy_command="/x/configurable-http-proxy",
-)
 
 
 def site_data(**courses_) -> dict:

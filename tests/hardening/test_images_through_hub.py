@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.harness import HubProcess
+from tests.procs import cleaned_up
 
 pytestmark = pytest.mark.docker
 
@@ -26,16 +27,8 @@ def hub(request, tmp_path_factory, docker_client):
         key: {"image": ref, "display_name": key, "gpu": key == "pytorch"} for key, (ref, _, _) in IMAGES.items()
     }
     h.site_path.write_text(__import__("yaml").safe_dump(h.site))
-    try:
+    with cleaned_up(request, h):
         yield h.start()
-    finally:
-        if any(
-            getattr(i, "rep_call", None) and i.rep_call.failed
-            for i in request.session.items
-            if i.module.__name__ == request.module.__name__
-        ):
-            print(h.dump_logs())
-        h.cleanup()
 
 
 @pytest.mark.parametrize("key", list(IMAGES))

@@ -9,6 +9,7 @@ import tarfile
 import pytest
 
 from tests.harness import BASE_IMAGE, HubProcess
+from tests.procs import cleaned_up
 
 pytestmark = pytest.mark.docker
 EVIL_IMAGE = "gpuhub-test/evil-env:latest"
@@ -35,21 +36,13 @@ def hub(request, tmp_path_factory, docker_client, evil_image):
     h = HubProcess(tmp)
     h.site["images"]["evil"] = {"image": evil_image, "display_name": "ENV tries NVIDIA_VISIBLE_DEVICES=all"}
     h.site_path.write_text(__import__("yaml").safe_dump(h.site))
-    try:
+    with cleaned_up(request, h):
         h.start()
         for user in ("alice", "carol"):
             assert h.spawn(user, {"image": "python"}).status_code in (201, 202)
         for user in ("alice", "carol"):
             h.wait_ready(user)
         yield h
-    finally:
-        if any(
-            getattr(i, "rep_call", None) and i.rep_call.failed
-            for i in request.session.items
-            if i.module.__name__ == request.module.__name__
-        ):
-            print(h.dump_logs())
-        h.cleanup()
 
 
 def sh(hub, user, code):

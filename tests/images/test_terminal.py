@@ -25,7 +25,7 @@ import yaml
 
 from gpuhub.core.site import load_site
 from tests.harness import HubProcess, execute
-from tests.procs import module_failed
+from tests.procs import cleaned_up
 
 pytestmark = pytest.mark.docker
 
@@ -131,7 +131,7 @@ def hub(request, tmp_path_factory, docker_client):
     }
     h.site["containers"].update(mem_limit="3G", cpu_limit=2.0)  # torch.compile's workers
     h.site_path.write_text(yaml.safe_dump(h.site))
-    try:
+    with cleaned_up(request, h):
         h.start()
         for key, (_, user, gpus) in CATALOG.items():
             r = h.spawn(user, {"image": key, "gpus": gpus})
@@ -139,10 +139,6 @@ def hub(request, tmp_path_factory, docker_client):
         for _, user, _ in CATALOG.values():
             h.wait_ready(user, timeout=120)
         yield h
-    finally:
-        if module_failed(request):
-            print(h.dump_logs())
-        h.cleanup()
 
 
 @pytest.fixture(scope="module")
