@@ -69,6 +69,11 @@ PROMISES = [
         "tests/quota/test_upgrade.py",
     ),
     (
+        "L1-20",
+        "class start, reduced for the suite: 20 users in 15 s, 0 hub restarts, 0 5xx, every user running or refused",
+        "tests/faults/test_class_start.py",
+    ),
+    (
         "L1-50",
         "class start, 50 users: 0 hub restarts, 0 5xx, everyone running or refused with a message",
         "bench/load.py --users 50",
