@@ -80,15 +80,17 @@ def test_dockerd_restart_with_live_restore_keeps_servers_and_intervals(make_hub,
     (interval_before,) = status["orgs"]["gist-ai"]["running_servers"]
 
     pid = _dockerd_pid()
+    probe = docker.from_env(timeout=5)  # made while the engine answers: from_env asks it for its API version
     os.kill(pid, signal.SIGTERM)
     t0 = time.monotonic()
-    probe = docker.from_env(timeout=5)
-    while _engine_up(probe) and time.monotonic() - t0 < 60:
-        time.sleep(0.2)
-    kernels_while_down = [_kernel_ok(hub, token)]
-    out = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "docker-engine.sh")], capture_output=True, text=True, timeout=120
-    )
+    try:
+        while _engine_up(probe) and time.monotonic() - t0 < 60:
+            time.sleep(0.2)
+        kernels_while_down = [_kernel_ok(hub, token)]
+    finally:  # whatever happened above, the engine the rest of the suite needs comes back
+        out = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "docker-engine.sh")], capture_output=True, text=True, timeout=120
+        )
     assert out.returncode == 0, out.stderr[-2000:]
     engine_down_s = round(time.monotonic() - t0, 1)
     kernels_while_down.append(_kernel_ok(hub, token))
