@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -31,6 +32,7 @@ from gpuhub import audit_cli, idle_cli
 from gpuhub.core.periods import parse_period, period_of, utcnow
 from gpuhub.core.site import Site, SiteConfigError, load_site, site_config_path
 from gpuhub.host import images
+from gpuhub.host.process import set_parent_death_signal
 from gpuhub.hub import courses
 from quota.render import status_table
 
@@ -120,6 +122,7 @@ def cmd_run(args) -> int:
 
 def cmd_service_quota(args) -> int:
     ppid = os.getppid()  # first: the hub that started us, before any work (quota_service.bind_to_hub)
+    set_parent_death_signal(signal.SIGTERM)  # a hub that dies while we still import takes us with it
     missing = [k for k in ("JUPYTERHUB_API_URL", "JUPYTERHUB_API_TOKEN") if not os.environ.get(k)]
     if missing:
         raise UsageError(

@@ -15,7 +15,6 @@ It dies with its hub so a stop or a ``kill -9`` of the hub never leaves two enfo
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from gpuhub.core.periods import utcnow
 from gpuhub.host.dockerenv import docker_client
+from gpuhub.host.process import set_parent_death_signal
 from gpuhub.hub import runtime
 from quota.enforcer import QuotaService
 
@@ -36,7 +36,6 @@ log = logging.getLogger("gpuhub.quota")
 
 #: the hub's pid, set by the hub in each managed service's environment (gpuhub.hub.hubconfig.apply_services)
 HUB_PID_ENV = "GPUHUB_HUB_PID"
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class HubClient:
@@ -81,14 +80,6 @@ async def _every(seconds: float, fn, name: str) -> None:
         await asyncio.sleep(seconds)
 
 
-def _set_parent_death_signal(sig: int) -> bool:
-    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux prctl); False elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
-
-
 def bind_to_hub(ppid_at_start: int | None = None, name: str = "gpuhub-quota") -> int:
     """Tie this service's life to its hub's; returns the hub's pid. Call it before any start-up work.
 
@@ -99,7 +90,7 @@ def bind_to_hub(ppid_at_start: int | None = None, name: str = "gpuhub-quota") ->
     when the hub dies from now on), then one check that the parent still is the hub (it died before).
     """
     hub_pid = int(os.environ.get(HUB_PID_ENV) or 0) or ppid_at_start or os.getppid()
-    _set_parent_death_signal(signal.SIGTERM)
+    set_parent_death_signal(signal.SIGTERM)
     parent = os.getppid()
     if parent != hub_pid:
         print(
