@@ -39,7 +39,7 @@ def apply_idle(c, site, facts) -> None:
     services = [
         {
             "name": IDLE_SERVICE,
-            "command": [sys.executable, "-m", "gpuhub.hub.idle_service"],
+            "command": [sys.executable, "-m", "gpuhub.host.process", "gpuhub.hub.idle_service"],
             "environment": env,
             "display": False,
         }
@@ -58,7 +58,13 @@ def apply_idle(c, site, facts) -> None:
                 "name": HTTP_CULLER,
                 "display": False,
                 "environment": env,
-                "command": [sys.executable, "-m", "gpuhub.hub.idle_http", *http_culler_args(site)],
+                "command": [
+                    sys.executable,
+                    "-m",
+                    "gpuhub.host.process",
+                    "gpuhub.hub.idle_http",
+                    *http_culler_args(site),
+                ],
             }
         )
         roles.append(
