@@ -163,7 +163,10 @@ class HubProcess:
                 v.remove(force=True)
             except docker.errors.APIError:
                 pass
-        for n in self.docker.networks.list(names=[f"{self.instance}-users"]):
+        networks = {f"{self.instance}-users", self.site.get("hub", {}).get("network") or f"{self.instance}-users"}
+        for n in self.docker.networks.list(names=sorted(networks)):
+            if n.name not in networks:  # Docker's name filter matches substrings
+                continue
             try:
                 n.remove()
             except docker.errors.APIError:
