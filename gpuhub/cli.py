@@ -161,6 +161,11 @@ def _docker_has(name: str) -> bool:
         raise UsageError("the docker command is not installed; install Docker (`make docker`)") from None
 
 
+def _image_current(name: str) -> bool:
+    _docker_has(name)  # a missing docker command is a UsageError, not a traceback
+    return images.is_current(images.repo_root(), name)
+
+
 def cmd_images_build(args) -> int:
     names = _image_names(list(args.names))
     standins = [n for n in names if n in images.STANDINS and not (args.missing and _docker_has(n))]
@@ -169,8 +174,8 @@ def cmd_images_build(args) -> int:
     if args.all or not (args.names or args.catalog):  # no NAME and no --catalog: every image
         names += list(images.BUILD_ORDER)
     names = [n for n in images.BUILD_ORDER if n in set(names)]
-    if args.missing:
-        names = [n for n in names if not _docker_has(n)]
+    if args.missing:  # not built, or built from other sources than this checkout's
+        names = [n for n in names if not _image_current(n)]
     if not names and not standins:
         print(
             "gpuhub: images up to date" if args.missing else "gpuhub: the site's catalog names none of gpuhub's images"
@@ -189,7 +194,8 @@ def cmd_images_build(args) -> int:
 
 def cmd_images_list(args) -> int:
     for n in images.BUILD_ORDER:
-        print(f"{n}\t{images.IMAGES[n].tag}\t{'built' if _docker_has(n) else 'missing'}")
+        state = "built" if _image_current(n) else ("stale" if _docker_has(n) else "missing")
+        print(f"{n}\t{images.IMAGES[n].tag}\t{state}")
     return 0
 
 
@@ -439,7 +445,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help=", ".join(images.BUILD_ORDER) + "; compose stand-ins: " + ", ".join(images.STANDINS),
     )
-    s.add_argument("--missing", action="store_true", help="only those not built yet")
+    s.add_argument(
+        "--missing",
+        action="store_true",
+        help="only those not built yet or built from other sources than this checkout (label gpuhub.source-sha256)",
+    )
     s.add_argument("--catalog", action="store_true", help="the images the site config's catalog names")
     s.add_argument("--all", action="store_true", help="every curated image (also the bench baseline)")
     s.add_argument("--no-cache", action="store_true", help="rebuild every layer (e.g. for Debian security updates)")

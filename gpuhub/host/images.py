@@ -37,6 +37,7 @@ Log = Callable[[str], None]
 IMAGE_PREFIX = "gpuhub/"
 #: the checkout's Python packages that go into the gpuhub wheel (pyproject's packages.find)
 GPUHUB_PACKAGES = ("gpuhub", "quota", "exporters")
+SOURCE_LABEL = "gpuhub.source-sha256"  # see source_sha256
 BUILD_HINT = "make images"
 
 # The one target the locks are resolved for: the images' Debian bookworm python3 (3.11) on x86_64.
@@ -310,6 +311,19 @@ def _run_logged(
         raise ImageBuildError(f"`{' '.join(cmd[:3])} ...` failed (exit {rc}); log: {logfile}\n{tail}")
 
 
+def _inputs(root: Path, name: str) -> list[Path]:
+    """The files an image is built from: its folder, and for the hub the packages and pyproject.toml."""
+    files = [p for p in image_dir(root, name).rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    if IMAGES[name].gpuhub_wheel:
+        files += [root / "pyproject.toml"] + [
+            p
+            for pkg in GPUHUB_PACKAGES
+            for p in (root / pkg).rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+        ]
+    return sorted(files)
+
+
 def _source_epoch(root: Path, name: str) -> int:
     """$SOURCE_DATE_EPOCH, else the newest modification time of the image's inputs (whole seconds).
     Stable for unchanged inputs, so a rebuild hits Docker's cache and images built FROM this one
@@ -317,15 +331,40 @@ def _source_epoch(root: Path, name: str) -> int:
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if epoch:
         return int(float(epoch))
-    files = [p for p in image_dir(root, name).rglob("*") if p.is_file()]
-    if IMAGES[name].gpuhub_wheel:
-        files += [root / "pyproject.toml"] + [
-            p
-            for pkg in GPUHUB_PACKAGES
-            for p in (root / pkg).rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts
-        ]
-    return int(max(p.stat().st_mtime for p in files))
+    return int(max(p.stat().st_mtime for p in _inputs(root, name)))
+
+
+def source_sha256(root: Path, name: str) -> str:
+    """sha256 over the image's inputs (paths and contents) and those of the local images it is built FROM.
+
+    Kept as the label :data:`SOURCE_LABEL`; ``gpuhub images build --missing`` rebuilds an image whose label
+    differs, so an image never runs code older than the checkout (mtimes would differ in every fresh clone).
+    """
+    h = hashlib.sha256()
+    for base in IMAGES[name].needs:
+        h.update(f"needs {base} {source_sha256(root, base)}\n".encode())
+    for p in _inputs(root, name):
+        h.update(f"{p.relative_to(root)}\n".encode())
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def built_source(name: str) -> str | None:
+    """The :data:`SOURCE_LABEL` of the built image, "" when it has none, None when it is not built."""
+    out = subprocess.run(
+        ["docker", "image", "inspect", "-f", f'{{{{index .Config.Labels "{SOURCE_LABEL}"}}}}', IMAGES[name].tag],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        return None
+    value = out.stdout.strip()
+    return "" if value == "<no value>" else value
+
+
+def is_current(root: Path, name: str) -> bool:
+    """Built, and from exactly the checkout's inputs."""
+    return built_source(name) == source_sha256(root, name)
 
 
 def _source_date(root: Path, name: str) -> str:
@@ -472,6 +511,7 @@ def build(names: list[str], root: Path, log: Log = print, *, no_cache: bool = Fa
         log(f"==> [{name}] build context")
         ctx = prepare_context(root, name, log)
         cmd = ["docker", "build", "--network", "host", "-t", d.tag] + (["--no-cache"] if no_cache else [])
+        cmd += ["--label", f"{SOURCE_LABEL}={source_sha256(root, name)}"]
         for k, v in build_args(root, name).items():
             cmd += ["--build-arg", f"{k}={v}"]
         cmd.append(str(ctx))

@@ -25,6 +25,7 @@ import requests
 import yaml
 from sqlalchemy import create_engine, text
 
+from gpuhub.host import images
 from tests.auth.hubproc import idp_login
 from tests.harness import ROOT
 from tests.oidc_provider.harness import OIDCProvider, ProviderError
@@ -243,6 +244,11 @@ def test_compose_stack_up_login_spawn_metrics_restart_down_up(tmp_path, docker_c
         f"images {missing} are not built: `gpuhub images build hub postgres prometheus` "
         "(the last two are offline stand-ins for the registry images)"
     )
+    # the stack runs the hub image's code, not the checkout's: an image older than the code tests old code
+    for name in ("hub", "base-notebook"):
+        assert images.is_current(images.repo_root(), name), (
+            f"gpuhub/{name} was built from other sources than this checkout: `gpuhub images build --missing {name}`"
+        )
     assert shutil.which("docker-compose"), "docker-compose is not installed; `make test` installs Debian's"
     stack = Stack(tmp_path, oidc.issuer, oidc.client_secret, oidc.hub_port)  # the provider knows that port
     timings: dict[str, float] = {}

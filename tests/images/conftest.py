@@ -50,11 +50,18 @@ def built(docker_client):
     def get(name: str):
         tag = images.IMAGES[name].tag
         try:
-            return docker_client.images.get(tag)
+            image = docker_client.images.get(tag)
         except docker.errors.ImageNotFound:
             pytest.fail(
                 f"{tag} is not built; build it with `make images` or `gpuhub images build {name}`", pytrace=False
             )
+        if not images.is_current(images.repo_root(), name):
+            pytest.fail(
+                f"{tag} was built from other sources than this checkout (label {images.SOURCE_LABEL}); "
+                f"rebuild it with `gpuhub images build --missing {name}`",
+                pytrace=False,
+            )
+        return image
 
     return get
 

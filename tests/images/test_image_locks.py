@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -176,3 +178,28 @@ def test_check_catalog_names_missing_images_and_the_build_command():
     assert errors[0].startswith("images.torch: image 'gpuhub/pytorch:latest' is not in the local Docker engine")
     assert "`make images`" in errors[0] and "`gpuhub images build pytorch`" in errors[0]
     assert errors[1].startswith("images.other:") and "docker pull example/other:1" in errors[1]
+
+
+def test_source_hash_follows_content_not_mtimes_and_covers_the_base(tmp_path, monkeypatch):
+    """`gpuhub images build --missing` rebuilds exactly when an image's inputs changed (a fresh clone's new
+    mtimes do not count; an edited module of the hub image, or a changed base image, does)."""
+    for name in ("base-notebook", "pytorch", "hub"):
+        shutil.copytree(images.image_dir(ROOT, name), images.image_dir(tmp_path, name))
+    for pkg in images.GPUHUB_PACKAGES:
+        shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    before = {n: images.source_sha256(tmp_path, n) for n in ("base-notebook", "pytorch", "hub")}
+    assert before["hub"] == images.source_sha256(ROOT, "hub")  # a copy (a fresh clone) hashes the same
+    for p in (tmp_path / "quota").rglob("*.py"):
+        os.utime(p, (1, 1))
+    assert images.source_sha256(tmp_path, "hub") == before["hub"]
+    (tmp_path / "quota" / "policy.py").write_text((tmp_path / "quota" / "policy.py").read_text() + "\n# edited\n")
+    assert images.source_sha256(tmp_path, "hub") != before["hub"]
+    (tmp_path / "quota" / "__pycache__").mkdir(exist_ok=True)
+    (tmp_path / "quota" / "__pycache__" / "x.pyc").write_bytes(b"bytecode")
+    after_edit = images.source_sha256(tmp_path, "hub")
+    assert images.source_sha256(tmp_path, "hub") == after_edit  # bytecode never counts
+    assert images.source_sha256(tmp_path, "base-notebook") == before["base-notebook"]
+    dockerfile = images.image_dir(tmp_path, "base-notebook") / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + "\n# edited\n")
+    assert images.source_sha256(tmp_path, "pytorch") != before["pytorch"]  # built FROM base-notebook
