@@ -33,7 +33,13 @@ def test_apply_idle_adds_both_cullers_with_minimal_scopes_after_apply_services()
     assert set(roles[IDLE_SERVICE]["scopes"]) == {"list:users", "read:servers", "delete:servers", "access:servers"}
     assert "admin" not in roles[IDLE_SERVICE]["scopes"] and "gpuhub-quota" in roles  # apply_services' roles kept
     culler = next(s for s in c.JupyterHub.services if s["name"] == HTTP_CULLER)
-    assert culler["command"][1:] == ["-m", "gpuhub.host.process", "gpuhub.hub.idle_http", "--timeout=7200", "--cull-every=60"]
+    assert culler["command"][1:] == [
+        "-m",
+        "gpuhub.host.process",
+        "gpuhub.hub.idle_http",
+        "--timeout=7200",
+        "--cull-every=60",
+    ]
     assert "gpuhub_quota" in c.JupyterHub.template_vars  # the budget banner stays
     assert callable(c.JupyterHub.template_vars["announcement_home"])
 

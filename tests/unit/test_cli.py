@@ -86,8 +86,18 @@ COMMANDS = [
     ("idle",),
     ("idle", "status"),
     ("idle", "exempt"),
+    ("project",),
+    ("project", "list"),
+    ("project", "members"),
+    ("project", "add-member"),
+    ("project", "remove-member"),
+    ("project", "extend"),
+    ("node",),
+    ("node", "register"),
+    ("node", "list"),
     ("service",),
     ("service", "quota"),
+    ("service", "project-proxy"),
 ]
 
 
@@ -247,7 +257,10 @@ def test_site_may_also_follow_the_command(site, capsys):
 def builds(monkeypatch):
     calls = []
     monkeypatch.setattr(images, "build", lambda names, root, log, no_cache=False: calls.append((names, no_cache)))
-    monkeypatch.setattr(images, "docker_has", lambda name: name == "base-notebook")
+    # base-notebook is built from this checkout, stock-notebook from other sources (stale), the rest not built
+    built = {"base-notebook": images.source_sha256(images.repo_root(), "base-notebook"), "stock-notebook": "0" * 64}
+    monkeypatch.setattr(images, "docker_has", lambda name: name in built)
+    monkeypatch.setattr(images, "built_source", lambda name: built.get(name))
     return calls
 
 
@@ -262,7 +275,7 @@ def test_images_build_takes_names_in_build_order(builds, site):
     ]
 
 
-def test_images_build_missing_skips_what_docker_has(builds, capsys):
+def test_images_build_missing_skips_what_is_built_from_this_checkout(builds, capsys):
     assert run_cli("images", "build", "--missing", "base-notebook") == 0
     assert "images up to date" in capsys.readouterr().out
     assert run_cli("images", "build", "--missing", "--all") == 0
@@ -274,7 +287,8 @@ def test_images_list_shows_every_image_and_whether_it_is_built(builds, capsys):
     assert run_cli("images", "list") == 0
     rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
     assert rows == [
-        [n, f"gpuhub/{n}:latest", "built" if n == "base-notebook" else "missing"] for n in images.BUILD_ORDER
+        [n, f"gpuhub/{n}:latest", {"base-notebook": "built", "stock-notebook": "stale"}.get(n, "missing")]
+        for n in images.BUILD_ORDER
     ]
 
 
