@@ -5,7 +5,7 @@ PY := .venv/bin/python
 RUFF := .venv/bin/ruff
 
 .PHONY: run test lint fmt lint-tools setup setup-test docker images check-config bench clean-containers \
-	compose-up compose-down
+	compose-up compose-down i18n lab-extension swarm-demo swarm-down
 
 run: setup  ## install what is missing, build images, serve the hub on http://127.0.0.1:8000
 	exec .venv/bin/gpuhub run
@@ -55,3 +55,20 @@ compose-up:  ## production stack (docker-compose.yml): build the hub image, star
 
 compose-down:  ## stop and remove the stack's containers; volumes (database, hub state, metrics) are kept
 	docker-compose down
+
+LOCALE_DIR := gpuhub/hub/locale
+i18n:  ## extract the hub's messages, update the ko/en catalogs (.po), compile them (.mo); both are committed
+	.venv/bin/pybabel extract -F babel.cfg --sort-by-file --no-wrap --project gpuhub -c TRANSLATORS: \
+	  -o $(LOCALE_DIR)/messages.pot .
+	.venv/bin/pybabel update -i $(LOCALE_DIR)/messages.pot -d $(LOCALE_DIR) -D gpuhub --no-wrap --no-fuzzy-matching
+	.venv/bin/pybabel compile -d $(LOCALE_DIR) -D gpuhub --statistics
+
+lab-extension:  ## rebuild images/base-notebook/gpuhub-lab's JupyterLab part (npm on the host); commit the result
+	bash images/base-notebook/gpuhub-lab/build.sh
+
+# swarm-demo stops at "cluster up, inventory printed": the hub in swarm mode (hub.engine: swarm) is not built yet
+swarm-demo:  ## local Swarm: GPUHUB_DEMO_NODES (3) DinD nodes x GPUHUB_DEMO_GPUS_PER_NODE (2) simulated GPUs; no hub yet
+	bash scripts/swarm.sh up
+
+swarm-down:  ## remove the swarm-demo nodes, their volumes and network (by label)
+	bash scripts/swarm.sh down

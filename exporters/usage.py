@@ -23,6 +23,9 @@ Series:
 - ``gpuhub_idle_culls_total{org,kind}``: servers stopped for idleness (ledger end_reason ``gpu-idle`` →
   kind ``gpu``, ``http-idle`` → ``http``; see :mod:`gpuhub.hub.idle_service`)
 - self metrics with ``exporter="usage"`` (see :func:`exporters.gpu.self_metrics`)
+- the GPU queue's series (:mod:`exporters.queue`, registered with an engine): ``gpuhub_queue_length{org}``,
+  ``gpuhub_queue_wait_seconds{outcome}``, ``gpuhub_queue_oldest_wait_seconds{org}``,
+  ``gpuhub_org_fairshare_factor{org}``; read at scrape time, at most once per 10 s
 
 Rows with no org use ``org=""``. Idle-allocated GPU-seconds need utilization, which the ledger
 does not have: the GPU exporter's ``gpuhub_gpu_idle_allocated_seconds_total`` provides them.
@@ -47,10 +50,12 @@ from sqlalchemy.engine import Engine
 from gpuhub.core.periods import month_bounds_at, utcnow
 from quota import models as ledger
 from quota.policy import current_id
+from quota.queue_store import QueueStore
 from quota.sqlexpr import OVERLAP_WHERE, Dialect, timed, window
 
 from .gpu import self_metrics
 from .periodic import PeriodicSampler
+from .queue import QueueCollector
 
 log = logging.getLogger(__name__)
 
@@ -479,4 +484,6 @@ def build_usage_exporter(
     sampler = UsageSampler(site, source, **sampler_args)
     registry = registry or CollectorRegistry(auto_describe=False)
     registry.register(UsageCollector(sampler))
+    if engine is not None:  # the queue's series (exporters.queue), from the same database
+        registry.register(QueueCollector(QueueStore(engine, site, sampler.clock)))
     return registry, sampler

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from gpuhub import audit_cli, idle_cli
+from gpuhub import audit_cli, idle_cli, node_cli, project_cli, queue_cli
 from gpuhub.core.periods import parse_period, period_of, utcnow
 from gpuhub.core.site import Site, SiteConfigError, load_site, site_config_path
 from gpuhub.host import images
@@ -135,6 +135,15 @@ def cmd_service_quota(args) -> int:
 
     quota_service.main(ppid)
     return 0
+
+
+def cmd_service_project_proxy(args) -> int:
+    ppid = os.getppid()  # first: the hub that started us, before any work (project_proxy_service.check_parent)
+    set_parent_death_signal(signal.SIGTERM)  # a hub that dies while we still import takes us with it
+    site = _site(args)
+    from gpuhub.hub import project_proxy_service  # sqlalchemy: only the running service needs it
+
+    return project_proxy_service.main(site, ppid)
 
 
 # ------------------------------------------------------------------------------------------ images
@@ -491,9 +500,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit_cli.add_parsers(sub)  # `gpuhub audit verify|export` (its handlers print their own errors)
     idle_cli.add_parsers(sub)  # `gpuhub idle status|exempt` (likewise)
+    queue_cli.add_parsers(sub)  # `gpuhub queue list`, `gpuhub reservations list` (likewise)
+    project_cli.add_parsers(sub)  # `gpuhub project list|members|add-member|remove-member|extend` (likewise)
+    node_cli.add_parsers(sub)  # `gpuhub node register|list` (likewise)
 
     sv = _group(sub, "service", "processes the hub starts itself (c.JupyterHub.services)", "service_cmd")
     _leaf(sv, "quota", "the gpuhub-quota service: budget enforcer, reconciler, status API", cmd_service_quota)
+    _leaf(sv, "project-proxy", "the download filter (nginx) in front of project servers", cmd_service_project_proxy)
     return p
 
 

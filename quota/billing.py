@@ -92,8 +92,11 @@ def statement(source, site: Site, period: str, org: str | None = None, now: date
     return rows
 
 
-def daily(source, site: Site, period: str, org: str | None = None, now: datetime | None = None) -> dict[str, list]:
-    """Weighted GPU-hours per local day of ``period``, per org: {org: [{date, weighted_gpu_hours}]}."""
+def daily(
+    source, site: Site, period: str, org: str | None = None, now: datetime | None = None, user: str | None = None
+) -> dict[str, list]:
+    """Weighted GPU-hours per local day of ``period``, per org: {org: [{date, weighted_gpu_hours}]}; only
+    ``user``'s intervals when a user is named (the hub's usage page: a person's own share)."""
     engine = _engine(source)
     now = utc(now) if now is not None else utcnow()
     year, month = parse_period(period)
@@ -106,13 +109,14 @@ def daily(source, site: Site, period: str, org: str | None = None, now: datetime
     start = f"{d.greatest('started_us', ':lo_us')} - :lo_us"
     end = f"{d.least('coalesce(ended_us, :now_us)', ':hi_us')} - :lo_us"
     where = f"{OVERLAP_WHERE} AND gpus > 0 AND org IS NOT NULL" + (" AND org = :org" if org else "")
+    where += ' AND "user" = :user' if user else ""
     q = timed(
         f"SELECT org, t / :bucket AS b, sum(r), sum(r * t) FROM ("
         f"SELECT org, gpus * weight AS r, {start} AS t FROM gpuhub_usage_intervals WHERE {where} "
         f"UNION ALL SELECT org, -(gpus * weight) AS r, {end} AS t FROM gpuhub_usage_intervals WHERE {where}"
         f") e GROUP BY org, b"
     )
-    params = window(lo, hi, now) | {"bucket": bucket} | ({"org": org} if org else {})
+    params = window(lo, hi, now) | {"bucket": bucket} | ({"org": org} if org else {}) | ({"user": user} if user else {})
     events = _query(engine, q, params)
     per_org: dict[str, list[tuple[int, float, float]]] = {}
     for o, b, r, rt in events:

@@ -25,7 +25,9 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
+    Date,
     DateTime,
     Float,
     Index,
@@ -185,3 +187,144 @@ audit_log = Table(
     Column("hash", String(64), nullable=False),
 )
 Index("gpuhub_audit_project_at", audit_log.c.project, audit_log.c.at)
+
+# Secure project workspaces (quota.project_store): the stewards' and members' records, append-only.
+# A member's data use agreement acceptances: the text hash, when and from where (latest per user counts).
+project_dua_acceptance = Table(
+    "gpuhub_project_dua_acceptance",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("project", String(64), nullable=False),
+    Column("user", String(255), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("accepted_at", UtcDateTime, nullable=False),
+    Column("source", String(64), nullable=True),  # the browser's address (IPv4/IPv6 text)
+)
+Index("gpuhub_project_dua_user", project_dua_acceptance.c.project, project_dua_acceptance.c.user)
+# Membership changes on top of the site config's lists: one event per add or remove; the latest per user wins.
+project_membership = Table(
+    "gpuhub_project_membership",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("project", String(64), nullable=False, index=True),
+    Column("user", String(255), nullable=False),
+    Column("action", String(16), nullable=False),  # "added" | "removed"
+    Column("by", String(255), nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+)
+# Extensions of a project's last day; the latest counts (never earlier than the site config's expires).
+project_extension = Table(
+    "gpuhub_project_extension",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("project", String(64), nullable=False, index=True),
+    Column("expires", Date, nullable=False),
+    Column("by", String(255), nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+)
+
+# The GPU queue (quota.queue_store): one row per queued GPU request, kept after it ends (served, cancelled,
+# expired) as history. At most one active (queued or granted) row per server; ``id`` is the arrival order.
+queue = Table(
+    "gpuhub_queue",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("server_key", String(512), nullable=False),
+    Column("user", String(255), nullable=False),
+    Column("server_name", String(255), nullable=False),
+    Column("org", String(64), nullable=False),
+    Column("model", String(64), nullable=True),  # None: any model
+    Column("gpus", Integer, nullable=False),
+    Column("courses", Text, nullable=False, server_default=""),  # comma-separated, for reserved devices
+    Column("user_options", Text, nullable=False),  # canonical JSON: what the server is started with
+    Column("arrived_at", UtcDateTime, nullable=False),
+    Column("state", String(16), nullable=False),  # queued | granted | served | cancelled | expired
+    Column("devices", Text, nullable=True),  # comma-separated uuids, from the grant on
+    Column("granted_at", UtcDateTime, nullable=True),
+    Column("ended_at", UtcDateTime, nullable=True),
+    Column("message", Text, nullable=True),  # why it ended (expiry names the wait and the reason)
+)
+Index(
+    "gpuhub_queue_active_server",
+    queue.c.server_key,
+    unique=True,
+    sqlite_where=queue.c.state.in_(["queued", "granted"]),
+    postgresql_where=queue.c.state.in_(["queued", "granted"]),
+)
+Index("gpuhub_queue_state", queue.c.state, queue.c.arrived_at)
+# gpuhub_queue_wait_seconds, durable: cumulative bucket counts and totals per outcome, bumped in the same
+# transaction that ends a request (so the histogram continues across restarts and survives pruned history).
+queue_wait_buckets = Table(
+    "gpuhub_queue_wait_buckets",
+    metadata,
+    Column("outcome", String(16), primary_key=True),
+    Column("le", String(16), primary_key=True),  # the bucket's upper bound as Prometheus writes it, or "+Inf"
+    Column("count", BigInteger, nullable=False, server_default=text("0")),
+)
+queue_wait_totals = Table(
+    "gpuhub_queue_wait_totals",
+    metadata,
+    Column("outcome", String(16), primary_key=True),
+    Column("count", BigInteger, nullable=False, server_default=text("0")),
+    Column("sum_seconds", Float, nullable=False, server_default=text("0")),
+)
+
+# The airlock (quota.airlock_store): one row per export/import request; its automatic check findings; the
+# stewards' reviews (one per reviewer: the unique index is the two-person rule's last line of defence); every
+# state change, append-only (the request row's ``state`` is the latest of them).
+airlock_request = Table(
+    "gpuhub_airlock_request",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("project", String(64), nullable=False),
+    Column("direction", String(8), nullable=False),  # export | import
+    Column("requester", String(255), nullable=False),
+    Column("path", Text, nullable=False),  # relative to the source home
+    Column("name", String(255), nullable=False),  # the file name it is released under
+    Column("why", Text, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("needed", Integer, nullable=False),  # distinct approvals required when submitted
+    Column("source_volume", String(255), nullable=False),
+    Column("sha256", String(64), nullable=False),  # of the quarantined copy (read by the service itself)
+    Column("size", BigInteger, nullable=False),
+    Column("client_sha256", String(64), nullable=True),  # what the client claimed, if it sent anything
+    Column("quarantine_file", String(255), nullable=False),  # name under airlock.quarantine_dir
+    Column("submitted_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("released_to", Text, nullable=True),  # "volume:path" once released
+    Column("purged_at", UtcDateTime, nullable=True),  # quarantine file deleted (retention, or after release)
+)
+Index("gpuhub_airlock_request_project_state", airlock_request.c.project, airlock_request.c.state)
+airlock_check = Table(
+    "gpuhub_airlock_check",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", Integer, nullable=False, index=True),
+    Column("rule", String(64), nullable=False),
+    Column("passed", Boolean, nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("location", Text, nullable=True),
+)
+airlock_review = Table(
+    "gpuhub_airlock_review",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", Integer, nullable=False),
+    Column("reviewer", String(255), nullable=False),
+    Column("decision", String(8), nullable=False),  # approve | reject
+    Column("reason", Text, nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+)
+Index("gpuhub_airlock_review_once", airlock_review.c.request_id, airlock_review.c.reviewer, unique=True)
+airlock_transition = Table(
+    "gpuhub_airlock_transition",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", Integer, nullable=False, index=True),
+    Column("from_state", String(16), nullable=True),
+    Column("to_state", String(16), nullable=False),
+    Column("actor", String(255), nullable=False),
+    Column("reason", Text, nullable=False, server_default=""),
+    Column("at", UtcDateTime, nullable=False),
+    Column("audit_id", Integer, nullable=False),  # the gpuhub_audit_log row written in the same transaction
+)

@@ -21,6 +21,9 @@ have, then permissions, then the per-server shape; :func:`decide` adds what need
 inside the allocation transaction: an open allocation, the budget, the caps, the devices — the most
 permanent rule first, so a request over budget and over the cap hears about the budget.
 
+Project servers (``"project": KEY``): :func:`quota.projects.check_project` decides the ``project-*`` rules
+first (membership, window, data use agreement); :func:`check` then charges the project's organization.
+
 Device choice: with a model named, the first free devices of that model in inventory order. With no
 model, among models that have at least ``gpus`` free devices, the one with the MOST free devices
 (keeps the scarce model available for whoever asks for it by name); ties go to the lower weight
@@ -127,6 +130,52 @@ class Rule(Enum):
         "were requested; stop a server or ask an operator to raise gpu_limit",
     )
     NO_FREE_DEVICE = ("no-free-device", BUSY, "{shortage}; try again later or {alternative} (free now: {free})")
+    # -- secure project workspaces: quota.projects.check_project (a project server, "project": KEY)
+    PROJECT_UNKNOWN = ("project-unknown", BAD_REQUEST, "project {project!r} does not exist; your projects: {yours}")
+    PROJECT_SERVER_NAME = (
+        "project-server-name",
+        BAD_REQUEST,
+        "a server of project {project} must be the named server {project!r}, not {server!r}; "
+        "start it as /hub/api/users/{user}/servers/{project}",
+    )
+    PROJECT_ORG_MISMATCH = (
+        "project-org-mismatch",
+        BAD_REQUEST,
+        "project {project} is charged to organization {project_org}, not {org}; leave 'org' out or name {project_org}",
+    )
+    PROJECT_DUA_MISMATCH = (
+        "project-dua-mismatch",
+        BAD_REQUEST,
+        "'accept_dua' is not the hash of project {project}'s current data use agreement (the text changed); "
+        "reload the spawn form, read the agreement and accept it again",
+    )
+    PROJECT_NOT_MEMBER = (
+        "project-not-member",
+        FORBIDDEN,
+        "{user} is not a member of project {project}; ask a steward of project {project} ({stewards}) to add you",
+    )
+    PROJECT_IMAGE_NOT_ALLOWED = (
+        "project-image-not-allowed",
+        FORBIDDEN,
+        "project {project} may not use image {image}; allowed: {allowed}",
+    )
+    PROJECT_NOT_STARTED = (
+        "project-not-started",
+        FORBIDDEN,
+        "project {project} is not open yet: the project opens on {opens} ({tz}); try again then",
+    )
+    PROJECT_EXPIRED = (
+        "project-expired",
+        FORBIDDEN,
+        "project {project} closed on {closed} ({tz}; its last open day was {last}); "
+        "a steward can extend it with `gpuhub project extend {project} YYYY-MM-DD --by NAME`",
+    )
+    PROJECT_DUA_REQUIRED = (
+        "project-dua-required",
+        FORBIDDEN,
+        "{user} has not accepted the current data use agreement of project {project}; "
+        "accept the data use agreement in the spawn form (or send 'accept_dua': its sha256 {sha256})",
+    )
     # -- the reconciler adopting a running container (quota.store.adopt), not a spawn
     ADOPT_CONFLICT = (
         "adopt-conflict",
@@ -207,6 +256,9 @@ class AllocationRequest:
     gpus: int = 0
     gpu_model: str | None = None
     groups: frozenset[str] = frozenset()
+    # A project server's project key: its organization is charged and counts as the user's for this request.
+    # quota.projects.check_project decides project membership; run it before (the spawner does).
+    project: str | None = None
 
     @property
     def server_key(self) -> str:
@@ -263,6 +315,9 @@ def check(site: Site, req: AllocationRequest) -> AllocationRequest | Refusal:
         return bad
     gpus = req.gpus
     memberships = site.orgs_of(req.user, req.groups)
+    project = site.projects.get(req.project) if req.project is not None else None
+    if project is not None and project.org not in memberships:
+        memberships = [*memberships, project.org]
     if req.org is not None and req.org not in site.organizations:
         return Rule.UNKNOWN_ORG.refuse(org=req.org[:40], yours=_names(memberships))
     if req.image is not None and req.image not in site.images:
@@ -270,7 +325,7 @@ def check(site: Site, req: AllocationRequest) -> AllocationRequest | Refusal:
     if req.gpu_model is not None and req.gpu_model not in site.gpus.models:
         return Rule.UNKNOWN_MODEL.refuse(model=req.gpu_model[:40], models=_names(site.gpus.models))
 
-    org_key = req.org
+    org_key = req.org if req.org is not None or project is None else project.org
     if org_key is not None and org_key not in memberships:
         return Rule.NOT_A_MEMBER.refuse(user=req.user, org=org_key, yours=_names(memberships), charged_to=org_key)
     if org_key is None and len(memberships) > 1:
@@ -292,6 +347,8 @@ def check(site: Site, req: AllocationRequest) -> AllocationRequest | Refusal:
 
     org = site.organizations[org_key] if org_key is not None else None
     allowed = org.images if org is not None else tuple(site.images)
+    if project is not None and org_key == project.org:  # a project server: the project's images (a subset)
+        allowed = project.images
     image = req.image
     if image is None:  # the organization's first image; for GPUs its first GPU image, when it has one
         fitting = [k for k in allowed if site.images[k].gpu] if gpus > 0 else []

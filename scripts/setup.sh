@@ -6,11 +6,11 @@ mode="${1:-run}"
 cd "$GPUHUB_ROOT"
 
 # 1. System packages. Test-only ones (PostgreSQL, Prometheus, Chromium) only for `test`.
-pkgs=(python3 python3-venv debootstrap iproute2 git)
+pkgs=(python3 python3-venv debootstrap iproute2 git nginx-light libnginx-mod-http-js)  # nginx+njs: project download filter
 command -v dockerd >/dev/null 2>&1 || pkgs+=(docker.io)
 # node may come from elsewhere (e.g. NodeSource's nodejs, which bundles npm and conflicts with Debian's npm)
 command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm)
-[ "$mode" = test ] && pkgs+=(postgresql prometheus chromium docker-compose)
+[ "$mode" = test ] && pkgs+=(postgresql prometheus chromium docker-compose fonts-nanum)  # nanum: Korean text in screenshots
 apt_need "${pkgs[@]}"
 
 # 2. Docker engine (started only when `docker info` fails).
@@ -27,7 +27,7 @@ if [ ! -x .venv/bin/pip ]; then  # also repairs a venv left half-made by a faile
 fi
 if [ "$have" != "$want" ]; then
   step "installing gpuhub and its pinned dependencies into .venv (~20 s)"
-  extras="nvml"; [ "$mode" = test ] && extras="test,nvml"
+  extras="nvml"; [ "$mode" = test ] && extras="test,nvml,airlock"
   .venv/bin/pip install -q --disable-pip-version-check -e ".[${extras}]"
   echo "$want" > "$stamp"
 fi
@@ -37,6 +37,12 @@ if [ ! -x .venv/bin/configurable-http-proxy ]; then
   step "installing configurable-http-proxy 5.3.0 from npm"
   npm install --silent --no-audit --no-fund --prefix .venv/node configurable-http-proxy@5.3.0 >&2
   ln -sf "$GPUHUB_ROOT/.venv/node/node_modules/.bin/configurable-http-proxy" .venv/bin/configurable-http-proxy
+fi
+
+# 4b. axe-core (npm, tests/i18n/package-lock.json) for the accessibility check of the hub's pages.
+if [ "$mode" = test ] && [ ! -f tests/i18n/node_modules/axe-core/axe.min.js ]; then
+  step "installing axe-core from npm into tests/i18n"
+  npm ci --silent --no-audit --no-fund --prefix tests/i18n >&2
 fi
 
 # 5. Images in the site catalog (built offline; see images/README.md).

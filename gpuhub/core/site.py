@@ -11,13 +11,14 @@ import os
 import re
 import zlib
 import zoneinfo
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from gpuhub.core import naming
+from gpuhub.core import airlock_config, naming, queue_config
+from gpuhub.core.projects import AuditSettings, Project, parse_audit, parse_projects
 from gpuhub.core.siteconfig_reader import KEY_RE, SiteConfigError, _key_ok, _nonneg, _positive, _Reader
 
 DEFAULT_SITE_CONFIG = "examples/site.yaml"
@@ -52,6 +53,7 @@ class HubSettings:
     api_port: int = 8081
     proxy_api_port: int = 8001
     quota_service_port: int = 10101
+    project_proxy_port: int = 8010  # the download filter (nginx) in front of project servers, on loopback
     hub_connect_ip: str | None = None
     allow_cpu_without_org: bool = True
 
@@ -195,6 +197,10 @@ class Site:
     metrics_token_env: str | None = None
     courses: dict[str, Course] = field(default_factory=dict)
     idle: IdleSettings = IdleSettings()
+    queue: queue_config.QueueSettings = queue_config.QueueSettings()  # gpuhub.core.queue_config
+    projects: dict[str, Project] = field(default_factory=dict)  # gpuhub.core.projects
+    audit: AuditSettings = AuditSettings()
+    airlock: airlock_config.AirlockSettings = airlock_config.AirlockSettings()  # gpuhub.core.airlock_config
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -219,6 +225,10 @@ class Site:
         """{course key: "instructor" | "student"} for the courses a user belongs to."""
         roles = {key: c.role_of(username, groups) for key, c in self.courses.items()}
         return {key: role for key, role in roles.items() if role}
+
+    def projects_of(self, username: str, groups: frozenset[str] = frozenset()) -> list[str]:
+        """Projects that list the user (config only; quota.projects applies the stewards' changes)."""
+        return [key for key, p in self.projects.items() if p.is_listed_member(username, groups)]
 
     def weight_of(self, model: str) -> float:
         return self.gpus.models[model].weight
@@ -280,6 +290,7 @@ def _hub(data, base: Path) -> HubSettings:
         api_port=r.get("api_port", int, 8081, check=lambda v: 0 < v < 65536, allowed="a TCP port"),
         proxy_api_port=r.get("proxy_api_port", int, 8001, check=lambda v: 0 < v < 65536, allowed="a TCP port"),
         quota_service_port=r.get("quota_service_port", int, 10101, check=lambda v: 0 < v < 65536, allowed="a TCP port"),
+        project_proxy_port=r.get("project_proxy_port", int, 8010, check=lambda v: 0 < v < 65536, allowed="a TCP port"),
         hub_connect_ip=r.get("hub_connect_ip", str, None),
         allow_cpu_without_org=r.get("allow_cpu_without_org", bool, True),
     )
@@ -361,6 +372,7 @@ def _orgs(data, images: dict, gpus: GpuSettings) -> dict[str, Organization]:
             images=o.str_list("images") or tuple(images),
             **_idle_overrides(o),
         )
+        o.seen.update(queue_config.ORG_KEYS)  # read by queue_config.parse
         o.done()
         for i, img in enumerate(org.images):
             if img not in images:
@@ -412,6 +424,7 @@ def _courses(data, images: dict, orgs: dict[str, Organization]) -> dict[str, Cou
             students_idp_groups=c.str_list("students_idp_groups"),
             **_idle_overrides(c),
         )
+        c.seen.update(queue_config.COURSE_KEYS)  # read by queue_config.parse
         c.done()
         both = sorted(set(course.instructors) & set(course.students))
         if both:
@@ -443,6 +456,7 @@ def _quota(data) -> QuotaSettings:
         ),
         unknown_containers=r.choice("unknown_containers", ("stop", "adopt"), "stop"),
     )
+    r.seen.update(queue_config.QUOTA_KEYS)  # read by queue_config.parse
     r.done()
     return q
 
@@ -540,10 +554,18 @@ def parse_site(data: Any, path: Path) -> Site:
             images,
             organizations,
         ),
+        projects=parse_projects(r.get("projects", dict, {}), organizations, images, base),
+        audit=parse_audit(r.get("audit", dict, {})),
+        airlock=airlock_config.parse(
+            r.get("airlock", dict, {}),
+            state_dir=hub.state_dir,
+            base=base,
+            helper_image=next(iter(images.values())).image,
+        ),
         raw=dict(data or {}),
     )
     r.done()
-    return site
+    return replace(site, queue=queue_config.parse(data, site))
 
 
 def site_config_path(environ: dict | None = None) -> Path:

@@ -100,7 +100,13 @@ BUILD_ORDER: tuple[str, ...] = tuple(IMAGES)
 #: images/NAME/ builds them from Debian's packages on the base image, tagged with exactly the name compose
 #: uses (production pulls the real ones). No wheelhouse, no lock; built only when named
 #: (`gpuhub images build postgres prometheus`).
-STANDINS: dict[str, str] = {"postgres": "postgres:15-bookworm", "prometheus": "prom/prometheus:v2.54.1"}
+#: ``node`` rides on the same path (no lock, built only when named) but is ours: the Docker-in-Docker Swarm node
+#: of scripts/swarm.sh (`gpuhub images build node`).
+STANDINS: dict[str, str] = {
+    "postgres": "postgres:15-bookworm",
+    "prometheus": "prom/prometheus:v2.54.1",
+    "node": "gpuhub/node:latest",
+}
 
 
 class ImageBuildError(RuntimeError):

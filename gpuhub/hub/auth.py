@@ -121,7 +121,17 @@ def allowed_groups_of(site: Site) -> set[str]:
     for key, org in site.organizations.items():
         groups.update(org.idp_groups)
         groups.add(f"{ORG_GROUP_PREFIX}{key}")
+    for project in site.projects.values():  # project members need not be in the org the project charges
+        groups.update(project.members_idp_groups)
     return groups
+
+
+def allowed_users_of(site: Site) -> set[str]:
+    """Users who may log in by name (OIDC): organization members, project members and stewards."""
+    users = {m for org in site.organizations.values() for m in org.members}
+    for project in site.projects.values():
+        users.update(project.members, project.stewards)
+    return users
 
 
 def _apply_oidc(c, site: Site) -> None:
@@ -148,7 +158,7 @@ def _apply_oidc(c, site: Site) -> None:
     cfg.admin_groups = set(auth.admin_groups)
     cfg.admin_users = set(site.hub.admin_users)
     cfg.allowed_groups = allowed_groups_of(site)
-    cfg.allowed_users = {m for org in site.organizations.values() for m in org.members}
+    cfg.allowed_users = allowed_users_of(site)
     cfg.allow_all = False
     cfg.allow_existing_users = False
     cfg.trusted_email_domains = trusted

@@ -159,10 +159,13 @@ def our_layer(
     cpu_shares: int,
     cpu_period: int,
     plan=None,
+    project=None,
 ) -> tuple[dict, dict]:
     """Our create arguments and host config for one start of ``user``'s server ``server_name``:
     the labels the reconciler and the exporters read, the user's UID, the limits, the hardening,
-    the devices ``grant`` holds (``gpus.runtime: nvidia``) and the course mounts of ``plan``."""
+    the devices ``grant`` holds (``gpus.runtime: nvidia``) and the course mounts of ``plan``; for a project
+    server (``project``, a :class:`gpuhub.hub.projects.ProjectPlan`) its label, binds and pinned resolver
+    instead of any course mount (``network`` is then the project's)."""
     box = site.containers
     labels = {
         lb.MANAGED: "1",
@@ -196,7 +199,11 @@ def our_layer(
     if site.gpus.runtime == "nvidia" and grant.devices:
         # docker-py turns each mapping into a docker.types.DeviceRequest
         host["device_requests"] = [{"driver": "nvidia", "device_ids": list(grant.devices), "capabilities": [["gpu"]]}]
-    if plan is not None:
+    if project is not None:
+        labels.update(project.labels)
+        host.update(project.host)  # dns: the project gateway only (CVE-2024-29018)
+        host["binds"] = dict(project.binds)
+    elif plan is not None:
         host["binds"] = dict(plan.binds)  # merged with the home bind
         if plan.group_add:
             host["group_add"] = list(plan.group_add)

@@ -16,9 +16,11 @@ import asyncio
 from pathlib import Path
 
 import jinja2
+from markupsafe import Markup
 
 from gpuhub.core.site import Device, Site
-from gpuhub.hub import runtime
+from gpuhub.hub import i18n, project_pages, runtime
+from gpuhub.hub.i18n import Messages
 from gpuhub.hub.pages import group_names, org_budget
 from quota.policy import AllocationRequest, Holding, Refusal, Rule, Snapshot, decide
 
@@ -119,12 +121,35 @@ def form_context(
     return {"orgs": orgs, "images": images, "models": models, "gpu_counts": counts}
 
 
+class LocalizedForm(str):
+    """The rendered form (English, as a plain ``str`` for whoever reads it so) that can render itself again in
+    another language: the spawn page (``templates/spawn.html``) calls :meth:`render` with the request's
+    :class:`~gpuhub.hub.i18n.Messages`; JupyterHub asks for the form before it knows the request's language."""
+
+    context: dict
+
+    def __new__(cls, context: dict, msgs: Messages):
+        self = super().__new__(cls, render(context, msgs))
+        self.context = context
+        return self
+
+    def render(self, msgs: Messages) -> Markup:
+        return Markup(render(self.context, msgs))
+
+
+def render(context: dict, msgs: Messages) -> str:
+    """The form's HTML for ``context`` (:func:`form_context`) in ``msgs``' language."""
+    return _env.get_template("gpuhub_form.html").render(**context, t=msgs, _=msgs.gettext)
+
+
 async def render_options_form(spawner) -> str:
-    """DockerSpawner's ``options_form`` hook (JupyterHub awaits it): the form for this spawner's user."""
+    """DockerSpawner's ``options_form`` hook (JupyterHub awaits it): the form for this spawner's user, in the
+    language of the request that asks for it when there is one (a spawn), else English (see LocalizedForm)."""
     try:  # off the event loop; a status at most a couple of seconds old is enough for a form
         status = await asyncio.to_thread(runtime.quota_status, spawner.site_config)
     except Exception as e:  # the form still renders; the spawn itself fails closed
         spawner.log.warning("quota status unavailable for the spawn form: %s", e)
         status = {}
     ctx = form_context(spawner.site, status, spawner.user.name, group_names(spawner.user), spawner.name)
-    return _env.get_template("gpuhub_form.html").render(**ctx)
+    ctx = await project_pages.add_project_context(spawner, ctx)  # the project picker (gpuhub.hub.project_pages)
+    return LocalizedForm(ctx, Messages(i18n.request_locale(spawner.handler), spawner.site.tz))

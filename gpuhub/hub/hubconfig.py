@@ -20,6 +20,7 @@ from gpuhub.hub.container import HOME_VOLUME
 QUOTA_SERVICE = "gpuhub-quota"
 AUTOMATION_SERVICE = "gpuhub-automation"
 METRICS_SERVICE = "gpuhub-metrics"
+PROJECT_PROXY_SERVICE = "gpuhub-project-proxy"
 
 
 class CatalogError(RuntimeError):
@@ -123,9 +124,19 @@ def apply_hub(c, site: Site, facts: HubFacts) -> None:
     c.ConfigurableHTTPProxy.command = [facts.proxy_command]
     c.Authenticator.admin_users = set(site.hub.admin_users)
     c.JupyterHub.template_paths = [str(Path(__file__).parent / "templates")]
-    from gpuhub.hub.pages import BudgetBanner
+    from gpuhub.hub.pages import BudgetBanner, PageLanguage
 
-    c.JupyterHub.template_vars = {"gpuhub_quota": BudgetBanner(str(site.path))}
+    c.JupyterHub.template_vars = {
+        "gpuhub_quota": BudgetBanner(str(site.path)),
+        "gpuhub_i18n": PageLanguage(str(site.path)),  # the request's language (gpuhub.hub.i18n)
+    }
+    from gpuhub.hub import usage_pages  # imports JupyterHub's handlers: only where a hub is configured
+
+    c.JupyterHub.extra_handlers = usage_pages.handlers(str(site.path))  # /hub/language, /hub/usage, /hub/operators
+    if site.projects:
+        from gpuhub.hub import steward_pages
+
+        c.JupyterHub.extra_handlers += steward_pages.handlers(str(site.path))  # /hub/projects
 
 
 def apply_auth(c, site: Site, facts: HubFacts) -> None:
@@ -190,6 +201,15 @@ def apply_services(c, site: Site, facts: HubFacts) -> None:
     ]
     services.append({"name": METRICS_SERVICE, "api_token": facts.hub_metrics_token, "display": False})
     roles.append({"name": METRICS_SERVICE, "scopes": ["read:metrics"], "services": [METRICS_SERVICE]})
+    if site.projects:  # the download filter in front of project servers (gpuhub.host.project_proxy); no hub API use
+        services.append(
+            {
+                "name": PROJECT_PROXY_SERVICE,
+                "command": [sys.executable, "-m", "gpuhub", "service", "project-proxy"],
+                "environment": {"GPUHUB_SITE_CONFIG": str(site.path), **facts.service_env},
+                "display": False,
+            }
+        )
     if facts.admin_token:
         services.append({"name": AUTOMATION_SERVICE, "api_token": facts.admin_token})
         roles.append({"name": "admin", "services": [AUTOMATION_SERVICE]})

@@ -12,7 +12,9 @@ Every ``idle.check_interval_seconds`` (default: one window) :class:`IdleCuller` 
 - the operators' exemptions (``gpuhub idle exempt``, the file ``<state_dir>/idle-exemptions.json``).
 
 It warns (log, the hub home page through :class:`IdleBanner`, ``<state_dir>/idle-status.json``
-for ``gpuhub idle status``), then stops the server through the hub REST API (home volume kept:
+for ``gpuhub idle status``, and inside JupyterLab: :class:`LabNotice` POSTs the notice to the
+server's ``gpuhub/notice``, which the image's gpuhub-lab extension shows; DELETE once active again
+or culled), then stops the server through the hub REST API (home volume kept:
 the spawner's normal stop), and once the spawner has closed the interval with ``stopped`` it sets
 the ledger's end_reason to ``gpu-idle`` (:meth:`quota.store.QuotaStore.set_end_reason`). Servers
 culled by jupyterhub-idle-culler (CPU-only) get ``http-idle`` the same way, from the intents its
@@ -94,6 +96,11 @@ class ExporterIdleSource:
         return out
 
 
+def server_url(public_url: str, user: str, server: str, path: str) -> str:
+    """``path`` on a single-user server, through the hub's proxy."""
+    return public_url.rstrip("/") + f"/user/{quote(user)}/" + (f"{quote(server)}/" if server else "") + path
+
+
 class KernelState:
     """Whether a server has a busy kernel, from its ``/api/kernels`` through the hub's proxy."""
 
@@ -102,9 +109,8 @@ class KernelState:
         self.http = AsyncHTTPClient()
 
     async def busy(self, user: str, server: str) -> bool | None:
-        path = f"/user/{quote(user)}/" + (f"{quote(server)}/" if server else "") + "api/kernels"
         req = HTTPRequest(
-            self.public_url + path,
+            server_url(self.public_url, user, server, "api/kernels"),
             headers={"Authorization": f"token {self.token}"},
             request_timeout=self.timeout,
             follow_redirects=False,
@@ -120,15 +126,59 @@ class KernelState:
             return None
 
 
+def notice_payload(v: idle.Verdict, devices: tuple[str, ...] | list[str], now: float) -> dict:
+    """What gpuhub-lab shows (``images/base-notebook/gpuhub-lab``): the GPUs, since when idle, when it stops."""
+    return {
+        "gpus": list(devices),
+        "idle_since": now - (v.idle_seconds or 0.0),
+        "cull_at": v.cull_at if v.cull_at is not None else now,
+        "server": v.key.split("/", 1)[1],
+    }
+
+
+class LabNotice:
+    """The warning inside JupyterLab: POST/DELETE the server's ``gpuhub/notice`` through the hub's proxy,
+    with this service's token (scope ``access:servers``, which the single-user server accepts)."""
+
+    def __init__(self, public_url: str, token: str, timeout: float = 5.0):
+        self.public_url, self.token, self.timeout = public_url.rstrip("/"), token, timeout
+        self.http = AsyncHTTPClient()
+
+    async def send(self, user: str, server: str, notice: dict | None) -> bool:
+        """Set ``notice`` (None: clear it). True once the server answered for good (a server without
+        gpuhub-lab answers 404: nothing to retry); False when it could not be reached (retry next tick)."""
+        req = HTTPRequest(
+            server_url(self.public_url, user, server, "gpuhub/notice"),
+            method="DELETE" if notice is None else "POST",
+            body=None if notice is None else json.dumps(notice),
+            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+            request_timeout=self.timeout,
+            follow_redirects=False,
+        )
+        try:
+            resp = await self.http.fetch(req, raise_error=False)
+        except Exception as e:
+            log.warning("JupyterLab notice for %s/%s not sent (%s); retrying next tick", user, server, e)
+            return False
+        if resp.code >= 500:
+            log.warning("JupyterLab notice for %s/%s: HTTP %s; retrying next tick", user, server, resp.code)
+            return False
+        if resp.code >= 300:  # 404: an image without gpuhub-lab; 403: this token lacks access:servers
+            log.info("JupyterLab notice for %s/%s: HTTP %s (the home page still warns)", user, server, resp.code)
+        return True
+
+
 # ---------------------------------------------------------------- the work
 
 
 class IdleCuller:
     """One tick at a time (tests drive :meth:`tick` with their own clock and sources)."""
 
-    def __init__(self, site, store, hub: StopsServers | None, gpu_source, kernels, clock=time.time):
+    def __init__(self, site, store, hub: StopsServers | None, gpu_source, kernels, clock=time.time, lab=None):
         self.site, self.store, self.hub, self.clock = site, store, hub, clock
         self.gpu, self.kernels = gpu_source, kernels
+        self.lab: LabNotice | None = lab
+        self.lab_noticed: set[str] = set()  # servers whose JupyterLab took the notice
         self.state_dir = Path(site.hub.state_dir)
         self.planner = idle.Planner(warn_seconds=60.0 * site.idle.warn_minutes)
         self.pending: dict[int, str] = {}  # interval id -> end_reason to set once the spawner closed it
@@ -167,9 +217,14 @@ class IdleCuller:
         verdicts = self.planner.tick(views, now)
         by_key = {r["server_key"]: r for r in rows}
         for v in verdicts:
+            if v.action == idle.CULL:
+                await self._notify_lab(v, by_key[v.key], now)  # before the stop: the server is there to clear it
             await self._act(v, by_key[v.key], now)
         await self._relabel(now)
         self._write_status(views, verdicts, now)
+        # after the home page's status: a slow server must not delay the others' warnings
+        await asyncio.gather(*(self._notify_lab(v, by_key[v.key], now) for v in verdicts if v.action != idle.CULL))
+        self.lab_noticed &= set(by_key)
         return verdicts
 
     async def _act(self, v: idle.Verdict, row: dict, now: float) -> None:
@@ -210,6 +265,21 @@ class IdleCuller:
                 )
             if self.hub:
                 await self.hub.stop_server(row["user"], row["server_name"] or "")
+
+    async def _notify_lab(self, v: idle.Verdict, row: dict, now: float) -> None:
+        """Set the notice while the server is warned (again next tick until its server took it); clear it
+        when the warning clears or the server is culled."""
+        if self.lab is None:
+            return
+        user, server = row["user"], row["server_name"] or ""
+        if v.action in (idle.CLEAR, idle.CULL):
+            if v.key in self.lab_noticed:
+                self.lab_noticed.discard(v.key)
+                await self.lab.send(user, server, None)
+        elif self.planner.clocks[v.key].warned_at is not None and v.key not in self.lab_noticed:
+            devices = tuple(d for d in (row.get("device_uuids") or "").split(",") if d)
+            if await self.lab.send(user, server, notice_payload(v, devices, now)):
+                self.lab_noticed.add(v.key)
 
     async def _relabel(self, now: float) -> None:
         """The spawner closes with ``stopped``; once it has, the ledger gets the real reason."""
@@ -309,12 +379,14 @@ async def amain(hub_pid: int) -> None:
     store = runtime.quota_store(site.path)
     token = os.environ["JUPYTERHUB_API_TOKEN"]
     metrics_token = os.environ.get(site.metrics_token_env) if site.metrics_token_env else None
+    public_url = os.environ.get("GPUHUB_PUBLIC_URL", site.hub.bind_url)
     culler = IdleCuller(
         site,
         store,
         HubClient(os.environ["JUPYTERHUB_API_URL"], token),
         ExporterIdleSource(site.idle.gpu_exporters, metrics_token),
-        KernelState(os.environ.get("GPUHUB_PUBLIC_URL", site.hub.bind_url), token),
+        KernelState(public_url, token),
+        lab=LabNotice(public_url, token),
     )
     log.info(
         "GPU idle culling: timeout %s min, warning %s min before, windows of %g s at <= %g; exporters: %s",

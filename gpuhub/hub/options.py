@@ -1,7 +1,9 @@
 """The spawn request contract: ``user_options`` from the HTML form and the REST API.
 
 ``{"image": <catalog key>, "gpus": <int >= 0>, "gpu_model": <model key, optional>,
-"org": <org key, optional when the user has exactly one>}``
+"org": <org key, optional when the user has exactly one>}``, and for a server of a secure project (the named
+server KEY) ``"project": KEY`` and ``"accept_dua": <sha256 hex of the project's current DUA text>``
+(:func:`project_option`; admitted by :func:`quota.projects.check_project`, see :mod:`gpuhub.hub.projects`).
 
 This module only reads the shape: :func:`parse_options` refuses unknown keys, values of the wrong
 type, overlong strings and negative counts, and turns the rest into one
@@ -13,9 +15,12 @@ REST API alike; :func:`validate_options` is both steps in one call. Refusals are
 
 from __future__ import annotations
 
+import re
+
 from quota.policy import MAX_STRING, AllocationRequest, Refusal, Rule, check, check_gpus
 
-ALLOWED_KEYS = ("image", "gpus", "gpu_model", "org")
+ALLOWED_KEYS = ("image", "gpus", "gpu_model", "org", "project", "accept_dua")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _STRING_RULES = {  # option -> (wrong type, too long)
     "image": (Rule.IMAGE_TYPE, Rule.IMAGE_LENGTH),
     "org": (Rule.ORG_TYPE, Rule.ORG_LENGTH),
@@ -33,6 +38,22 @@ def _string(options: dict, key: str) -> str | None:
     if len(value) > MAX_STRING:
         raise too_long.refuse(limit=MAX_STRING)
     return value
+
+
+def project_option(options: dict | None) -> tuple[str | None, str | None]:
+    """(project key, the DUA hash offered) of ``options``; (None, None) for an ordinary server. A project that is
+    not a string is refused as unknown, an ``accept_dua`` that is not a sha256 hex as a mismatch (both 400)."""
+    options = options if isinstance(options, dict) else {}
+    key, offered = options.get("project"), options.get("accept_dua")
+    if key is None or key == "":
+        return None, None
+    if not isinstance(key, str) or len(key) > MAX_STRING:
+        raise Rule.PROJECT_UNKNOWN.refuse(project=str(key)[:40], yours="(name one of your projects, a string)")
+    if offered is None or offered == "":
+        return key, None
+    if not isinstance(offered, str) or not _SHA256.match(offered.lower()):
+        raise Rule.PROJECT_DUA_MISMATCH.refuse(project=key)
+    return key, offered.lower()
 
 
 def _gpu_count(value) -> int:
@@ -63,8 +84,16 @@ def parse_options(
     gpus = _gpu_count(options.get("gpus"))
     model = _string(options, "gpu_model")
     org = _string(options, "org")
+    project, _ = project_option(options)
     return AllocationRequest(
-        user=user, server_name=server_name, org=org, image=image, gpus=gpus, gpu_model=model, groups=frozenset(groups)
+        user=user,
+        server_name=server_name,
+        org=org,
+        image=image,
+        gpus=gpus,
+        gpu_model=model,
+        groups=frozenset(groups),
+        project=project,
     )
 
 
@@ -89,6 +118,10 @@ def options_from_form(formdata: dict[str, list[str]]) -> dict:
     options = {"image": first("image"), "gpus": first("gpus") or "0"}
     if first("gpu_model"):
         options["gpu_model"] = first("gpu_model")
-    if first("org"):
+    if first("project"):  # the project picker: its organization is the project's, so 'org' is left out
+        options["project"] = first("project")
+        if first("accept_dua"):
+            options["accept_dua"] = first("accept_dua")
+    elif first("org"):
         options["org"] = first("org")
     return options

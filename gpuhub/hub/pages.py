@@ -1,8 +1,8 @@
-"""Values for the hub's own pages (home page budget banner), from the quota store."""
+"""Values for the hub's own pages (home page budget banner, the request's language), from the quota store."""
 
 from __future__ import annotations
 
-from gpuhub.hub import runtime
+from gpuhub.hub import i18n, project_pages, runtime
 
 
 def group_names(user) -> frozenset[str]:
@@ -40,6 +40,7 @@ def org_budget(site, key: str, org_status: dict) -> dict:
         "remaining_hours": max(0.0, budget - used),
         "fraction": frac,
         "level": level,
+        "crossed": max(crossed, default=0.0),
         "message": message,
     }
 
@@ -55,10 +56,45 @@ class BudgetBanner:
             return {}
         try:
             site = runtime.site(self.site_path)
+            notices = project_pages.home_notices(site, user, group_names(user))  # a project closing or closed
+            stewards = bool(site.projects) and (
+                user.admin or any(user.name in p.stewards for p in site.projects.values())
+            )
             orgs = site.orgs_of(user.name, group_names(user))
             if not orgs:
-                return {"orgs": []}
+                return {"orgs": [], "projects": notices, "stewards": stewards}
             status = runtime.quota_status(self.site_path).get("orgs", {})
         except Exception:  # a page must render even when the database is away
             return {}
-        return {"orgs": [org_budget(site, key, status.get(key, {})) for key in orgs]}
+        return {
+            "orgs": [org_budget(site, key, status.get(key, {})) for key in orgs],
+            "grace_seconds": site.quota.grace_seconds,
+            "projects": notices,
+            "stewards": stewards,  # the link to /hub/projects (gpuhub.hub.steward_pages)
+        }
+
+
+class PageLanguage:
+    """``template_vars`` callable: ``gpuhub_i18n.of(static_url)`` is the request's :class:`~gpuhub.hub.i18n.Messages`.
+
+    JupyterHub calls template-var callables with the user only; the page's ``static_url`` is a method of the
+    request's handler, so a template hands it over to reach the request (its cookie and ``Accept-Language``).
+    """
+
+    def __init__(self, site_path: str):
+        self.site_path = site_path
+
+    def __call__(self, user) -> PageLanguage:
+        return self
+
+    def of(self, static_url) -> i18n.Messages:
+        handler = getattr(static_url, "__self__", None)
+        try:
+            tz = runtime.site(self.site_path).tz
+        except Exception:  # a page must render even when the site file is broken
+            tz = None
+        return i18n.Messages(i18n.request_locale(handler), tz)
+
+    @property
+    def languages(self) -> tuple[tuple[str, str], ...]:
+        return tuple((lang, i18n.NAMES[lang]) for lang in i18n.LANGUAGES)

@@ -26,7 +26,7 @@ from traitlets import Bool, Dict, Float, Instance, Integer, List, Unicode, defau
 from gpuhub.core.keys import server_key
 from gpuhub.core.naming import container_name
 from gpuhub.host.dockerenv import docker_time
-from gpuhub.hub import courses, runtime, volumes
+from gpuhub.hub import courses, i18n, lab_locale, projects, runtime, volumes
 from gpuhub.hub.container import (
     HOME_VOLUME,
     OperatorConfigError,
@@ -119,6 +119,9 @@ class GpuhubSpawner(DockerSpawner):
         allow_none=True,
         help="The user's course mounts, groups and env for this server (gpuhub.hub.courses).",
     )
+    project_plan = Instance(projects.ProjectPlan, allow_none=True, help="A project server's room (hub.projects).")
+    project_key = Unicode("", help="This server's project ('' for an ordinary one); persisted with get_state.")
+    project_route = Unicode("", help="A project server's prefix in the download filter's routes (persisted).")
     operator_container = Dict(
         help="""This start's operator layer: the evaluated ``extra_create_kwargs``
         (``create``) and ``extra_host_config`` (``host``), checked by gpuhub.hub.container.operator_problems."""
@@ -187,7 +190,8 @@ class GpuhubSpawner(DockerSpawner):
     def emit(self, progress: int, message: str) -> None:
         """Add a spawn progress event (shown on the progress page) and log it."""
         self.log.info("%s: %s", self._log_name, message)
-        self.progress_events.append({"progress": progress, "message": message})
+        # in the language of the request that started the spawn (gpuhub.hub.i18n); the log stays English
+        self.progress_events.append({"progress": progress, "message": i18n.progress_for(self.handler, message)})
 
     async def _quota_call(self, fn, *args):
         """Run a quota-store call off the event loop; an unreachable DB fails GPU spawns closed."""
@@ -219,17 +223,21 @@ class GpuhubSpawner(DockerSpawner):
     def load_state(self, state):
         super().load_state(state)
         self.gpu_uuids = list(state.get("gpu_uuids", []))
+        self.project_key, self.project_route = state.get("project", ""), state.get("project_route", "")
 
     def get_state(self):
         state = super().get_state()
         if self.object_id:
             state["gpu_uuids"] = list(self.gpu_uuids)
+            if self.project_key:
+                state.update(project=self.project_key, project_route=self.project_route)
         return state
 
     def clear_state(self):
         super().clear_state()
         self.gpu_uuids = []
-        self.spawn_request = self.grant = self.uid = self.course_plan = None
+        self.spawn_request = self.grant = self.uid = self.course_plan = self.project_plan = None
+        self.project_key = self.project_route = ""
         self.operator_container = {}
 
     def get_env(self):
@@ -243,6 +251,8 @@ class GpuhubSpawner(DockerSpawner):
         env["GPUHUB_ORG"] = (self.spawn_request.org or "") if self.spawn_request else ""
         if self.course_plan is not None:  # courses hook: JUPYTER_CONFIG_PATH, GPUHUB_COURSES
             env.update(self.course_plan.env)
+        if self.project_plan is not None:  # projects hook: GPUHUB_PROJECT, JUPYTER_CONFIG_PATH
+            env.update(self.project_plan.env)
         return env
 
     # ------------------------------------------------------------ operator config
@@ -250,7 +260,10 @@ class GpuhubSpawner(DockerSpawner):
     @property
     def volume_binds(self):
         """DockerSpawner's binds from ``volumes`` / ``read_only_volumes``, and always the user's home volume
-        at ``notebook_dir`` (config that replaces ``volumes`` adds to it instead of dropping the home)."""
+        at ``notebook_dir`` (config that replaces ``volumes`` adds to it instead of dropping the home). A project
+        server gets its plan's binds only: the project home, the datasets read-only, the lab config."""
+        if self.project_plan is not None:
+            return dict(self.project_plan.binds)
         binds = super().volume_binds
         return {**binds, **self._volumes_to_binds({HOME_VOLUME: self.notebook_dir}, {})}
 
@@ -285,12 +298,13 @@ class GpuhubSpawner(DockerSpawner):
             user=self.user.name,
             server_name=self.name,
             uid=self.uid,
-            network=self.network_name,
+            network=self.project_plan.network.name if self.project_plan else self.network_name,
             mem_limit=self.mem_limit,
             cpu_limit=self.cpu_limit,
             cpu_shares=self.cpu_shares,
             cpu_period=period,
             plan=self.course_plan,
+            project=self.project_plan,
         )
 
     async def create_object(self):
@@ -309,7 +323,7 @@ class GpuhubSpawner(DockerSpawner):
             host["port_bindings"] = {self.port: (self.host_ip,)}
         deep_merge(create, self.operator_container.get("create", {}))
         deep_merge(create, ours_create)
-        deep_merge(host, self.operator_container.get("host", {}))
+        deep_merge(host, projects.operator_host(self.project_plan, host, self.operator_container.get("host", {})))
         deep_merge(host, ours_host)
         self.log.debug("Creating %s with host config %s", self.object_name, host)
         create["host_config"] = self.client.create_host_config(**host)
@@ -323,9 +337,8 @@ class GpuhubSpawner(DockerSpawner):
         self.emit(5, "Checking your request")
         await self._check_operator_config()
         try:
-            request = validate_options(
-                self.user_options, site, user=self.user.name, server_name=self.name, groups=self._groups()
-            )
+            options, project = await projects.admit_options(self, self.user_options)  # projects hook, before allocating
+            request = validate_options(options, site, user=self.user.name, server_name=self.name, groups=self._groups())
         except Refusal as e:
             org = self.user_options.get("org") if isinstance(self.user_options, dict) else None
             await self._record_refusal(e, org)
@@ -344,8 +357,11 @@ class GpuhubSpawner(DockerSpawner):
             self.emit(27, warning)
         try:
             self.uid = await self._quota_call(self.quota.uid_for, self.user.name)
-            await volumes.ensure_home(self, self.uid)
-            await self._prepare_courses(self.uid)  # courses hook (gpuhub.hub.courses)
+            if project is not None:  # projects hook: the room instead of the home, courses and user network
+                await projects.prepare(self, project, self.uid)
+            await volumes.ensure_home(self, self.uid, self.project_plan.labels if self.project_plan else None)
+            if project is None:
+                await self._prepare_courses(self.uid)  # courses hook (gpuhub.hub.courses)
             await self._take_start_slot()
             try:
                 self.emit(35, f"Creating and starting container from {spec.display_name}")
@@ -363,13 +379,17 @@ class GpuhubSpawner(DockerSpawner):
                 if self.wait_ready:
                     self.emit(70, "Waiting for JupyterLab to answer")
                     await self._wait_until_ready(ip, port)
+                    await lab_locale.select(self, ip, port)  # i18n hook: JupyterLab in the hub language
             finally:
                 self.start_gate.release()
+            if self.project_plan is not None:  # projects hook: CHP reaches the server only through the filter
+                ip, port = await projects.after_start(self, self.project_plan, ip, port)
             self.emit(90, "Server is ready")
             return ip, port
         except BaseException:
             await self._remove_failed_container()
             await self._release("spawn-failed")
+            await projects.after_stop(self, self.project_key, self.project_route, "spawn-failed", audit=False)
             raise
 
     async def _take_start_slot(self) -> None:
@@ -459,6 +479,7 @@ class GpuhubSpawner(DockerSpawner):
         return f"ExitCode={state.get('ExitCode')}, Error='{state.get('Error', '')}'"
 
     async def stop(self, now=False):
+        key, route = self.project_key, self.project_route
         try:
             if self.object_id:
                 await super().stop(now=now)
@@ -467,6 +488,7 @@ class GpuhubSpawner(DockerSpawner):
         finally:
             await self._release("stopped")
             self.gpu_uuids = []
+            await projects.after_stop(self, key, route, "stopped")  # projects hook: route removed, audited
 
     async def _remove_failed_container(self) -> None:
         """A container that was created but never ran is not "running", so JupyterHub's stop

@@ -12,8 +12,10 @@ from gpuhub.core import labels as lb
 from gpuhub.hub import courses
 
 
-async def ensure_home(spawner, uid: int) -> None:
-    """Create the home volume owned by the user's UID (a one-shot root container chowns it).
+async def ensure_home(spawner, uid: int, labels: dict | None = None) -> None:
+    """Create the home volume owned by the user's UID (a one-shot root container chowns it); ``labels``: more
+    labels for a new volume (a project home's ``gpuhub.project``). The home is whatever ``volume_binds`` mounts
+    at ``notebook_dir``: the user's home, or for a project server the (project, user) home.
 
     Runs only when the volume is new or was owned by another UID, so later starts cost nothing.
     It works the same with the hub on the host and in a container (docker.sock only).
@@ -28,10 +30,9 @@ async def ensure_home(spawner, uid: int) -> None:
     except docker.errors.NotFound:
         pass
     spawner.emit(30, "Preparing your home folder")
+    ours = {lb.UID: str(uid), lb.USER: spawner.user.name, lb.HUB: spawner.hub_instance}
     try:
-        await spawner.docker(
-            "create_volume", volume, labels={lb.UID: str(uid), lb.USER: spawner.user.name, lb.HUB: spawner.hub_instance}
-        )
+        await spawner.docker("create_volume", volume, labels={**(labels or {}), **ours})
     except docker.errors.APIError:
         pass  # exists (unlabelled, from an older setup): chown it below all the same
     # The marker file keeps the volume non-empty: Docker copies the image's folder (and its

@@ -120,3 +120,26 @@ def test_usernames_in_the_site_must_be_hub_usernames(admins):
 def test_escaped_usernames_may_be_listed():
     name = naming.normalize_username("김민수")
     apply_auth(Config(), make_site(site_dict(auth=OIDC, admin_users=[name])))
+
+
+def test_project_members_and_stewards_may_log_in_without_being_in_the_org():
+    """A hospital's IRB-approved researcher may be in a project only, not in the org it charges."""
+    data = site_dict(auth=OIDC)
+    org = next(iter(data["organizations"]))
+    data["projects"] = {
+        "cohort": {
+            "org": org,
+            "stewards": ["steve"],
+            "members": ["yuna"],
+            "members_idp_groups": ["irb-2026-042"],
+            "purpose": "survival analysis",
+            "legal_basis": "pipa-28-2-research",
+            "starts": "2026-12-01",
+            "expires": "2026-12-31",
+            "dua": "Use the data for the stated purpose only.",
+        }
+    }
+    c = Config()
+    apply_auth(c, make_site(data))
+    assert "irb-2026-042" in c.GpuhubOIDCAuthenticator.allowed_groups
+    assert {"yuna", "steve"} <= c.GpuhubOIDCAuthenticator.allowed_users

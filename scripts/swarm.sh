@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# A real multi-node Docker Swarm on this machine: Docker-in-Docker nodes (images/node, gpuhub/node:latest), each
+# declaring simulated GPUs as node labels (`gpuhub node register --simulate`, design in gpuhub/host/swarm.py).
+#
+#   scripts/swarm.sh up      build gpuhub/node if missing; start the nodes on a bridge network of their own; init
+#                            the swarm on node 1 (manager), join the rest as workers; declare the GPUs; print the
+#                            inventory. Idempotent: a node already up, in the swarm or declared is left as it is.
+#   scripts/swarm.sh load IMAGE...   copy images from this host's engine onto every node (docker save | load)
+#   scripts/swarm.sh env     print DOCKER_HOST=… for the manager's engine (eval "$(scripts/swarm.sh env)")
+#   scripts/swarm.sh down    remove the nodes, their engine volumes and the network, by label; idempotent
+#
+# Environment:
+#   GPUHUB_DEMO_NODES (3)            nodes; node 1 is the manager
+#   GPUHUB_DEMO_GPUS_PER_NODE (2)    simulated GPUs per node, GPU-sim-<hostname>-<i>
+#   GPUHUB_DEMO_GPU_MODEL (H100)     their model (a gpus.models key of the site config)
+#   GPUHUB_SWARM_NAME (gpuhub-swarm) prefix of the node containers, their hostnames, volumes and the network;
+#                                    also the value of the gpuhub.swarm.cluster label `down` selects by
+#
+# What the nodes are: containers named/hostnamed NAME-1..N on the bridge NAME-net (--internal: the host forwards
+# nothing between it and any other network, so nodes reach only each other and this host), labelled gpuhub.managed=1,
+# gpuhub.swarm=1, gpuhub.swarm.cluster=NAME. Each node's engine keeps its state in the volume NAME-I-docker and
+# answers on the unix socket $GPUHUB_RUN/swarm/NAME/node-I/docker.sock (no TCP port). The host's engine is not a
+# node. Nodes run --privileged; where this host's capability bounding set lacks a capability --privileged asks
+# for (runc: "unable to apply caps: operation not permitted"), they run instead with every capability the host
+# has, seccomp/AppArmor unconfined and /sys writable (the entrypoint makes the cgroup mounts writable).
+# The nodes' resolv.conf names no reachable server, so a task's registry pull fails at once and the image loaded
+# onto the node (`load`) is used. Swarm's IPVS load balancing does not work here (no ip_vs in this kernel): reach a
+# service's tasks at their own addresses (or --endpoint-mode dnsrr), never at its virtual IP.
+source "$(dirname "$0")/lib.sh"
+
+NAME="${GPUHUB_SWARM_NAME:-gpuhub-swarm}"
+NODES="${GPUHUB_DEMO_NODES:-3}"
+GPUS="${GPUHUB_DEMO_GPUS_PER_NODE:-2}"
+MODEL="${GPUHUB_DEMO_GPU_MODEL:-H100}"
+IMAGE=gpuhub/node:latest
+NET="$NAME-net"
+SOCKDIR="$GPUHUB_RUN/swarm/$NAME"
+GPUHUB="$GPUHUB_ROOT/.venv/bin/gpuhub"
+LABELS=(--label gpuhub.managed=1 --label gpuhub.swarm=1 --label "gpuhub.swarm.cluster=$NAME")
+FILTER=(--filter label=gpuhub.swarm=1 --filter "label=gpuhub.swarm.cluster=$NAME")
+
+[[ "$NODES" =~ ^[1-9][0-9]*$ ]] || die "GPUHUB_DEMO_NODES must be a whole number >= 1 (got '$NODES')"
+[[ "$GPUS" =~ ^[0-9]+$ ]] || die "GPUHUB_DEMO_GPUS_PER_NODE must be a whole number >= 0 (got '$GPUS')"
+
+node_sock() { echo "unix://$SOCKDIR/node-$1/docker.sock"; }
+on_node() { local i="$1"; shift; docker -H "$(node_sock "$i")" "$@"; }
+
+run_flags() {
+  # --privileged where the host allows it; else the same powers minus what the host's bounding set lacks
+  local probe
+  if probe="$(docker run --rm "${LABELS[@]}" --privileged --entrypoint true "$IMAGE" 2>&1)"; then
+    echo --privileged
+  else
+    note "--privileged is refused here ($(grep -o 'unable to apply caps[^:]*: [a-z ]*' <<<"$probe" | head -1 \
+      || echo "${probe:0:200}")); using an explicit capability set instead"
+    local bnd missing=()
+    bnd=$((16#$(awk '/^CapBnd/ {print $2}' /proc/self/status)))
+    # capability numbers that runc's --privileged asks for (0..40) and the host does not have
+    for c in $(seq 0 40); do (( (bnd >> c) & 1 )) || missing+=("$c"); done
+    local names=(CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP LINUX_IMMUTABLE
+      NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER SYS_MODULE SYS_RAWIO SYS_CHROOT SYS_PTRACE
+      SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE AUDIT_CONTROL
+      SETFCAP MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ PERFMON BPF CHECKPOINT_RESTORE)
+    printf '%s\n' --cap-add ALL
+    for c in "${missing[@]}"; do printf '%s\n' --cap-drop "${names[$c]}"; done
+    printf '%s\n' --security-opt seccomp=unconfined --security-opt apparmor=unconfined \
+      --security-opt no-new-privileges=false --security-opt systempaths=unconfined
+  fi
+}
+
+wait_engine() {
+  local i="$1" t
+  for t in $(seq 1 120); do
+    on_node "$i" info >/dev/null 2>&1 && return 0
+    if ! docker inspect -f '{{.State.Running}}' "$NAME-$i" 2>/dev/null | grep -q true; then
+      docker logs --tail 30 "$NAME-$i" >&2 || true
+      die "node $NAME-$i stopped while its engine started (logs above)"
+    fi
+    sleep 0.5
+  done
+  docker logs --tail 30 "$NAME-$i" >&2 || true
+  die "the engine in $NAME-$i did not answer on $(node_sock "$i") within 60 s (logs above)"
+}
+
+swarm_state() { on_node "$1" info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null || echo unknown; }
+
+cmd_up() {
+  [ -x "$GPUHUB" ] || die "$GPUHUB is missing; run \`make setup\` first"
+  "$GPUHUB" images build --missing node >&2
+  docker network inspect "$NET" >/dev/null 2>&1 || {
+    step "network $NET (bridge, internal, nodes only)"
+    docker network create --driver bridge --internal -o com.docker.network.bridge.enable_icc=true \
+      "${LABELS[@]}" "$NET" >/dev/null
+  }
+  local flags=() i
+  mapfile -t flags < <(run_flags)
+  # No name server: with no registry reachable a task's image pull must fail at once (then the node's loaded image
+  # is used), not after DNS timeouts (20-40 s a task through Docker's embedded DNS on an internal network).
+  mkdir -p "$SOCKDIR"
+  printf 'nameserver 127.0.0.1\noptions timeout:1 attempts:1\n' >"$SOCKDIR/resolv.conf"
+  for i in $(seq 1 "$NODES"); do
+    if ! docker inspect "$NAME-$i" >/dev/null 2>&1; then
+      step "node $NAME-$i"
+      mkdir -p "$SOCKDIR/node-$i"
+      docker volume create "${LABELS[@]}" "$NAME-$i-docker" >/dev/null
+      docker run -d --init --name "$NAME-$i" --hostname "$NAME-$i" --network "$NET" "${LABELS[@]}" \
+        --label "gpuhub.swarm.node=$i" "${flags[@]}" \
+        -v "$NAME-$i-docker:/var/lib/docker" -v "$SOCKDIR/resolv.conf:/etc/resolv.conf:ro" \
+        -v "$SOCKDIR/node-$i:/run/gpuhub-node" \
+        "$IMAGE" --dns 127.0.0.1 --bip "10.$((200 + i)).0.1/24" \
+        --default-address-pool "base=10.$((100 + i)).0.0/16,size=24" >/dev/null
+    elif [ "$(docker inspect -f '{{.State.Running}}' "$NAME-$i")" != true ]; then
+      step "starting node $NAME-$i again"
+      docker start "$NAME-$i" >/dev/null
+    fi
+  done
+  for i in $(seq 1 "$NODES"); do wait_engine "$i"; done
+
+  local addr1 token
+  addr1="$(docker inspect -f "{{(index .NetworkSettings.Networks \"$NET\").IPAddress}}" "$NAME-1")"
+  if [ "$(swarm_state 1)" != active ]; then
+    step "docker swarm init on $NAME-1 ($addr1)"
+    on_node 1 swarm init --advertise-addr "$addr1" >/dev/null
+  fi
+  token="$(on_node 1 swarm join-token -q worker)"
+  for i in $(seq 2 "$NODES"); do
+    if [ "$(swarm_state "$i")" != active ]; then
+      step "docker swarm join on $NAME-$i"
+      on_node "$i" swarm join --token "$token" "$addr1:2377" >/dev/null
+    fi
+  done
+  step "declaring $GPUS simulated $MODEL GPU(s) per node (gpuhub node register)"
+  for i in $(seq 1 "$NODES"); do
+    "$GPUHUB" node register --docker-host "$(node_sock 1)" --node "$NAME-$i" --simulate "$GPUS" --model "$MODEL" >&2
+  done
+  step "inventory read from the swarm (gpuhub node list --docker-host $(node_sock 1))"
+  "$GPUHUB" node list --docker-host "$(node_sock 1)"
+}
+
+cmd_load() {
+  [ $# -gt 0 ] || die "name the images to copy onto the nodes: scripts/swarm.sh load IMAGE..."
+  local i img
+  for img in "$@"; do
+    docker image inspect "$img" >/dev/null 2>&1 || die "image $img is not in this host's engine; build or load it first"
+    for i in $(seq 1 "$NODES"); do
+      step "docker save $img | docker -H $(node_sock "$i") load"
+      docker save "$img" | on_node "$i" load >&2
+    done
+  done
+}
+
+cmd_down() {
+  local ids
+  ids="$(docker ps -aq "${FILTER[@]}")"
+  if [ -n "$ids" ]; then
+    step "removing the nodes of $NAME"
+    # shellcheck disable=SC2086
+    docker rm -f $ids >/dev/null
+  fi
+  ids="$(docker volume ls -q "${FILTER[@]}")"
+  # shellcheck disable=SC2086
+  [ -z "$ids" ] || docker volume rm $ids >/dev/null
+  ids="$(docker network ls -q "${FILTER[@]}")"
+  # shellcheck disable=SC2086
+  [ -z "$ids" ] || docker network rm $ids >/dev/null
+  rm -rf "$SOCKDIR"
+  note "swarm $NAME is down"
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  load) shift; cmd_load "$@" ;;
+  env) echo "DOCKER_HOST=$(node_sock 1)" ;;
+  down) cmd_down ;;
+  *) die "usage: scripts/swarm.sh up|load IMAGE...|env|down (see the comment at the top of scripts/swarm.sh)" ;;
+esac
