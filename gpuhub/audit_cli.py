@@ -9,14 +9,17 @@ usage or database error, printed as ``gpuhub: error: …``.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import zoneinfo
 from datetime import UTC, date, datetime, timedelta
 
+from gpuhub.core.operator_errors import OperatorError, guarded
+
 DATE_HELP = "YYYY-MM-DD in the site time zone"
 
 
-class AuditCliError(Exception):
+class AuditCliError(OperatorError):
     """A mistake on the command line or an unusable database; the message names the fix."""
 
 
@@ -117,22 +120,16 @@ def cmd_export(args) -> int:
 
 
 def _guard(fn):
-    """Turn the errors an operator can cause into `gpuhub: error: …` and exit status 2."""
+    """:func:`gpuhub.core.operator_errors.guarded`, and a file that cannot be read or written said as such."""
 
-    def run(args) -> int:
-        from gpuhub.core.site import SiteConfigError  # lazy, as in _site_facts
-
+    @functools.wraps(fn)
+    def paths_said(args) -> int:
         try:
             return fn(args)
-        except (AuditCliError, SiteConfigError) as e:
-            print(f"gpuhub: error: {e}", file=sys.stderr)
-            return 2
         except OSError as e:
-            print(f"gpuhub: error: {e.filename or ''}: {e.strerror}; check the path", file=sys.stderr)
-            return 2
+            raise AuditCliError(f"{e.filename or ''}: {e.strerror}; check the path") from None
 
-    run.__name__ = fn.__name__
-    return run
+    return guarded(paths_said)
 
 
 def add_parsers(subparsers) -> argparse.ArgumentParser:

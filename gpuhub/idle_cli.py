@@ -8,16 +8,17 @@ exemptions go to ``<state_dir>/idle-exemptions.json``, which gpuhub-idle reads a
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
+from gpuhub.core.operator_errors import OperatorError
+from gpuhub.core.operator_errors import guarded as _guarded
 from gpuhub.core.site import load_site, site_config_path
 from gpuhub.hub.idle_state import EXEMPTIONS_FILE, STATUS_FILE, read_json, write_json
 from quota import idle
 
 
-class UsageError(Exception):
+class UsageError(OperatorError):
     """Printed as ``gpuhub: error: ...`` with exit status 2."""
 
 
@@ -139,14 +140,3 @@ def add_parsers(subparsers) -> None:
     s.add_argument("--org", help="exempt every server of this organization instead")
     s.add_argument("--hours", type=float, required=True, help="how long (0 removes the exemption)")
     s.set_defaults(func=_guarded(cmd_idle_exempt))
-
-
-def _guarded(fn):
-    def run(args) -> int:
-        try:
-            return fn(args)
-        except UsageError as e:
-            print(f"gpuhub: error: {e}", file=sys.stderr)
-            return 2
-
-    return run

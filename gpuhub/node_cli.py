@@ -21,11 +21,13 @@ from __future__ import annotations
 import json
 import sys
 
+from gpuhub.core.operator_errors import OperatorError
+from gpuhub.core.operator_errors import guarded as _guarded
 from gpuhub.host import swarm
 from gpuhub.host.nvml import PynvmlSource
 
 
-class UsageError(Exception):
+class UsageError(OperatorError):
     """Printed as ``gpuhub: error: ...`` with exit status 2."""
 
 
@@ -142,14 +144,3 @@ def add_parsers(subparsers) -> None:
     s.add_argument("--docker-host", help=host_help)
     s.add_argument("--format", choices=("table", "json"), default="table")
     s.set_defaults(func=_guarded(cmd_node_list))
-
-
-def _guarded(fn):
-    def run(args) -> int:
-        try:
-            return fn(args)
-        except UsageError as e:
-            print(f"gpuhub: error: {e}", file=sys.stderr)
-            return 2
-
-    return run

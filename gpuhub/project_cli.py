@@ -17,10 +17,12 @@ import sys
 from datetime import date, datetime
 from pathlib import Path
 
+from gpuhub.core.operator_errors import OperatorError, guarded
+
 PROJECT_TABLES = ("gpuhub_project_membership", "gpuhub_project_extension", "gpuhub_project_dua_acceptance")
 
 
-class ProjectCliError(Exception):
+class ProjectCliError(OperatorError):
     """A mistake on the command line or an unusable database; the message names the fix."""
 
 
@@ -270,22 +272,6 @@ def cmd_extend(args) -> int:
     return 0
 
 
-def _guard(fn):
-    """Turn the errors an operator can cause into `gpuhub: error: …` and exit status 2."""
-
-    def run(args) -> int:
-        from gpuhub.core.site import SiteConfigError  # lazy, as in _site
-
-        try:
-            return fn(args)
-        except (ProjectCliError, SiteConfigError) as e:
-            print(f"gpuhub: error: {e}", file=sys.stderr)
-            return 2
-
-    run.__name__ = fn.__name__
-    return run
-
-
 def add_parsers(subparsers) -> argparse.ArgumentParser:
     """Add `project list|members|add-member|remove-member|extend` to the `gpuhub` command's subparsers."""
     pr = subparsers.add_parser("project", help="secure project workspaces: members, DUA acceptances, extensions")
@@ -297,7 +283,7 @@ def add_parsers(subparsers) -> argparse.ArgumentParser:
         s.add_argument("--db-url", help="the hub database URL (default: the site config's hub.db_url)")
         if formats:
             s.add_argument("--format", choices=("table", "json"), default="table", help="default table")
-        s.set_defaults(func=_guard(func))
+        s.set_defaults(func=guarded(func))
         return s
 
     leaf("list", "projects: org, open window, members, stewards, open or closed", cmd_list, formats=True)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from datetime import UTC, datetime
 
+from gpuhub.core.operator_errors import guarded
 from gpuhub.core.site import SiteConfigError, load_site, site_config_path
 from quota import reservations as rsv
 
@@ -108,17 +108,6 @@ def cmd_reservations_list(args) -> int:
     return 0
 
 
-def _run(func):
-    def run(args) -> int:
-        try:
-            return func(args)
-        except SiteConfigError as e:
-            print(f"gpuhub: error: {' '.join(str(e).split())}", file=sys.stderr)
-            return 2
-
-    return run
-
-
 def add_parsers(sub) -> None:
     for name, summary, func, extra in (
         ("queue", "GPU requests waiting for devices, in the order they will be served", cmd_queue_list, False),
@@ -132,4 +121,4 @@ def add_parsers(sub) -> None:
         s.add_argument("--format", choices=("table", "json"), default="table", help="default table")
         if extra:
             s.add_argument("--days", type=int, default=14, help="how far ahead (default 14 days)")
-        s.set_defaults(func=_run(func))
+        s.set_defaults(func=guarded(func))

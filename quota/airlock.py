@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import Enum
 
-from quota.policy import BAD_REQUEST, CONFLICT, FORBIDDEN
+from quota.policy import BAD_REQUEST, CONFLICT, FORBIDDEN, RuleRefusal
 
 NOT_FOUND, TOO_LARGE = 404, 413
 EXPORT, IMPORT = "export", "import"
@@ -148,23 +148,8 @@ class AirlockRule(Enum):
         return AirlockRefusal(self, self.template.format(**facts))
 
 
-class AirlockRefusal(Exception):
+class AirlockRefusal(RuleRefusal):
     """An airlock action refused by one :class:`AirlockRule`: ``rule`` (id), ``status``, ``message``."""
-
-    def __init__(self, rule: AirlockRule, message: str):
-        super().__init__(message)
-        self.spec, self.message = rule, message
-
-    @property
-    def rule(self) -> str:
-        return self.spec.id
-
-    @property
-    def status(self) -> int:
-        return self.spec.status
-
-    def __repr__(self) -> str:
-        return f"AirlockRefusal({self.rule!r}, {self.status}, {self.message!r})"
 
 
 @dataclass(frozen=True)

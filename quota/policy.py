@@ -219,14 +219,13 @@ def current_id(stored: str) -> str:
     return rule.id if rule is not None else stored
 
 
-class Refusal(Exception):
-    """A spawn request that one :class:`Rule` refuses: :func:`check` and :func:`decide` return it, the
-    store and the spawner raise it. ``rule`` is the id, ``status`` the HTTP status, ``message`` the sentence,
-    ``org`` the site's organization the request was for (None when it named none, or one the site lacks)."""
+class RuleRefusal(Exception):
+    """A refusal by one rule of a rule table (:class:`Rule` here, ``quota.airlock.AirlockRule``): ``spec`` the
+    rule, ``rule`` its id, ``status`` its HTTP status, ``message`` the filled-in sentence."""
 
-    def __init__(self, rule: Rule, message: str, org: str | None = None):
+    def __init__(self, rule, message: str):
         super().__init__(message)
-        self.spec, self.message, self.org = rule, message, org
+        self.spec, self.message = rule, message
 
     @property
     def rule(self) -> str:
@@ -237,7 +236,17 @@ class Refusal(Exception):
         return self.spec.status
 
     def __repr__(self) -> str:
-        return f"Refusal({self.rule!r}, {self.status}, {self.message!r})"
+        return f"{type(self).__name__}({self.rule!r}, {self.status}, {self.message!r})"
+
+
+class Refusal(RuleRefusal):
+    """A spawn request that one :class:`Rule` refuses: :func:`check` and :func:`decide` return it, the
+    store and the spawner raise it. ``rule`` is the id, ``status`` the HTTP status, ``message`` the sentence,
+    ``org`` the site's organization the request was for (None when it named none, or one the site lacks)."""
+
+    def __init__(self, rule: Rule, message: str, org: str | None = None):
+        super().__init__(rule, message)
+        self.org = org
 
 
 @dataclass(frozen=True)
