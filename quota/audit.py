@@ -33,17 +33,15 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError
 
 from gpuhub.core.periods import utc, utcnow
-from quota.db import make_engine, retry_pause, transient, upgrade
+from quota.db import make_engine, run_write, upgrade
 from quota.models import audit_log
 
 GENESIS = "0" * 64
@@ -159,21 +157,12 @@ class AuditLog:
 
     def _write(self, fn: Callable[[Connection], object]):
         """``fn(conn)`` in one serialised write transaction; lock waits and id clashes are retried."""
-        give_up = time.monotonic() + self.retry_seconds
-        attempt = 0
-        while True:
-            try:
-                with self.engine.connect() as conn:
-                    conn.execution_options(quota_write=True)  # SQLite: BEGIN IMMEDIATE
-                    with conn.begin():
-                        if conn.dialect.name == "postgresql":
-                            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_AUDIT_LOCK})
-                        return fn(conn)
-            except DBAPIError as e:
-                attempt += 1
-                if not transient(e) or time.monotonic() > give_up:
-                    raise
-                retry_pause(attempt)
+
+        def lock(conn: Connection) -> None:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_AUDIT_LOCK})
+
+        return run_write(self.engine, fn, first=lock, retry_seconds=self.retry_seconds)
 
     @staticmethod
     def _append(

@@ -12,8 +12,11 @@ unreachable database is reported within seconds instead of hanging a spawn.
 from __future__ import annotations
 
 import random
+import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -21,6 +24,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
+
+T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "gpuhub_alembic_version"
@@ -47,6 +52,35 @@ def retry_pause(attempt: int) -> None:
     time.sleep(min(0.2, 0.002 * 2**attempt) * random.random())
 
 
+def run_write(
+    engine: Engine,
+    fn: Callable[[Connection], T],
+    *,
+    first: Callable[[Connection], object] | None = None,
+    retry_seconds: float = 30.0,
+    retry_conflicts: bool = True,
+) -> T:
+    """``fn(conn)`` in one write transaction (SQLite: ``BEGIN IMMEDIATE``, see :func:`make_engine`), after
+    ``first(conn)`` (e.g. a PostgreSQL lock); :func:`transient` failures are run again for ``retry_seconds``,
+    integrity conflicts too unless ``retry_conflicts`` is False. The audit log's and the queue's writers."""
+    give_up = time.monotonic() + retry_seconds
+    attempt = 0
+    while True:
+        try:
+            with engine.connect() as conn:
+                conn.execution_options(quota_write=True)
+                with conn.begin():
+                    if first is not None:
+                        first(conn)
+                    return fn(conn)
+        except DBAPIError as e:
+            attempt += 1
+            conflict = isinstance(e, IntegrityError) and not retry_conflicts
+            if conflict or not transient(e) or time.monotonic() > give_up:
+                raise
+            retry_pause(attempt)
+
+
 def make_engine(url: str, **kw) -> Engine:
     """An Engine for ``url`` with our per-backend settings; ``kw`` goes to ``create_engine``."""
     u = make_url(url)
@@ -64,13 +98,30 @@ def make_engine(url: str, **kw) -> Engine:
     return create_engine(u, connect_args=connect_args, **kw)
 
 
+def _wal(cur) -> None:
+    """Switch the file to WAL. Changing the journal mode needs the file to itself, and SQLite answers "database
+    is locked" at once, without waiting out busy_timeout, while another connection is in a write transaction
+    (several processes migrating a new database at start): so wait for it here, up to the busy timeout."""
+    give_up = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    attempt = 0
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            attempt += 1
+            if "locked" not in str(e).lower() or time.monotonic() > give_up:
+                raise
+            retry_pause(attempt)
+
+
 def _sqlite_events(engine: Engine, memory: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (below)
         cur = dbapi_conn.cursor()
         if not memory:
-            cur.execute("PRAGMA journal_mode=WAL")
+            _wal(cur)
             cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
         cur.close()

@@ -40,20 +40,19 @@ Times are aware UTC datetimes at the edges and Unix seconds inside :mod:`quota.q
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 
 from gpuhub.core.periods import utc, utcnow
 from quota import queue_listing, queue_waits
 from quota import queue_order as order
 from quota import reservations as rsv
-from quota.db import make_engine, retry_pause, transient, upgrade
+from quota.db import make_engine, run_write, upgrade
 from quota.models import allocations, queue, usage_intervals
 
 Q = queue.c
@@ -173,22 +172,15 @@ class QueueStore:
 
     def _write(self, fn: Callable[[Connection], object], *, lock: bool = False):
         """``fn(conn)`` in one write transaction (serialised with allocations when ``lock``); transient conflicts
-        are retried for ``retry_seconds``."""
-        give_up = time.monotonic() + self.retry_seconds
-        attempt = 0
-        while True:
-            try:
-                with self.engine.connect() as conn:
-                    conn.execution_options(quota_write=True)  # SQLite: BEGIN IMMEDIATE
-                    with conn.begin():
-                        if lock and conn.dialect.name == "postgresql":
-                            conn.execute(_LOCK)
-                        return fn(conn)
-            except DBAPIError as e:
-                attempt += 1
-                if isinstance(e, IntegrityError) or not transient(e) or time.monotonic() > give_up:
-                    raise
-                retry_pause(attempt)
+        are retried for ``retry_seconds`` (integrity conflicts are not: one active entry per server)."""
+
+        def allocation_lock(conn: Connection) -> None:
+            if lock and conn.dialect.name == "postgresql":
+                conn.execute(_LOCK)
+
+        return run_write(
+            self.engine, fn, first=allocation_lock, retry_seconds=self.retry_seconds, retry_conflicts=False
+        )
 
     def _read(self, fn: Callable[[Connection], object]):
         with self.engine.connect() as conn, conn.begin():

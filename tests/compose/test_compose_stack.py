@@ -33,6 +33,7 @@ from tests.procs import free_port
 
 pytestmark = pytest.mark.docker
 
+ARTIFACTS = ROOT / "tests" / "artifacts" / "compose"
 IMAGES = ["gpuhub/hub:latest", "postgres:15-bookworm", "prom/prometheus:v2.54.1", "gpuhub/base-notebook:latest"]
 STARTED = {"postgres", "hub", "gpu-exporter", "usage-exporter", "prometheus"}
 
@@ -199,6 +200,32 @@ class Stack:
         finally:
             engine.dispose()
 
+    def write_diagnostics(self, path: Path) -> None:
+        """What the usage exporter serves, what Prometheus scraped and the logs, for the intermittent failure."""
+        parts = []
+        try:
+            r = requests.get(
+                f"http://127.0.0.1:{self.ports['usage']}/metrics",
+                headers={"Authorization": f"Bearer {self.metrics_token}"},
+                timeout=10,
+            )
+            lines = [x for x in r.text.splitlines() if "allocated_gpu_seconds" in x or x.startswith("gpuhub_exporter")]
+            parts.append(f"usage exporter /metrics: {r.status_code}\n" + "\n".join(lines))
+        except requests.RequestException as e:
+            parts.append(f"usage exporter /metrics: {e!r}")
+        try:
+            targets = requests.get(f"{self.prom}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+            parts.append("prometheus targets:\n" + "\n".join(
+                f"{t['labels'].get('job')} {t['scrapeUrl']} {t['health']} {t.get('lastError', '')}" for t in targets
+            ))  # fmt: skip
+        except (requests.RequestException, ValueError, KeyError) as e:
+            parts.append(f"prometheus targets: {e!r}")
+        parts.append(f"ledger intervals: {self.intervals()}")
+        for service in ("usage-exporter", "prometheus", "hub"):
+            parts.append(f"--- {service} logs\n{self.logs(service)}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n\n".join(parts))
+
     def logs(self, service: str) -> str:
         return self._run_compose("logs", "--no-color", "--tail", "60", service, timeout=60).stdout[-6000:]
 
@@ -284,7 +311,11 @@ def test_compose_stack_up_login_spawn_metrics_restart_down_up(tmp_path, docker_c
 
         # ---- the org's allocated GPU-seconds, from the stack's Prometheus (usage exporter -> Prometheus)
         t2 = time.monotonic()
-        first = wait_for(lambda: stack.gpu_seconds("gist-ai"), 90, "gpuhub_org_allocated_gpu_seconds_total > 0")
+        try:
+            first = wait_for(lambda: stack.gpu_seconds("gist-ai"), 90, "gpuhub_org_allocated_gpu_seconds_total > 0")
+        except AssertionError:
+            stack.write_diagnostics(ARTIFACTS / "diagnostics.txt")  # the open intermittent failure: what each part saw
+            raise
         timings["first GPU-seconds in Prometheus"] = time.monotonic() - t2
         up = {r["metric"]["job"]: r["value"][1] for r in stack.query("up")}
         assert up.get("gpuhub-usage") == "1" and up.get("gpuhub-gpu") == "1", up
