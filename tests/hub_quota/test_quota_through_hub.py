@@ -241,11 +241,12 @@ def test_dead_container_frees_its_gpu_at_dockers_finish_time(make_hub):
 def test_spawn_form_shows_orgs_budget_and_free_gpus(make_hub):
     hub = make_hub(site_fn=default_site)
     assert hub.spawn("alice", {"image": "python", "gpus": 1, "gpu_model": "H100"}).status_code in (201, 202)
-    page = login(hub, "bob").get(f"{hub.url}/hub/spawn/bob/second").text
+    # the page declares <meta charset="utf-8"> (JupyterHub sends no charset header, so requests would guess latin-1)
+    page = login(hub, "bob").get(f"{hub.url}/hub/spawn/bob/second").content.decode("utf-8")
     assert "GIST AI Lab" in page and "CNUH Radiology" in page
     assert "GPUs in use 1 / 2" in page  # alice holds one of gist-ai's two
-    assert "H100 (weight 1.0) &mdash; 1 of 2 free" in page
-    assert "A100 (weight 0.6) &mdash; 2 of 2 free" in page
+    assert "H100 (weight 1.0) — 1 of 2 free" in page  # the catalog's text (an em dash, not the entity)
+    assert "A100 (weight 0.6) — 2 of 2 free" in page
     hub.wait_ready("alice")
     hub.stop_server("alice")
 
