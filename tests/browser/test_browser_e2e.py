@@ -19,21 +19,12 @@ import requests
 import yaml
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+from tests.browser.kit import CHROMIUM, fresh_shots
 from tests.harness import HubProcess
 from tests.oidc_provider.harness import OIDCProvider, ProviderError
 
 pytestmark = pytest.mark.docker
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "browser"
 SECRET_ENV = "GPUHUB_E2E_OIDC_SECRET"
 ORG_GROUP = "gist-ai-lab"
@@ -41,10 +32,7 @@ ORG_GROUP = "gist-ai-lab"
 
 @pytest.fixture(scope="module")
 def shots():
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for old in ARTIFACTS.glob("*.png"):
-        old.unlink()
-    return ARTIFACTS
+    return fresh_shots(ARTIFACTS)
 
 
 @pytest.fixture(scope="module")
@@ -83,16 +71,6 @@ def e2e(request, tmp_path_factory, docker_client):
         mp.undo()
         hub.cleanup()
         provider.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def sign_in(page, hub, provider, login, shots=None, prefix=""):

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import requests
 
-from tests.browser.test_browser_e2e import CHROMIUM, CHROMIUM_ARGS
+from tests.browser.kit import CHROMIUM, fresh_shots
 from tests.harness import HubProcess, default_site, login
 from tests.procs import free_port
 
@@ -40,10 +40,7 @@ PROGRESS_SEEN: list[str] = []  # the locales whose spawn progress page was read
 
 @pytest.fixture(scope="module")
 def shots():
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for old in ARTIFACTS.glob("*.png"):
-        old.unlink()
-    return ARTIFACTS
+    return fresh_shots(ARTIFACTS)
 
 
 @pytest.fixture(scope="module")
@@ -75,16 +72,6 @@ def hub(request, tmp_path_factory, docker_client):
         if request.session.testsfailed:
             print(hub.dump_logs())
         hub.cleanup()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def page_for(browser, hub, user: str, locale: str, password: str | None = None, width: int = 1280):

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.browser.test_browser_e2e import CHROMIUM, CHROMIUM_ARGS, run_cell
+from tests.browser.kit import CHROMIUM, fresh_shots
+from tests.browser.test_browser_e2e import run_cell
 from tests.procs import cleaned_up
 from tests.projects.serverkit import cleanup_projects, dua_sha, make_hub
 
@@ -28,10 +29,7 @@ TAG = uuid.uuid4().hex[:6]
 
 @pytest.fixture(scope="module")
 def shots():
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for old in ARTIFACTS.glob("*.png"):
-        old.unlink()
-    return ARTIFACTS
+    return fresh_shots(ARTIFACTS)
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +46,6 @@ def project_hub(request, tmp_path_factory, docker_client):
             yield hub, keys
     finally:
         cleanup_projects(hub, keys)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def put_notebook(hub, prefix: str, name: str, source: str) -> None:

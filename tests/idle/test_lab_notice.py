@@ -33,7 +33,7 @@ from exporters.testing import FakeGpu, FakeNvmlSource
 from gpuhub.core.site import parse_site
 from gpuhub.hub.idle_service import IdleCuller, LabNotice, notice_payload
 from quota import idle
-from tests.browser.test_browser_e2e import browser  # noqa: F401 - the browser fixture (Debian chromium)
+from tests.browser.kit import browser  # noqa: F401 - the browser fixture (Debian chromium)
 from tests.harness import ROOT, HubProcess
 from tests.idle.test_culler import T0, World
 from tests.idle.test_idle_through_hub import CONFIG, EPOCH, GPUS, idle_site, ledger, running, wait_for
