@@ -11,7 +11,7 @@ import copy
 import io
 import tarfile
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ import pytest
 from gpuhub.core import labels as lb
 from gpuhub.core.site import parse_site
 from quota.airlock_store import AirlockStore
+from tests.clock import Clock
 
 TEST_LABEL = "gpuhub.test-airlock"
 STEWARDS = ["steve", "sara", "sam"]
@@ -42,18 +43,6 @@ SITE = {
     "hub": {"admin_users": ["root"]},
 }
 REGISTRY_CSV = "pid,age,sex\nP-000101,54,F\nP-000102,61,M\nP-000103,47,F\n"
-
-
-class Clock:
-    def __init__(self, now: datetime):
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kw) -> datetime:
-        self.now += timedelta(**kw)
-        return self.now
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from sqlalchemy import insert, update
 
 from exporters.usage import build_usage_exporter
 from quota import models as ledger
+from tests.clock import Clock
 from tests.exporters.helpers import add_interval, utc
 
 KST = ZoneInfo("Asia/Seoul")
@@ -19,14 +20,6 @@ BOB_A100 = dict(user="bob", gpus=2, model="A100", weight=0.6)  # two A100s, the 
 
 def kst(*args) -> datetime:
     return datetime(*args, tzinfo=KST).astimezone(UTC)
-
-
-class Clock:
-    def __init__(self, now: datetime):
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def exporter(site, engine, clock):

@@ -6,23 +6,11 @@ tests/conftest.py; if PostgreSQL is not there, those tests FAIL.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 
-
-class Clock:
-    """A settable UTC clock: ``clock()`` is now, ``clock.advance(days=…)`` travels."""
-
-    def __init__(self, now: datetime):
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kw) -> datetime:
-        self.now += timedelta(**kw)
-        return self.now
+from tests.clock import Clock
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.queue.kit import MONDAY, Clock, make_site
+from tests.clock import Clock
+from tests.queue.kit import MONDAY, make_site
 
 
 @pytest.fixture

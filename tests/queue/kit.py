@@ -1,9 +1,9 @@
-"""A site with three orgs, H100 and A100 devices and a course, for the queue tests; a settable clock."""
+"""A site with three orgs, H100 and A100 devices and a course, for the queue tests (the settable clock is tests/clock.py)."""
 
 from __future__ import annotations
 
 import copy
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from gpuhub.core.site import parse_site
@@ -50,20 +50,6 @@ def site_data(**overrides) -> dict:
 
 def make_site(tmp_path: Path | None = None, **overrides):
     return parse_site(site_data(**overrides), (tmp_path or Path("/tmp")) / "site.yaml")
-
-
-class Clock:
-    """A settable UTC clock: ``clock()`` is now, ``clock.advance(minutes=…)`` travels."""
-
-    def __init__(self, now: datetime):
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kw) -> datetime:
-        self.now += timedelta(**kw)
-        return self.now
 
 
 MONDAY = datetime(2026, 12, 7, 1, 0, tzinfo=UTC)  # Monday 10:00 in Seoul; no class window today

@@ -8,9 +8,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from quotakit import Clock, make_site
+from quotakit import make_site
 
 from quota.store import QuotaStore
+from tests.clock import Clock
 
 
 @pytest.fixture

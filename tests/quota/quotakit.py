@@ -1,8 +1,7 @@
-"""Shared helpers for the quota tests (a small site, a settable clock)."""
+"""Shared helpers for the quota tests (a small site; the settable clock is tests/clock.py)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from pathlib import Path
 
 from gpuhub.core.site import parse_site
@@ -47,17 +46,3 @@ SITE = {
 def make_site(**overrides):
     data = {**SITE, **overrides}
     return parse_site(data, Path("/tmp/gpuhub-test-site.yaml"))
-
-
-class Clock:
-    """A settable clock: ``clock()`` is now; ``clock.advance(seconds)`` travels in time."""
-
-    def __init__(self, start: datetime):
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> datetime:
-        self.now += timedelta(seconds=seconds)
-        return self.now
