@@ -1,4 +1,4 @@
-"""A site with three orgs, H100 and A100 devices and a course, for the queue tests (the settable clock is tests/clock.py)."""
+"""A site with three orgs, H100 and A100 devices and a course, for the queue tests (clock: tests/clock.py)."""
 
 from __future__ import annotations
 
