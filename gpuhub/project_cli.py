@@ -1,10 +1,14 @@
-"""`gpuhub project list|members|add-member|remove-member|extend`: the stewards' governance commands.
+"""`gpuhub project list|members|add-member|remove-member|extend|records|expire`: the stewards' governance commands.
 
 Wired into ``gpuhub.cli`` with ``add_parsers(subparsers)``. Projects come from the site config (``--site`` /
 ``GPUHUB_SITE_CONFIG``); the stewards' changes (added and removed members, extensions) and the DUA acceptances
 from the hub database (``--db-url`` overrides the site config's), through :mod:`quota.project_store`. Every change
 is recorded in the audit log with who made it (``--by``: a steward of the project or a hub admin user). The
 commands never migrate the database: one without the project tables is an error that says so.
+
+``records`` writes a project's processing records (:mod:`quota.project_records`, rendered by
+:mod:`quota.records_render`); ``expire`` destroys what is due at the end of projects (:mod:`quota.project_expiry`,
+the Docker side in :mod:`gpuhub.host.project_expiry`), as the quota service does every few minutes.
 
 Exit status: 0 ok (also "nothing to do"), 2 a usage or database error, printed as ``gpuhub: error: …``.
 """
@@ -13,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from datetime import date, datetime
 from pathlib import Path
 
 from gpuhub.core.operator_errors import OperatorError, guarded
 
+_MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 PROJECT_TABLES = ("gpuhub_project_membership", "gpuhub_project_extension", "gpuhub_project_dua_acceptance")
 
 
@@ -272,8 +278,84 @@ def cmd_extend(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ records and destruction
+
+
+def cmd_records(args) -> int:
+    from gpuhub.hub.i18n import LANGUAGES, Messages  # lazy, as in _store
+    from quota.project_records import project_records
+    from quota.records_render import to_csv, to_html, to_json
+
+    if args.month is not None and not _MONTH.match(args.month):
+        raise ProjectCliError(f"--month {args.month!r}: write the month under review as YYYY-MM, e.g. 2026-11")
+    if args.lang not in LANGUAGES:
+        raise ProjectCliError(f"--lang {args.lang!r}: the records are written in {', '.join(LANGUAGES)}")
+    site = _site(args)
+    project = _project(site, args.project)
+    store = _store(site, args)
+    try:
+        records = project_records(store.engine, site, project.key, _now(args), args.month)
+    finally:
+        store.engine.dispose()
+    if args.format == "json":
+        text = to_json(records)
+    elif args.format == "csv":
+        text = to_csv(records)
+    else:
+        m = Messages(args.lang, site.tz)
+        text = to_html(records, m.gettext, m.datetime, lang=m.lang)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote the records of project {project.key} ({args.format}) to {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _outcome_line(o, dry_run: bool) -> str:
+    p, left = o.plan, o.plan.leftovers
+    head = f"project {p.project} (due since {p.destroy_at.isoformat()})"
+    later = f"; not yet: {p.defer}; run again with --stop-running to remove them now" if p.defer else ""
+    if dry_run or p.defer:
+        vols = ", ".join(v["name"] for v in left.volumes) or "none"
+        return (
+            f"{head}: would destroy volumes {vols}; {len(left.containers)} container(s), "
+            f"{len(left.quarantine)} quarantined file(s), network {left.network or 'none'}{later}"
+        )
+    d = o.destroyed
+    done = (
+        f"{head}: destroyed {len(d['volumes'])} volume(s), {len(d['containers'])} container(s), "
+        f"{len(d['quarantine'])} quarantined file(s); audit log row {o.audit_id}"
+    )
+    return done if o.complete else f"{done}; NOT complete: {'; '.join(o.errors)} (the next run tries again)"
+
+
+def cmd_expire(args) -> int:
+    from gpuhub.host.dockerenv import DockerUnavailable, docker_client  # lazy, as in _store
+    from gpuhub.host.project_expiry import ProjectRoom
+    from quota.project_expiry import ProjectExpiry
+
+    site = _site(args)
+    store = _store(site, args)
+    try:
+        try:
+            room = ProjectRoom(docker_client(), site.hub.instance)
+        except DockerUnavailable as e:
+            raise ProjectCliError(str(e)) from None
+        clock = getattr(args, "clock", None)
+        expiry = ProjectExpiry(site, store.engine, room, *([clock] if clock else []))
+        outcomes = expiry.run(dry_run=args.dry_run, stop_running=args.stop_running)
+    finally:
+        store.engine.dispose()
+    if not outcomes:
+        print("no project is due for destruction (each is due retention_days_after_expiry days after it closes)")
+    for o in outcomes:
+        print(_outcome_line(o, args.dry_run))
+    return 0 if all(o.complete for o in outcomes) or args.dry_run else 1
+
+
 def add_parsers(subparsers) -> argparse.ArgumentParser:
-    """Add `project list|members|add-member|remove-member|extend` to the `gpuhub` command's subparsers."""
+    """Add `project list|members|...|records|expire` to the `gpuhub` command's subparsers."""
     pr = subparsers.add_parser("project", help="secure project workspaces: members, DUA acceptances, extensions")
     sub = pr.add_subparsers(dest="project_cmd", required=True, metavar="COMMAND")
 
@@ -302,4 +384,25 @@ def add_parsers(subparsers) -> argparse.ArgumentParser:
     s.add_argument("project", metavar="KEY")
     s.add_argument("expires", metavar="YYYY-MM-DD", help="the new last open day, in the site time zone")
     s.add_argument("--by", required=True, metavar="NAME", help=by_help)
+    s = leaf(
+        "records",
+        "a project's processing records (PIPA): purpose, members, accesses, airlock, destruction",
+        cmd_records,
+    )
+    s.add_argument("project", metavar="KEY")
+    s.add_argument(
+        "--format", choices=("html", "csv", "json"), default="html", help="default html (one standalone page)"
+    )
+    s.add_argument("--month", metavar="YYYY-MM", help="the month of the access-log review (default: last month)")
+    s.add_argument("--lang", default="en", help="the language of the HTML page's headings: en or ko (default en)")
+    s.add_argument("--output", "-o", metavar="FILE", help="write to FILE (UTF-8) instead of standard output")
+    s = leaf(
+        "expire", "destroy project homes, servers and quarantine of projects past their end (recorded)", cmd_expire
+    )
+    s.add_argument("--dry-run", action="store_true", help="only say what is due and what would be destroyed")
+    s.add_argument(
+        "--stop-running",
+        action="store_true",
+        help="also remove servers still running (default: wait for the hub's stop)",
+    )
     return pr

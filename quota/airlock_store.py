@@ -506,43 +506,54 @@ class AirlockStore:
         return view
 
     def _view(self, conn: Connection, row) -> RequestView:
-        checks = [
-            dict(rule=c.rule, passed=bool(c.passed), detail=c.detail, location=c.location)
-            for c in conn.execute(
-                select(C.rule, C.passed, C.detail, C.location).where(C.request_id == row.id).order_by(C.id)
+        return self._views(conn, [row])[0]
+
+    def _views(self, conn: Connection, rows: list) -> list[RequestView]:
+        """The rows with their checks, reviews and history: three queries for any number of requests (the
+        stewards' page lists hundreds)."""
+        ids = [row.id for row in rows]
+        checks: dict[int, list] = {i: [] for i in ids}
+        reviews: dict[int, list] = {i: [] for i in ids}
+        history: dict[int, list] = {i: [] for i in ids}
+        for i in range(0, len(ids), 500):  # bounded IN lists
+            chunk = ids[i : i + 500]
+            q = select(C.request_id, C.rule, C.passed, C.detail, C.location).where(C.request_id.in_(chunk))
+            for c in conn.execute(q.order_by(C.id)):
+                checks[c.request_id].append(
+                    dict(rule=c.rule, passed=bool(c.passed), detail=c.detail, location=c.location)
+                )
+            q = select(V.request_id, V.reviewer, V.decision, V.reason, V.at).where(V.request_id.in_(chunk))
+            for r in conn.execute(q.order_by(V.id)):
+                reviews[r.request_id].append(dict(reviewer=r.reviewer, decision=r.decision, reason=r.reason, at=r.at))
+            for t in conn.execute(select(airlock_transition).where(T.request_id.in_(chunk)).order_by(T.id)):
+                history[t.request_id].append(
+                    dict(state=t.to_state, previous=t.from_state, actor=t.actor, reason=t.reason, at=t.at,
+                         audit_id=t.audit_id)
+                )  # fmt: skip
+        return [
+            RequestView(
+                id=row.id,
+                project=row.project,
+                direction=row.direction,
+                requester=row.requester,
+                state=row.state,
+                path=row.path,
+                name=row.name,
+                why=row.why,
+                sha256=row.sha256,
+                size=row.size,
+                client_sha256=row.client_sha256,
+                needed=row.needed,
+                submitted_at=row.submitted_at,
+                updated_at=row.updated_at,
+                released_to=row.released_to,
+                purged_at=row.purged_at,
+                checks=checks[row.id],
+                reviews=reviews[row.id],
+                history=history[row.id],
             )
+            for row in rows
         ]
-        reviews = [
-            dict(reviewer=r.reviewer, decision=r.decision, reason=r.reason, at=r.at)
-            for r in conn.execute(
-                select(V.reviewer, V.decision, V.reason, V.at).where(V.request_id == row.id).order_by(V.id)
-            )
-        ]
-        history = [
-            dict(state=t.to_state, previous=t.from_state, actor=t.actor, reason=t.reason, at=t.at, audit_id=t.audit_id)
-            for t in conn.execute(select(airlock_transition).where(T.request_id == row.id).order_by(T.id))
-        ]
-        return RequestView(
-            id=row.id,
-            project=row.project,
-            direction=row.direction,
-            requester=row.requester,
-            state=row.state,
-            path=row.path,
-            name=row.name,
-            why=row.why,
-            sha256=row.sha256,
-            size=row.size,
-            client_sha256=row.client_sha256,
-            needed=row.needed,
-            submitted_at=row.submitted_at,
-            updated_at=row.updated_at,
-            released_to=row.released_to,
-            purged_at=row.purged_at,
-            checks=checks,
-            reviews=reviews,
-            history=history,
-        )
 
     def list(
         self, user: str, *, project: str | None = None, state: str | None = None, direction: str | None = None
@@ -557,4 +568,4 @@ class AirlockStore:
         if direction is not None:
             q = q.where(R.direction == direction)
         with self.engine.connect() as conn:
-            return [self._view(conn, row) for row in conn.execute(q)]
+            return self._views(conn, list(conn.execute(q)))

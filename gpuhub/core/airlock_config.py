@@ -50,6 +50,18 @@ def acro_defaults() -> dict[str, Any]:
     return {k: data[k] for k in _ACRO_KEYS}
 
 
+def _pinned_acro_defaults() -> dict[str, Any]:
+    """ACRO's defaults as :class:`AirlockSettings` writes them (tests/airlock/test_disclosure.py checks they agree)."""
+    s = AirlockSettings()
+    return {
+        "safe_threshold": s.min_cell_count,
+        "safe_nk_n": s.dominance_n,
+        "safe_nk_k": s.dominance_k,
+        "zeros_are_disclosive": s.zeros_are_disclosive,
+        "blocked_extensions": list(s.acro_blocked_extensions),
+    }
+
+
 @dataclass(frozen=True)
 class AirlockSettings:
     quarantine_dir: Path = Path("state/airlock")
@@ -94,9 +106,18 @@ def defaults(state_dir: Path, helper_image: str = "") -> AirlockSettings:
     return parse({}, state_dir=state_dir, base=state_dir, helper_image=helper_image)
 
 
-def parse(data: Any, *, state_dir: Path, base: Path, helper_image: str = "") -> AirlockSettings:
-    """``airlock:`` of the site config; ``helper_image``: the default image (the catalog's first)."""
-    acro = acro_defaults()
+def parse(data: Any, *, state_dir: Path, base: Path, helper_image: str = "", used: bool = True) -> AirlockSettings:
+    """``airlock:`` of the site config; ``helper_image``: the default image (the catalog's first).
+
+    ``used``: the site has projects or an ``airlock:`` section. A site without either never runs the airlock, so
+    it loads where ACRO is not installed (the hub image of docker-compose.yml carries no pandas/statsmodels); its
+    thresholds are then the pinned ACRO version's, as written in :class:`AirlockSettings`."""
+    try:
+        acro = acro_defaults()
+    except SiteConfigError:
+        if used:
+            raise
+        acro = _pinned_acro_defaults()
     r = _Reader(data, "airlock")
     qdir = Path(r.get("quarantine_dir", str, str(state_dir / "airlock"), allowed="a folder on the hub's host"))
     whole = lambda v: v >= 1  # noqa: E731

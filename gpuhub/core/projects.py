@@ -291,7 +291,11 @@ def parse_audit(data: Any) -> AuditSettings:
             allowed=f"whole days >= {DEFAULT_AUDIT_RETENTION_DAYS} (the minimum for sensitive data's access logs)",
         ),
         records_retention_days=r.get(
-            "records_retention_days", int, 1095, check=lambda v: v >= 1, allowed="whole days >= 1"
+            "records_retention_days",
+            int,
+            1095,
+            check=lambda v: v >= 1095,
+            allowed="whole days >= 1095 (processing records are kept at least 3 years after the project ends)",
         ),
     )
     r.done()

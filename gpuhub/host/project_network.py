@@ -20,7 +20,9 @@ measured on Debian's Docker 20.10.24 (tests/projects/test_project_network.py pro
     * nat ``GPUHUB-PROJECTS`` (jumped to first from PREROUTING): ``PROJECT_GATEWAY:hub port`` is DNATed to the
       address the hub really listens on (the user network's gateway, see gpuhub.hub.hubconfig), so the hub
       keeps one listening address and a project server uses ``http://PROJECT_GATEWAY:PORT`` as its hub URL
-      (:func:`hub_connect_url`; JupyterHub's ``Spawner.hub_connect_url``).
+      (:func:`hub_connect_url`; JupyterHub's ``Spawner.hub_connect_url``). The hub services a room needs
+      (``HubPath.service_ports``: gpuhub-airlock, where a researcher asks for an export) get the same kind of
+      door on their own port, to the same address: still nothing but the hub's own processes is reachable.
     * filter ``GPUHUB-PROJECTS-FWD`` (jumped to first from DOCKER-USER, which Docker keeps first in FORWARD):
       reject anything forwarded into or out of a project bridge, whatever Docker's own rules say.
 - No default route: :func:`drop_default_route` deletes it inside the server's network namespace after start
@@ -85,11 +87,14 @@ class ProjectNetwork:
 @dataclass(frozen=True)
 class HubPath:
     """Where the hub API really listens (``ip``:``port``, the user network's gateway) and the port a project
-    server dials on its own gateway (``gateway_port``, default the same port)."""
+    server dials on its own gateway (``gateway_port``, default the same port). ``service_ports``: hub services on
+    the same ``ip`` that the room may reach too (gpuhub-airlock, issue 14: a researcher's export request), each
+    dialled on the project gateway's same port, through the same DNAT-only door."""
 
     ip: str
     port: int
     gateway_port: int | None = None
+    service_ports: tuple[int, ...] = ()
 
     @property
     def dialled_port(self) -> int:
@@ -238,11 +243,14 @@ class Firewall:
         """(table, chain, rule) in order: the door (DNAT + accept), replies, then reject the rest."""
         br, gw, hub_to, door = net.bridge, net.gateway, f"{hub.ip}:{hub.port}", str(hub.dialled_port)
         tag = ["-m", "comment", "--comment", f"gpuhub-project={net.key}"]
+        doors = [(door, hub.ip, hub.port)] + [(str(p), hub.ip, p) for p in hub.service_ports]
         rules = [
             ("nat", CHAIN, f"-i {br} -d {gw} -p tcp --dport {door} -j DNAT --to-destination {hub_to}"),
+            *[("nat", CHAIN, f"-i {br} -d {gw} -p tcp --dport {d} -j DNAT --to-destination {ip}:{p}")
+              for d, ip, p in doors[1:]],
             ("filter", CHAIN, f"-i {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
-            ("filter", CHAIN, f"-i {br} -p tcp -d {hub.ip} --dport {hub.port} -m conntrack --ctstate DNAT "
-                              f"--ctorigdst {gw} --ctorigdstport {door} -j ACCEPT"),
+            *[("filter", CHAIN, f"-i {br} -p tcp -d {ip} --dport {p} -m conntrack --ctstate DNAT "
+                                f"--ctorigdst {gw} --ctorigdstport {d} -j ACCEPT") for d, ip, p in doors],
             ("filter", CHAIN, f"-i {br} -p tcp -j REJECT --reject-with tcp-reset"),
             ("filter", CHAIN, f"-i {br} -j REJECT --reject-with icmp-admin-prohibited"),
             ("filter", FWD_CHAIN, f"-i {br} -j REJECT --reject-with icmp-admin-prohibited"),

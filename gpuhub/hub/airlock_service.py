@@ -1,4 +1,5 @@
-"""gpuhub-airlock: the airlock's REST API (issue 14 item 1), a JupyterHub service (contract: the OpenAPI file beside).
+"""gpuhub-airlock: the airlock's REST API (issue 14 item 1), a JupyterHub service (contract: the OpenAPI file beside),
+registered by :func:`gpuhub.hub.hubconfig.apply_services` on a site with projects.
 
     POST {prefix}api/exports              {"project", "path", "why", "sha256"?}  -> 201 the request
     GET  {prefix}api/exports?project=&state=                                    -> {"requests": [...]}
@@ -14,7 +15,8 @@ requester, a steward of the project, or nobody (404). The path is relative to th
 export) or ordinary home (an import); the service copies the file from that volume itself, so an ``sha256`` the
 client sends is only compared (a mismatch is a finding), never trusted. When a review completes the approvals, the
 service releases the file at once (export: ``~/exports/PROJECT/NAME`` in the ordinary home; import:
-``~/imports/NAME`` in the project home). Refusals are JSON ``{"status", "rule", "message"}`` with the rule id also
+``~/imports/NAME`` in the project home). The stewards' page is :mod:`gpuhub.hub.airlock_pages` (same app, same
+store calls, signed in with the hub's OAuth). Refusals are JSON ``{"status", "rule", "message"}`` with the rule id also
 in the ``X-Gpuhub-Rule`` header. Store calls (Docker, database) run in threads, never on the event loop.
 """
 
@@ -24,11 +26,12 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from jupyterhub.services.auth import HubAuth
+from jupyterhub.services.auth import HubOAuth
 from tornado import web
 
 from quota import airlock as al
@@ -197,9 +200,8 @@ class ActionHandler(_Base):
             return
         rid, ip = int(request_id), self.request.remote_ip
         if action == "reviews":
-            view = await self._call(self.store.review, rid, self.user, body.get("decision"), body.get("reason"), ip)
-            if view is not None and view.state == al.APPROVED:
-                view = await self._call(self._release, view)
+            decision, reason = body.get("decision"), body.get("reason")
+            view = await self._call(review_and_release, self.store, self.volumes, rid, self.user, decision, reason, ip)
         elif action == "cancel":
             view = await self._call(self.store.cancel, rid, self.user, ip)
         else:
@@ -207,27 +209,32 @@ class ActionHandler(_Base):
         if view is not None:
             self._send(view, 201 if action == "reviews" else 200)
 
-    def _release(self, view):
-        """Release right after the last approval; a failure (Docker) leaves the request approved and logged:
-        the answer is still the approved request, and the release can be retried."""
-        try:
-            return self._release_now(view)
-        except al.AirlockRefusal:
-            raise
-        except Exception:
-            log.exception("release of %s %s failed; it stays approved", view.direction, view.id)
-            return self.store.get(view.id)
 
-    def _release_now(self, view):
-        target = (
-            self.volumes.home(view.requester)
-            if view.direction == al.EXPORT
-            else self.volumes.project_home(view.requester, view.project)
-        )
-        return self.store.release(view.id, target_volume=target, uid=self.volumes.uid(view.requester))
+def review_and_release(store: AirlockStore, volumes: Volumes, rid: int, user: str, decision, reason, ip=None):
+    """``user``'s review (the REST API and the page take the same path); the review that completes the approvals
+    releases the file at once. A failed release (Docker) leaves the request approved and logged: the answer is
+    still the approved request, and the release can be retried."""
+    view = store.review(rid, user, decision, reason, ip)
+    if view.state != al.APPROVED:
+        return view
+    target = volumes.home(view.requester) if view.direction == al.EXPORT else volumes.project_home(
+        view.requester, view.project)  # fmt: skip
+    try:
+        return store.release(view.id, target_volume=target, uid=volumes.uid(view.requester))
+    except al.AirlockRefusal:
+        raise
+    except Exception:
+        log.exception("release of %s %s failed; it stays approved", view.direction, view.id)
+        return store.get(view.id)
 
 
-def make_app(store: AirlockStore, auth, volumes: Volumes, prefix: str = f"/services/{SERVICE}/") -> web.Application:
+def make_app(
+    store: AirlockStore, auth, volumes: Volumes, prefix: str = f"/services/{SERVICE}/", hub_prefix: str = "/hub/"
+) -> web.Application:
+    """The REST API and the pages (:mod:`gpuhub.hub.airlock_pages`); ``auth`` a HubOAuth (the pages sign in with
+    it; the API reads tokens with it). The cookie secret is per process: a restart only means a silent re-login."""
+    from gpuhub.hub import airlock_pages
+
     args = {"store": store, "auth": auth, "volumes": volumes}
     api = prefix + r"api/(exports|imports)"
     return web.Application(
@@ -235,21 +242,11 @@ def make_app(store: AirlockStore, auth, volumes: Volumes, prefix: str = f"/servi
             (api, CollectionHandler, args),
             (api + r"/([0-9]{1,12})", RequestHandler, args),
             (api + r"/([0-9]{1,12})/(reviews|cancel|revoke)", ActionHandler, args),
-        ]
+            *airlock_pages.handlers(prefix, {**args, "hub_prefix": hub_prefix}),
+        ],
+        cookie_secret=secrets.token_bytes(32),
+        xsrf_cookies=True,
     )
-
-
-def service_spec(site, token: str, port: int = 10103) -> dict:
-    """The JupyterHub service entry (for hubconfig.apply_services, wired next)."""
-    import sys
-
-    return {
-        "name": SERVICE,
-        "command": [sys.executable, "-m", "gpuhub.hub.airlock_service"],
-        "url": f"http://127.0.0.1:{port}",
-        "api_token": token,
-        "environment": {"GPUHUB_SITE_CONFIG": str(site.path)},
-    }
 
 
 async def amain() -> None:
@@ -260,9 +257,10 @@ async def amain() -> None:
     site = runtime.site(os.environ["GPUHUB_SITE_CONFIG"])
     quota = runtime.quota_store(site.path)
     store = AirlockStore(quota.engine, site, docker_client=docker_client())
-    auth = HubAuth(api_token=os.environ["JUPYTERHUB_API_TOKEN"], cache_max_age=60)
+    auth = HubOAuth.instance(api_token=os.environ["JUPYTERHUB_API_TOKEN"], cache_max_age=60)  # the callback's too
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{SERVICE}/")
-    app = make_app(store, auth, hub_volumes(site, quota), prefix)
+    hub_prefix = os.environ.get("JUPYTERHUB_BASE_URL", "/") + "hub/"
+    app = make_app(store, auth, hub_volumes(site, quota), prefix, hub_prefix)
     url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10103"))
     app.listen(url.port, url.hostname)
     log.info("serving %sapi on %s", prefix, url.geturl())

@@ -13,7 +13,8 @@ spawner does for it, in order (:class:`gpuhub.hub.spawner.GpuhubSpawner` calls t
    and the user network: the project home volume ``<instance>-project-KEY-user-UID`` at the home folder, each
    dataset read-only at ``/data/NAME`` (bind for an absolute host path, else a Docker volume), the lab config
    read-only (download menu items hidden: cosmetic, the real block is the download filter), ``dns`` pinned to
-   the project gateway, the hub API through the gateway's DNAT (``hub_connect_url``), env ``GPUHUB_PROJECT``.
+   the project gateway, the hub API through the gateway's DNAT (``hub_connect_url``), env ``GPUHUB_PROJECT``,
+   and gpuhub-airlock through a second door of the same kind (env ``GPUHUB_AIRLOCK_URL``, for export requests).
 3. :func:`after_start`: the default route deleted in the server's network namespace, the route
    ``/user/NAME/KEY/ -> http://IP:8888`` written into the download filter's routes file, audit ``server.started``
    and one ``dataset.mounted`` per dataset. ``start()`` then returns ``(127.0.0.1, hub.project_proxy_port)``:
@@ -49,6 +50,7 @@ from quota import projects as qp
 from quota.project_store import ProjectStore
 
 DATA_ROOT = "/data"
+AIRLOCK_SERVICE = "gpuhub-airlock"  # gpuhub.hub.airlock_service.SERVICE (registered for every site with projects)
 LAB_CONFIG_DIR = "/srv/gpuhub/project-config"  # on JUPYTER_CONFIG_PATH in project servers (read-only)
 LAB_CONFIG_HOST_DIR = "project-labconfig"  # under the hub's state_dir (the hub runs on the host for projects)
 # JupyterLab 4 plugins that offer a file's bytes to the browser: File > Download, the file browser's
@@ -106,8 +108,15 @@ def container_plan(
     notebook_dir: str,
     lab_config_dir: Path,
     route_prefix: str,
+    airlock_port: int | None = None,
+    base_url: str = "/",
 ) -> ProjectPlan:
-    """The plan for one server of ``project`` run as ``uid`` (pure)."""
+    """The plan for one server of ``project`` run as ``uid`` (pure). With ``airlock_port`` (the gpuhub-airlock
+    service's port, one of ``hub.service_ports``) the server is told where the airlock is, through its gateway's
+    door: ``GPUHUB_AIRLOCK_URL`` (read by gpuhub-export and the Lab entry "Request export…", gpuhub-lab)."""
+    env = {"GPUHUB_PROJECT": project.key, "JUPYTER_CONFIG_PATH": LAB_CONFIG_DIR}
+    if airlock_port:
+        env["GPUHUB_AIRLOCK_URL"] = f"http://{net.gateway}:{airlock_port}{base_url}services/{AIRLOCK_SERVICE}/"
     home = home_volume(instance, project.key, uid)
     binds = {home: {"bind": notebook_dir, "mode": "rw"}, str(lab_config_dir): {"bind": LAB_CONFIG_DIR, "mode": "ro"}}
     for name, ds in sorted(project.datasets.items()):
@@ -124,7 +133,7 @@ def container_plan(
         home_volume=home,
         binds=binds,
         datasets={name: ds.source for name, ds in sorted(project.datasets.items())},
-        env={"GPUHUB_PROJECT": project.key, "JUPYTER_CONFIG_PATH": LAB_CONFIG_DIR},
+        env=env,
         host=pn.container_host_config(net),
         labels={pn.PROJECT: project.key},
         hub_connect_url=pn.hub_connect_url(net, hub),
@@ -224,7 +233,28 @@ def hub_path(spawner) -> pn.HubPath:
             "reach closed project networks); run the hub on the host, or remove the projects section",
         )
     url = urlparse(spawner.hub.api_url)
-    return pn.HubPath(ip=url.hostname, port=url.port or site.hub.api_port)
+    # gpuhub-airlock listens on the same address (hubconfig registers it for every site with projects)
+    return pn.HubPath(
+        ip=url.hostname, port=url.port or site.hub.api_port, service_ports=(site.hub.airlock_service_port,)
+    )
+
+
+def airlock_env(spawner) -> dict:
+    """``GPUHUB_AIRLOCK_URL`` for an ordinary server (gpuhub-import): gpuhub-airlock listens beside the hub API
+    on the user network's gateway (hubconfig registers it for every site with projects). Nothing with a hub in
+    a container (the service is on its loopback there). A project server's plan replaces it with the address
+    behind its own gateway's door (:func:`container_plan`)."""
+    site = spawner.site
+    if not site.projects or site.hub.hub_connect_ip:
+        return {}
+    api = urlparse(spawner.hub.api_url)
+    url = f"http://{api.hostname}:{site.hub.airlock_service_port}{_base_url(spawner)}services/{AIRLOCK_SERVICE}/"
+    return {"GPUHUB_AIRLOCK_URL": url}
+
+
+def _base_url(spawner) -> str:
+    """The hub's base_url (JupyterHub's ``Hub.base_url`` is it plus ``hub/``)."""
+    return spawner.hub.base_url.rsplit("hub/", 1)[0] or "/"
 
 
 def write_lab_config(state_dir: Path) -> Path:
@@ -292,6 +322,8 @@ async def prepare(spawner, project: Project, uid: int) -> ProjectPlan:
         notebook_dir=spawner.notebook_dir,
         lab_config_dir=lab,
         route_prefix=spawner.server.base_url if spawner.server else f"/user/{spawner.user.name}/{project.key}/",
+        airlock_port=site.hub.airlock_service_port,
+        base_url=_base_url(spawner),
     )
     spawner.project_plan, spawner.project_key, spawner.project_route = plan, plan.key, plan.route_prefix
     spawner.network_name, spawner.hub_connect_url = net.name, plan.hub_connect_url  # DockerSpawner reads both

@@ -33,6 +33,24 @@ def test_defaults_come_from_acro():
     assert S.export_types == ("csv", "txt", "json", "png", "svg", "pdf", "ipynb")
 
 
+def test_a_site_without_projects_loads_where_acro_is_not_installed(monkeypatch, tmp_path):
+    """The compose hub image has no acro: its site (no projects, no airlock section) must still load, with the
+    pinned ACRO thresholds, which must agree with the installed ACRO's; a site that uses the airlock must not."""
+    assert airlock_config._pinned_acro_defaults() == {
+        **airlock_config.acro_defaults(),
+        "blocked_extensions": list(airlock_config.acro_defaults()["blocked_extensions"]),
+    }
+
+    def missing():
+        raise airlock_config.SiteConfigError("airlock: the 'acro' package is not installed")
+
+    monkeypatch.setattr(airlock_config, "acro_defaults", missing)
+    quiet = airlock_config.parse({}, state_dir=tmp_path, base=tmp_path, used=False)
+    assert quiet.min_cell_count == 10 and quiet.quarantine_dir == tmp_path / "airlock"
+    with pytest.raises(airlock_config.SiteConfigError, match="acro"):
+        airlock_config.parse({}, state_dir=tmp_path, base=tmp_path, used=True)
+
+
 def test_small_cells_are_flagged_with_row_and_column():
     table = "region,patients,mean_age\nseoul,120,54.2\nbusan,3,61.0\nulsan,45,48.9\n"
     f = check_file("counts.csv", table.encode(), S)

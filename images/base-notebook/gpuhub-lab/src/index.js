@@ -6,6 +6,9 @@
 // every POLL_MS, shows it as a sticky warning (GPUs, idle time, stop time) and dismisses it once
 // the notice is gone. Plain JavaScript, no imports: the notification is JupyterLab's own
 // (commands apputils:notify / update / dismiss), the request uses the page's server settings.
+// The airlock's "Request export…" entry is the second plugin of this extension (./airlock.js).
+
+import airlock from './airlock';
 
 const POLL_MS = 20000;
 const MAX_ID = 16; // longer GPU ids (real UUIDs are 40 characters) are cut so the toast shows it all
@@ -123,4 +126,4 @@ const plugin = {
   }
 };
 
-export default plugin;
+export default [plugin, airlock];
