@@ -134,7 +134,8 @@ def run(n: int, window: float, gpu_share: float, gpus: int, timeout: float) -> d
             t0 = time.perf_counter()
             with ThreadPoolExecutor(n) as pool:
                 for i, u in enumerate(users):
-                    opts = {"image": "python", "gpus": 1 if u in gpu_users else 0}
+                    # "queue": false: a GPU ask that cannot be granted is refused at once, not put in line
+                    opts = {"image": "python", "gpus": 1 if u in gpu_users else 0, "queue": False}
                     pool.submit(one_user, hub, u, opts, i * window / n, out, timeout)
             wall = time.perf_counter() - t0
             restarts = int(hub.proc.poll() is not None or hub.proc.pid != pid)

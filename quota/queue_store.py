@@ -46,7 +46,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from gpuhub.core.periods import utc, utcnow
 from quota import queue_listing, queue_waits
@@ -183,8 +183,16 @@ class QueueStore:
         )
 
     def _read(self, fn: Callable[[Connection], object]):
-        with self.engine.connect() as conn, conn.begin():
-            return fn(conn)
+        """``fn(conn)`` in one read transaction; once more on a fresh connection when the pooled one had died (a
+        database restart: the spawn path reads the queue before every GPU start)."""
+        for attempt in (1, 2):
+            try:
+                with self.engine.connect() as conn, conn.begin():
+                    return fn(conn)
+            except DBAPIError as e:
+                if attempt == 2 or not e.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ requests
 

@@ -6,6 +6,11 @@ store's status — whether a request for it would be granted. An option is disab
 it for each of the user's organizations; its reason is that refusal's sentence and ``rule`` its rule id
 (``data-gpuhub-rule`` in the page), the id the REST answer, the ledger and the metric carry.
 
+An option refused only because GPUs are busy now (a 429 rule: no free device, the organization or the user at
+its cap) is not disabled: with "Wait in line if the GPUs are busy" checked (``"queue"``, the default) such a
+request waits in line (:mod:`gpuhub.hub.queue_wait`), so the option stays selectable, marked ``busy`` with the
+same rule id and sentence; unchecked, the spawn is refused at once with that sentence, as before.
+
 :func:`form_context` is pure (site + quota status → template values) so it is table-tested;
 :func:`render_options_form` is the thin hook DockerSpawner calls with the spawner.
 """
@@ -22,7 +27,7 @@ from gpuhub.core.site import Device, Site
 from gpuhub.hub import i18n, project_pages, runtime
 from gpuhub.hub.i18n import Messages
 from gpuhub.hub.pages import group_names, org_budget
-from quota.policy import AllocationRequest, Holding, Refusal, Rule, Snapshot, decide
+from quota.policy import BUSY, AllocationRequest, Holding, Refusal, Rule, Snapshot, decide
 
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")), autoescape=True)
 
@@ -54,20 +59,26 @@ class _Asker:
         return out if isinstance(out, Refusal) else None
 
     def any_org(self, **want) -> Refusal | None:
-        """None when some organization of the user may have ``want``; else the first organization's refusal."""
+        """None when some organization of the user may have ``want``; else the first organization's refusal that
+        waiting in line can fix (429), else the first organization's refusal."""
         first = None
         for org in self.snapshots:
             out = self.refusal(org, **want)
             if out is None:
                 return None
-            first = first or out
+            if first is None or (out.status == BUSY and first.status != BUSY):
+                first = out
         return first
 
 
 def _option(refusal: Refusal | None, **values) -> dict:
+    """An option's template values: a 429 refusal marks it ``busy`` (selectable: it waits in line), any other
+    refusal disables it; both keep the refusal's sentence and rule id."""
+    busy = refusal is not None and refusal.status == BUSY
     return {
         **values,
-        "disabled": refusal is not None,
+        "disabled": refusal is not None and not busy,
+        "busy": busy,
         "checked": False,
         "reason": refusal.message if refusal else "",
         "rule": refusal.rule if refusal else "",
@@ -118,7 +129,7 @@ def form_context(
     per_server = max((site.organizations[o].max_gpus_per_server for o in ask.orgs), default=0)
     most = max(1, min(len(inventory), max(per_server, site.gpus.max_gpus_per_user)))
     counts = [_option(None, value=0)] + [_option(ask.any_org(gpus=n), value=n) for n in range(1, most + 1)]
-    return {"orgs": orgs, "images": images, "models": models, "gpu_counts": counts}
+    return {"orgs": orgs, "images": images, "models": models, "gpu_counts": counts, "queue": True}
 
 
 class LocalizedForm(str):

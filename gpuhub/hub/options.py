@@ -109,7 +109,8 @@ def validate_options(
 
 
 def options_from_form(formdata: dict[str, list[str]]) -> dict:
-    """Turn the HTML form's fields into the ``user_options`` dict, without judging them."""
+    """Turn the HTML form's fields into the ``user_options`` dict, without judging them; the "Wait in line"
+    checkbox becomes ``"queue"`` (a bool; left out when the form had no such field: the default, true)."""
 
     def first(key):
         values = formdata.get(key) or [""]
@@ -124,4 +125,6 @@ def options_from_form(formdata: dict[str, list[str]]) -> dict:
             options["accept_dua"] = first("accept_dua")
     elif first("org"):
         options["org"] = first("org")
+    if formdata.get("queue"):  # the form's hidden queue=0, then its checkbox's 1 when checked (gpuhub_form.html)
+        options["queue"] = "1" in formdata["queue"]  # "queue" is read by gpuhub.hub.queue_wait.queue_wanted
     return options

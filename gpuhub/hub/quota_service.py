@@ -3,7 +3,8 @@
 The work itself is :class:`quota.enforcer.QuotaService`; this module is its shell: the hub
 REST client its stops go through, the read-only status JSON for holders of a token with
 ``access:services!service=gpuhub-quota`` (the exporters), and the entry point the hub starts
-(``gpuhub service quota``).
+(``gpuhub service quota``), the GPU queue's listing (``GET <prefix>queue``) and its dispatcher loop
+(:mod:`gpuhub.hub.queue_dispatch`, which starts re-attached servers through the hub: the ``servers`` scope).
 
 Why a managed service and not a loop inside the hub: stops go through the hub's public REST
 API (route removal, spawner.stop, release — the same path as a user's stop), a crash or a slow
@@ -30,7 +31,11 @@ from gpuhub.core.periods import utcnow
 from gpuhub.host.dockerenv import docker_client
 from gpuhub.host.process import set_parent_death_signal
 from gpuhub.hub import runtime
+from gpuhub.hub.queue_dispatch import INTERVAL_SECONDS, Dispatcher
 from quota.enforcer import QuotaService
+from quota.project_expiry import INTERVAL_SECONDS as EXPIRY_SECONDS
+from quota.project_expiry import for_site as project_expiry
+from quota.queue_store import QueueStore
 
 log = logging.getLogger("gpuhub.quota")
 
@@ -53,6 +58,36 @@ class HubClient:
         if resp.code not in (202, 204, 404):
             log.error("hub refused to stop %s/%s: %s %s", user, server, resp.code, resp.body[:200])
 
+    def _server_path(self, user: str, server: str) -> str:
+        return f"/users/{quote(user)}/servers/{quote(server)}" if server else f"/users/{quote(user)}/server"
+
+    async def server_state(self, user: str, server: str) -> str:
+        """The server as the hub sees it now: "pending", "running", "stopped" or "gone" (no such user)."""
+        req = HTTPRequest(f"{self.api_url}/users/{quote(user)}", headers={"Authorization": f"token {self.token}"})
+        resp = await self.http.fetch(req, raise_error=False)
+        if resp.code == 404:
+            return "gone"
+        if resp.code != 200:
+            raise RuntimeError(f"GET /users/{user}: {resp.code} {resp.body[:200]!r}")
+        found = (json.loads(resp.body).get("servers") or {}).get(server)
+        if not found:
+            return "stopped"
+        return "pending" if found.get("pending") else "running" if found.get("ready") else "stopped"
+
+    async def start_server(self, user: str, server: str, options: dict) -> bool:
+        """Start a queued request's server with its stored ``user_options`` (needs the ``servers`` scope)."""
+        req = HTTPRequest(
+            self.api_url + self._server_path(user, server),
+            method="POST",
+            body=json.dumps(options),
+            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+        )
+        resp = await self.http.fetch(req, raise_error=False)
+        if resp.code in (201, 202) or (resp.code == 400 and b"already running" in resp.body):
+            return True
+        log.error("hub refused to start %s/%s: %s %s", user, server, resp.code, resp.body[:200])
+        return False
+
 
 class StatusHandler(web.RequestHandler):
     """GET <prefix>status: the same JSON as ``gpuhub quota status --format json``."""
@@ -69,6 +104,28 @@ class StatusHandler(web.RequestHandler):
         status = await asyncio.to_thread(self.store.status, utcnow())
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(status, default=str))
+
+
+class QueueHandler(web.RequestHandler):
+    """GET <prefix>queue: the GPU queue (quota.queue_listing). A token with access to this service (operators,
+    exporters) sees every request and the class windows; any other user's token sees only that user's requests
+    (each with its place in the whole line)."""
+
+    def initialize(self, queue, auth):
+        self.queue, self.auth = queue, auth
+
+    async def get(self):
+        header = self.request.headers.get("Authorization", "")
+        token = header.split(None, 1)[1] if header.lower().startswith(("token ", "bearer ")) else ""
+        model = await self.auth.user_for_token(token, use_cache=True, sync=False) if token else None
+        if not model:
+            raise web.HTTPError(403, "a hub API token is required (Authorization: token ...)")
+        everyone = self.auth.check_scopes(self.auth.access_scopes, model)
+        if not everyone and model.get("kind") != "user":
+            raise web.HTTPError(403, "a token with access:services!service=gpuhub-quota is required")
+        listing = await asyncio.to_thread(self.queue.listing, None, None if everyone else model["name"])
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(listing, default=str))
 
 
 async def _every(seconds: float, fn, name: str) -> None:
@@ -119,7 +176,14 @@ async def amain(hub_pid: int) -> None:
     service = QuotaService(site, store, hub, docker_client())
     auth = HubAuth(api_token=os.environ["JUPYTERHUB_API_TOKEN"], cache_max_age=60)
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/gpuhub-quota/")
-    app = web.Application([(prefix + "status", StatusHandler, {"store": store, "auth": auth})])
+    queue = QueueStore(store.engine, site)
+    dispatcher = Dispatcher(queue, store.inventory, hub)
+    app = web.Application(
+        [
+            (prefix + "status", StatusHandler, {"store": store, "auth": auth}),
+            (prefix + "queue", QueueHandler, {"queue": queue, "auth": auth}),
+        ]
+    )
     url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
     app.listen(url.port, url.hostname)
     log.info("serving %sstatus on %s", prefix, url.geturl())
@@ -127,6 +191,8 @@ async def amain(hub_pid: int) -> None:
         _watch_parent(hub_pid),
         _every(site.quota.reconcile_interval_seconds, service.reconcile, "reconcile"),
         _every(site.quota.enforce_interval_seconds, service.enforce, "enforce"),
+        _every(INTERVAL_SECONDS, dispatcher.tick, "queue dispatch"),
+        _every(EXPIRY_SECONDS, project_expiry(site, store.engine, docker_client()).tick, "project expiry"),
     )
 
 

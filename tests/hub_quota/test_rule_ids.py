@@ -3,7 +3,9 @@
 Each case is a real spawn through the hub's REST API (``POST /hub/api/users/NAME/server`` with
 ``user_options``): its status, its ``X-Gpuhub-Rule`` header and its JSON ``message`` (the sentence). Where the
 form can show the same situation, the user's spawn form (logged in through the hub) disables that option
-with ``data-gpuhub-rule`` = the same id and the same sentence. The quota store's refusal counter for
+with ``data-gpuhub-rule`` = the same id and the same sentence; a 429 ("busy now") leaves it selectable, marked
+"busy now: you will wait in line" with the same id and the sentence as its title (the form's request waits in
+line unless "Wait in line" is unchecked). The quota store's refusal counter for
 (organization, rule) goes up by one, and the usage exporter's ``gpuhub_spawn_refusals_total{org, reason}``
 reads the same count from the ledger.
 """
@@ -80,12 +82,13 @@ def hub(request, tmp_path_factory, docker_client):
 
 
 class FormRules(HTMLParser):
-    """(field, value) -> (data-gpuhub-rule, the text shown with it) for each option the spawn form disables:
-    an <option>'s own text, or the rest of an <input>'s <label>."""
+    """(field, value) -> (data-gpuhub-rule, the text shown with it) for each option the spawn form disables or
+    marks busy: an <option>'s own text, or the rest of an <input>'s <label>; ``busy`` -> (field, value) -> title."""
 
     def __init__(self, page: str):
         super().__init__(convert_charrefs=True)
         self.rules: dict[tuple[str, str], tuple[str, str]] = {}
+        self.busy: dict[tuple[str, str], str] = {}
         self._select, self._open, self._end, self._text = None, None, None, []
         self.feed(page)
 
@@ -93,8 +96,10 @@ class FormRules(HTMLParser):
         a = dict(attrs)
         if tag == "select":
             self._select = a.get("name")
-        elif "data-gpuhub-rule" in a and "disabled" in a and tag in ("option", "input"):
+        elif "data-gpuhub-rule" in a and ("disabled" in a or "data-gpuhub-busy" in a) and tag in ("option", "input"):
             field = self._select if tag == "option" else a["name"]
+            if "data-gpuhub-busy" in a:
+                self.busy[(field, a["value"])] = a.get("title") or ""
             self._open, self._end, self._text = (field, a["value"], a["data-gpuhub-rule"]), tag, []
             if tag == "input":
                 self._end = "label"
@@ -128,11 +133,13 @@ def refuse(hub, user: str, options: dict, status: int, rule: str, org: str, serv
     return message
 
 
-def form_rule(hub, user: str, field: str, value: str, server: str = "") -> tuple[str, str]:
+def form_rule(hub, user: str, field: str, value: str, server: str = "") -> tuple[str, str, str | None]:
+    """(rule id, text shown, the title of a busy option or None for a disabled one) of one form option."""
     page = login(hub, user).get(f"{hub.url}/hub/spawn/{user}/{server}" if server else f"{hub.url}/hub/spawn").text
-    rules = FormRules(page).rules
-    assert (field, value) in rules, (field, value, rules, page[:3000])
-    return rules[(field, value)]
+    form = FormRules(page)
+    assert (field, value) in form.rules, (field, value, form.rules, page[:3000])
+    assert 'name="queue" value="1" id="gpuhub-queue" checked' in page  # "Wait in line if the GPUs are busy"
+    return *form.rules[(field, value)], form.busy.get((field, value))
 
 
 # (user, user_options, status, rule id, org label, form field/value showing the same situation or None)
@@ -151,15 +158,16 @@ BEFORE_ANY_SERVER = [
     ("ann", {"image": "python", "gpus": 2}, 400, "max-gpus-per-server", "lab", ("gpus", "2")),
     ("cat", {"image": "python", "gpus": 1}, 403, "budget-exhausted", "broke", ("gpus", "1")),
 ]
-# with ann holding lab's one GPU (the A100) and fay holding both H100s (her per-user maximum)
+# with ann holding lab's one GPU (the A100) and fay holding both H100s (her per-user maximum); "queue": false asks
+# for the immediate 429 instead of waiting in line (gpuhub.hub.queue_wait)
 WHILE_HELD = [
-    ("ben", "", {"image": "python", "gpus": 1}, 429, "org-gpu-limit", "lab", ("gpus", "1")),
-    ("fay", "two", {"image": "python", "gpus": 1}, 429, "user-gpu-limit", "big", ("gpus", "1")),
-    ("gus", "", {"image": "python", "gpus": 1}, 429, "no-free-device", "big", ("gpus", "1")),
+    ("ben", "", {"image": "python", "gpus": 1, "queue": False}, 429, "org-gpu-limit", "lab", ("gpus", "1")),
+    ("fay", "two", {"image": "python", "gpus": 1, "queue": False}, 429, "user-gpu-limit", "big", ("gpus", "1")),
+    ("gus", "", {"image": "python", "gpus": 1, "queue": False}, 429, "no-free-device", "big", ("gpus", "1")),
     (
         "gus",
         "",
-        {"image": "python", "gpus": 1, "gpu_model": "A100"},
+        {"image": "python", "gpus": 1, "gpu_model": "A100", "queue": False},
         429,
         "no-free-device",
         "big",
@@ -172,8 +180,12 @@ def test_each_refusal_has_one_rule_id_in_rest_form_ledger_and_metric(hub):
     def walk(user, server, options, status, rule, org, field):
         message = refuse(hub, user, options, status, rule, org, server=server)
         if field:  # the form shows the same situation: the same id and the same sentence
-            shown_rule, shown = form_rule(hub, user, *field, server=server)
-            assert shown_rule == rule and shown.endswith(f"— {message}"), (user, field, shown_rule, shown, message)
+            shown_rule, shown, title = form_rule(hub, user, *field, server=server)
+            if status == 429:  # busy now: selectable, the request would wait in line; the sentence is its title
+                assert title == message and shown.endswith("— busy now: you will wait in line"), (user, shown, title)
+            else:
+                assert title is None and shown.endswith(f"— {message}"), (user, field, shown_rule, shown, message)
+            assert shown_rule == rule, (user, field, shown_rule, rule)
         seen.add((org, rule))
 
     seen = set()

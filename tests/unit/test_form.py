@@ -1,4 +1,7 @@
-"""The spawn form's disabled options: each one's reason and rule id are the policy's own refusal."""
+"""The spawn form's disabled and busy options: each one's reason and rule id are the policy's own refusal.
+
+A refusal that waiting can fix (429: GPUs busy now) leaves the option selectable and marked busy, since the
+request then waits in line; any other refusal disables it."""
 
 from pathlib import Path
 
@@ -29,9 +32,13 @@ def status(held: dict[str, tuple[str, str]], used: dict[str, float] | None = Non
     return {"orgs": orgs, "devices": devices}
 
 
-def disabled(ctx: dict, kind: str) -> dict:
+def disabled(ctx: dict, kind: str, flag: str = "disabled") -> dict:
     key = {"gpu_counts": "value", "models": "name", "images": "key", "orgs": "key"}[kind]
-    return {o[key]: (o["rule"], o["reason"]) for o in ctx[kind] if o["disabled"]}
+    return {o[key]: (o["rule"], o["reason"]) for o in ctx[kind] if o[flag]}
+
+
+def busy(ctx: dict, kind: str) -> dict:
+    return disabled(ctx, kind, "busy")
 
 
 def test_nothing_is_disabled_when_everything_is_free():
@@ -41,15 +48,27 @@ def test_nothing_is_disabled_when_everything_is_free():
     assert [n["value"] for n in ctx["gpu_counts"]] == [0, 1, 2]
 
 
-def test_a_full_organization_disables_gpus_with_the_policys_sentence():
+def test_a_full_organization_marks_gpus_busy_with_the_policys_sentence():
     st = status({DEVICES[0]: ("dan", "gist-ai"), DEVICES[2]: ("dan", "gist-ai")})  # someone else holds both
     ctx = form_context(SITE, st, "alice")
     refusal = decide(SITE, AllocationRequest("alice", "", "gist-ai", "pytorch", 1), snapshot_of(st, "gist-ai"))
-    assert disabled(ctx, "gpu_counts")[1] == ("org-gpu-limit", refusal.message)
+    assert busy(ctx, "gpu_counts")[1] == ("org-gpu-limit", refusal.message)
     assert "gist-ai has 2 of 2 GPUs in use" in refusal.message
-    assert disabled(ctx, "models")["H100"][0] == "org-gpu-limit"
+    assert busy(ctx, "models")["H100"][0] == "org-gpu-limit"
+    assert not disabled(ctx, "gpu_counts") and not disabled(ctx, "models")  # selectable: the request waits in line
+    assert ctx["queue"] is True  # "Wait in line if the GPUs are busy" is checked by default
     # bob may still charge cnuh-radiology: an option stays open when one of the user's organizations admits it
-    assert 1 not in disabled(form_context(SITE, st, "bob"), "gpu_counts")
+    assert 1 not in busy(form_context(SITE, st, "bob"), "gpu_counts")
+
+
+def test_busy_devices_wait_but_a_refusal_waiting_cannot_fix_stays_disabled():
+    st = status(dict.fromkeys(DEVICES, ("dan", "cnuh-radiology")))  # every GPU held; gist-ai is under its cap
+    bob = form_context(SITE, st, "bob")
+    assert busy(bob, "gpu_counts")[1][0] == "no-free-device" and busy(bob, "models")["A100"][0] == "no-free-device"
+    assert 1 not in disabled(bob, "gpu_counts") and "A100" not in disabled(bob, "models")
+    spent = form_context(SITE, status({}, used={"gist-ai": 100.0}), "alice")
+    assert disabled(spent, "gpu_counts")[1][0] == "budget-exhausted"  # waiting refills no budget: disabled
+    assert not busy(spent, "gpu_counts")
 
 
 def test_no_organization_and_a_spent_budget():

@@ -61,3 +61,10 @@ def test_form_fields_become_the_same_contract():
     opts = options_from_form({"image": ["pytorch"], "gpus": ["1"], "gpu_model": ["H100"], "org": ["gist-ai"]})
     assert opts == {"image": "pytorch", "gpus": "1", "gpu_model": "H100", "org": "gist-ai"}
     assert check(opts).gpus == 1
+
+
+def test_the_wait_in_line_checkbox_becomes_queue():
+    form = {"image": ["pytorch"], "gpus": ["1"], "org": ["gist-ai"]}
+    assert options_from_form({**form, "queue": ["0", "1"]})["queue"] is True  # hidden 0, then the checked box
+    assert options_from_form({**form, "queue": ["0"]})["queue"] is False  # unchecked: refused at once when busy
+    assert "queue" not in options_from_form(form)  # a form without the box: the default (wait in line)
