@@ -223,9 +223,16 @@ def cmd_images_lock(args) -> int:
 
 def cmd_quota_status(args) -> int:
     site = _site(args)
+    from quota import usage_records  # sqlalchemy: the month's refusals and idle spans are rows
+
     with _database(site):
-        status = _quota_store(site).status(args.clock())
-    print(json.dumps(status, indent=2, default=str) if args.format == "json" else status_table(status))
+        store = _quota_store(site)
+        status = store.status(args.clock())
+        month = usage_records.month_report(store, args.clock())  # the operators' page shows the same
+    if args.format == "json":
+        print(json.dumps(status | {"this_month": month}, indent=2, default=str))
+    else:
+        print(status_table(status) + "\n\n" + usage_records.report_table(month))
     return 0
 
 
@@ -467,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("names", nargs="+", metavar="NAME", help=", ".join(images.BUILD_ORDER))
 
     q = _group(sub, "quota", "organizations' GPU use", "quota_cmd")
-    _leaf(q, "status", "per org: GPUs in use/limit, budget; per device: holder", cmd_quota_status, ("table", "json"))
+    _leaf(q, "status", "per org: GPUs, budget, idle GPU-hours, refusals; devices", cmd_quota_status, ("table", "json"))
 
     b = _group(sub, "billing", "billing from the usage ledger", "billing_cmd")
     s = _leaf(b, "statement", "statement for one month", cmd_billing_statement, ("json", "csv", "html"))

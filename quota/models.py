@@ -328,3 +328,38 @@ airlock_transition = Table(
     Column("at", UtcDateTime, nullable=False),
     Column("audit_id", Integer, nullable=False),  # the gpuhub_audit_log row written in the same transaction
 )
+
+# Month-scoped operator numbers (quota.usage_records, migration 0500): one row per admission refusal, and one per
+# span of time an allocated device sat idle as the idle service saw it (``ended_at`` = the last check that found
+# it idle; ``is_open`` while the run may still grow).
+refusal_events = Table(
+    "gpuhub_refusal_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UtcDateTime, nullable=False, index=True),
+    Column("org", String(64), nullable=False),  # "" as in gpuhub_spawn_refusals: none, or not the site's
+    Column("user", String(255), nullable=False),
+    Column("rule", String(64), nullable=False),
+)
+idle_spans = Table(
+    "gpuhub_idle_spans",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("interval_id", Integer, nullable=False),
+    Column("device_uuid", String(128), nullable=False),
+    Column("server_key", String(512), nullable=False),
+    Column("user", String(255), nullable=False),
+    Column("org", String(64), nullable=True),
+    Column("model", String(64), nullable=True),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("ended_at", UtcDateTime, nullable=False, index=True),
+    Column("is_open", Boolean, nullable=False),
+)
+Index(
+    "gpuhub_idle_spans_open",
+    idle_spans.c.interval_id,
+    idle_spans.c.device_uuid,
+    unique=True,
+    sqlite_where=idle_spans.c.is_open.is_(True),
+    postgresql_where=idle_spans.c.is_open.is_(True),
+)

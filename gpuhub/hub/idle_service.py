@@ -52,6 +52,7 @@ from gpuhub.hub.idle_state import (
 )
 from gpuhub.hub.quota_service import HubClient, _watch_parent, bind_to_hub
 from quota import idle
+from quota.usage_records import IdleReading, record_idle
 
 log = logging.getLogger("gpuhub.idle")
 
@@ -221,6 +222,7 @@ class IdleCuller:
                 await self._notify_lab(v, by_key[v.key], now)  # before the stop: the server is there to clear it
             await self._act(v, by_key[v.key], now)
         await self._relabel(now)
+        await self._record_idle(rows, views, now)
         self._write_status(views, verdicts, now)
         # after the home page's status: a slow server must not delay the others' warnings
         await asyncio.gather(*(self._notify_lab(v, by_key[v.key], now) for v in verdicts if v.action != idle.CULL))
@@ -280,6 +282,19 @@ class IdleCuller:
             devices = tuple(d for d in (row.get("device_uuids") or "").split(",") if d)
             if await self.lab.send(user, server, notice_payload(v, devices, now)):
                 self.lab_noticed.add(v.key)
+
+    async def _record_idle(self, rows: list[dict], views: list[idle.ServerView], now: float) -> None:
+        """Each held device's idle seconds into the ledger's idle spans (this month's idle-allocated GPU-hours on
+        /hub/operators and in ``gpuhub quota status``); a database fault is logged and never stops culling."""
+        readings = [
+            IdleReading(r["id"], uuid, r["server_key"], r["user"], r.get("org"), r.get("model"), r["started_at"], s)
+            for r, view in zip(rows, views, strict=True)
+            for uuid, s in view.device_idle.items()
+        ]
+        try:
+            await asyncio.to_thread(record_idle, self.store, readings, _dt(now))
+        except Exception as e:  # noqa: BLE001 (bookkeeping: the next check records the run again)
+            log.warning("idle spans not recorded this check: %s", e)
 
     async def _relabel(self, now: float) -> None:
         """The spawner closes with ``stopped``; once it has, the ledger gets the real reason."""

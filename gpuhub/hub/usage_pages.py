@@ -19,7 +19,7 @@ from tornado import web
 from gpuhub.core.periods import parse_period, period_key, period_of
 from gpuhub.hub import charts, i18n, runtime
 from gpuhub.hub.pages import group_names, org_budget
-from quota import billing
+from quota import billing, usage_records
 from quota.policy import Rule
 
 HISTORY_MONTHS = 6  # this month and the five before it
@@ -118,10 +118,16 @@ class UsageHandler(_Page):
 
 
 def operators_context(site, store, now: datetime) -> dict:
-    """Every organization's GPUs and budget, every device's holder and for how long, refusals by rule."""
+    """Every organization's GPUs, budget and idle-allocated GPU-hours this month, every device's holder and for
+    how long, this month's refusals by rule (:func:`quota.usage_records.month_report`, as ``gpuhub quota status``)."""
     status = runtime.quota_status(site.path)
     period = period_of(now, site.tz)
-    orgs = [org_budget(site, key, status.get("orgs", {}).get(key, {})) for key in site.organizations]
+    month = usage_records.month_report(store, now)
+    orgs = [
+        org_budget(site, key, status.get("orgs", {}).get(key, {}))
+        | {"idle_hours": month["idle_gpu_hours"].get(key, 0.0), "refused": sum(month["refusals"].get(key, {}).values())}
+        for key in site.organizations
+    ]
     running = {s["server_key"]: s for o in status.get("orgs", {}).values() for s in o.get("running_servers", [])}
     running |= {s["server_key"]: s for s in status.get("servers_without_org", [])}
     devices = []
@@ -129,15 +135,13 @@ def operators_context(site, store, now: datetime) -> dict:
         holder = d.get("holder")
         server = running.get(holder["server_key"]) if holder else None
         devices.append(dict(d, held_seconds=server["running_seconds"] if server else None))
-    refusals: dict[str, int] = {}
-    for (_org, rule), n in store.refusal_counts().items():
-        refusals[rule] = refusals.get(rule, 0) + n
     rows = billing.statement(store, site, period, now=now)
     return {
         "period": period,
         "orgs": orgs,
         "devices": devices,
-        "refusals": sorted(refusals.items(), key=lambda kv: (-kv[1], kv[0])),
+        "refusals": month["refusals_by_rule"],
+        "refusals_by_org": month["refusals"],
         "rules": {r.id for r in Rule},
         "rows": rows,
     }

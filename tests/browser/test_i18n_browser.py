@@ -115,11 +115,29 @@ def statement(hub) -> list[dict]:
     return json.loads(out.stdout)
 
 
-def spawn_from_form(page, hub, user: str, org: str, gpus: int, shots: Path, name: str) -> None:
+def quota_status(hub) -> dict:
+    """`gpuhub quota status --format json` for this hub's site."""
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "gpuhub"), "quota", "status", "--format", "json"],
+        env=hub.env(),
+        cwd=hub.tmp,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def spawn_from_form(page, hub, user: str, org: str, gpus: int, shots: Path, name: str, queue: bool = True) -> None:
+    """Start from the spawn form; ``queue`` False unchecks "Wait in line if the GPUs are busy" (refused at once)."""
     page.goto(f"{hub.url}/hub/spawn")
     page.wait_for_selector(".gpuhub-form")
     page.check(f"input[name=org][value={org}]")
     page.select_option("#gpuhub-gpus", str(gpus))
+    assert page.is_checked("#gpuhub-queue")  # waiting in line is the default
+    if not queue:
+        page.uncheck("#gpuhub-queue")
     page.screenshot(path=shots / f"{name}-form.png", full_page=True)
     page.locator("#spawn_form button[type=submit]").click()
 
@@ -173,19 +191,54 @@ def test_korean_form_banner_progress_and_jupyterlab(hub, browser, shots, axe_sou
 
 
 def test_a_refusal_in_korean_and_in_english(hub, browser, shots):
-    """gist-ai is at its cap (alice holds its one GPU): bob, in gist-ai and cnuh-radiology, asks it for one."""
+    """gist-ai is at its cap (alice holds its one GPU): bob, in gist-ai and cnuh-radiology, asks it for one
+    with "Wait in line" unchecked, so he gets the refusal at once."""
     assert hub.api("GET", "/users/alice").json()["servers"][""]["ready"], "the first test's server is gone"
     for locale, want in (
         ("ko-KR", "org-gpu-limit: 조직 gist-ai은(는) GPU 1개 중 1개를 사용 중이며 1개를 더 요청했습니다"),
         ("en-US", "org-gpu-limit: organization gist-ai has 1 of 1 GPUs in use and 1 more were requested"),
     ):
         ctx, page = page_for(browser, hub, "bob", locale)
-        spawn_from_form(page, hub, "bob", "gist-ai", 1, shots, f"{locale}-refusal")
+        spawn_from_form(page, hub, "bob", "gist-ai", 1, shots, f"{locale}-refusal", queue=False)
         error = page.locator(".spawn-error-msg")
         error.wait_for(timeout=60_000)
         assert want in error.inner_text(), error.inner_text()
         page.screenshot(path=shots / f"{locale}-refusal-org-at-cap.png", full_page=True)
         ctx.close()
+
+
+def test_a_busy_request_waits_in_line_in_korean_and_cancel_takes_it_out(hub, browser, shots, axe_source):
+    """The same request with "Wait in line" checked (the default): the progress page shows bob's place in line in
+    Korean, the home page lists his waiting server and its Stop button reads 취소 (Cancel), which ends it."""
+    ctx, page = page_for(browser, hub, "bob", "ko-KR")
+    try:
+        spawn_from_form(page, hub, "bob", "gist-ai", 1, shots, "ko-KR-queue")
+        page.wait_for_url(re.compile(r"/hub/spawn-pending/bob"), timeout=30_000)
+        log = page.locator("#progress-log")
+        log.locator("text=대기 순서 1개 중 1번째").wait_for(state="attached", timeout=30_000)
+        events = log.text_content()
+        assert "GPU 1개를 기다리는 중" in events and "Waiting in line" not in events, events
+        page.evaluate("() => { const d = document.getElementById('progress-details'); if (d) d.open = true; }")
+        page.screenshot(path=shots / "ko-KR-queue-progress.png", full_page=True)
+
+        page.goto(f"{hub.url}/hub/home")
+        notice = page.locator("#gpuhub-queued [data-gpuhub-queued='']")
+        assert "서버 bob/이(가) GPU 대기열에서 기다리는 중입니다" in notice.inner_text(), notice.inner_text()
+        cancel = page.locator("#stop")
+        assert cancel.inner_text().strip() == "취소" and cancel.get_attribute("data-gpuhub-queued") == ""
+        page.screenshot(path=shots / "ko-KR-queue-home.png", full_page=True)
+        assert axe(page, axe_source) == []
+        cancel.click()
+        deadline = time.monotonic() + 30
+        while hub.api("GET", "/users/bob").json()["servers"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert hub.api("GET", "/users/bob").json()["servers"] == {}, "Cancel did not end the waiting server"
+        page.goto(f"{hub.url}/hub/home")
+        assert page.locator("#gpuhub-queued").count() == 0  # out of the line
+    finally:
+        ctx.close()
+        if hub.api("GET", "/users/bob").json()["servers"]:
+            hub.stop_server("bob")  # never leave bob in line: alice's GPU would go to him later
 
 
 def test_usage_page_numbers_are_the_statements(hub, browser, shots, axe_source):
@@ -224,11 +277,26 @@ def test_operators_page_is_for_admins_only(hub, browser, shots, axe_source):
     r = login(hub, "alice").get(f"{hub.url}/hub/operators", timeout=30)
     assert r.status_code == 403 and "hub.admin_users" in r.text
     assert login(hub, "alice").get(f"{hub.url}/hub/operators/statement.csv", timeout=30).status_code == 403
+    before = quota_status(hub)["this_month"]["refusals"].get("cnuh-radiology", {})
+    r = hub.spawn("carol", {"image": "python", "gpus": 3, "org": "cnuh-radiology"})  # it allows 1 per server
+    rule = r.headers.get("X-Gpuhub-Rule")
+    assert r.status_code == 400 and rule in ("max-gpus-per-server", "user-gpu-limit"), (r.status_code, r.text)
+    want = before.get(rule, 0) + 1
     ctx, page = page_for(browser, hub, "operator", "en-US", password=admin_password(hub))
     page.goto(f"{hub.url}/hub/operators")
     orgs = page.locator("#gpuhub-orgs tr[data-org]").evaluate_all("els => els.map(e => e.dataset.org)")
     assert sorted(orgs) == ["cnuh-radiology", "gist-ai"]
-    assert "org-gpu-limit" in page.locator("#gpuhub-refusals").inner_text()  # bob's two refusals
+    # carol's refusal is this month's, under its rule id and her organization
+    assert "Refusals by rule this month" in page.inner_text("body")
+    refused = page.locator(f"#gpuhub-refusals tr[data-rule={rule}]")
+    assert refused.locator(".gpuhub-refusal-count").inner_text() == str(want)
+    assert f"cnuh-radiology {want}" in refused.inner_text()
+    cnuh = page.locator("#gpuhub-orgs tr[data-org=cnuh-radiology]")
+    assert cnuh.locator(".gpuhub-refused").inner_text() == str(sum(before.values()) + 1)
+    assert cnuh.locator(".gpuhub-idle-hours").inner_text() == "0.00"  # no GPU exporter here: nothing seen idle
+    month = quota_status(hub)["this_month"]  # `gpuhub quota status`: the same function, the same numbers
+    assert month["refusals"]["cnuh-radiology"] == before | {rule: want}
+    assert month["idle_gpu_hours"] == {"cnuh-radiology": 0.0, "gist-ai": 0.0}
     assert page.locator("#gpuhub-devices tbody tr").count() == 4
     page.screenshot(path=shots / "en-US-operators.png", full_page=True)
     assert axe(page, axe_source) == []
@@ -324,5 +392,7 @@ def test_pages_fit_a_phone_and_pass_axe_in_korean(hub, browser, shots, axe_sourc
     overflow = page.evaluate("() => document.documentElement.scrollWidth")
     page.screenshot(path=shots / f"ko-KR-360px-{path.rsplit('/', 1)[-1]}.png", full_page=True)
     assert overflow <= 360, f"{path} is {overflow} px wide at a 360 px viewport"
+    if path == "/hub/operators":
+        assert "이번 달 규칙별 거절" in page.inner_text("body") and "이번 달 거절 수" in page.inner_text("body")
     assert axe(page, axe_source) == []
     ctx.close()
