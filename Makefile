@@ -66,9 +66,8 @@ i18n:  ## extract the hub's messages, update the ko/en catalogs (.po), compile t
 lab-extension:  ## rebuild images/base-notebook/gpuhub-lab's JupyterLab part (npm on the host); commit the result
 	bash images/base-notebook/gpuhub-lab/build.sh
 
-# swarm-demo stops at "cluster up, inventory printed": the hub in swarm mode (hub.engine: swarm) is not built yet
-swarm-demo:  ## local Swarm: GPUHUB_DEMO_NODES (3) DinD nodes x GPUHUB_DEMO_GPUS_PER_NODE (2) simulated GPUs; no hub yet
-	bash scripts/swarm.sh up
+swarm-demo: setup  ## local Swarm: GPUHUB_DEMO_NODES (3) DinD nodes x GPUHUB_DEMO_GPUS_PER_NODE (2) GPUs, hub in swarm mode
+	bash scripts/swarm.sh demo
 
 swarm-down:  ## remove the swarm-demo nodes, their volumes and network (by label)
 	bash scripts/swarm.sh down

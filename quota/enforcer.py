@@ -197,7 +197,10 @@ class QuotaService:
 
     async def reconcile(self) -> reconcile.Plan:
         """Make the ledger match Docker: close dead servers' intervals, stop or adopt strangers."""
-        containers = await asyncio.to_thread(docker_view, self.docker, self.site.hub.instance)
+        view = docker_view
+        if self.site.hub.engine == "swarm":  # servers are services on several nodes: read the manager's tasks
+            from quota.swarm_cluster import services_view as view
+        containers = await asyncio.to_thread(view, self.docker, self.site.hub.instance)
         rows = await asyncio.to_thread(self.store.open_intervals)
         now = self.clock()
         since = now - timedelta(seconds=2 * self.site.quota.reconcile_interval_seconds + 60)
@@ -227,6 +230,12 @@ class QuotaService:
         return plan
 
     def _remove_container(self, name: str) -> None:
+        if self.site.hub.engine == "swarm":  # a server's service (removing it stops its task on its node)
+            try:
+                self.docker.api.remove_service(name)
+            except docker.errors.NotFound:
+                pass
+            return
         try:
             c = self.docker.containers.get(name)
             c.stop(timeout=self.site.containers.stop_timeout_seconds)

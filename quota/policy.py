@@ -293,6 +293,7 @@ class Snapshot:
     org_used_gpu_seconds: float = 0.0  # weighted, this month, open intervals charged to now
     open_servers: frozenset[str] = frozenset()
     inventory: tuple[Device, ...] | None = None  # None: site.gpus.devices
+    offers: tuple | None = None  # hub.engine swarm: quota.placement.NodeOffer per node (then inventory is unused)
 
 
 @dataclass(frozen=True)
@@ -301,6 +302,8 @@ class Decision:
     model: str | None
     weight: float
     request: AllocationRequest | None = field(default=None, compare=False)  # as checked: org and image set
+    node_id: str | None = None  # hub.engine swarm: the node that holds ``devices``
+    node: str | None = None  # and its hostname
 
 
 def _names(items) -> str:
@@ -405,6 +408,8 @@ def decide(site: Site, req: AllocationRequest, snap: Snapshot) -> Decision | Ref
     if org_held + gpus > org.gpu_limit:
         return Rule.ORG_GPU_LIMIT.refuse(org=org.key, held=org_held, limit=org.gpu_limit, gpus=gpus, charged_to=org.key)
 
+    if snap.offers is not None:  # several nodes: one node's devices (quota.placement)
+        return _place(site, req, snap.offers, {h.device_uuid for h in snap.holdings})
     inventory = snap.inventory if snap.inventory is not None else site.gpus.devices
     return _choose(site, req, inventory, {h.device_uuid for h in snap.holdings})
 
@@ -434,6 +439,18 @@ def _choose(site: Site, req: AllocationRequest, inventory: tuple[Device, ...], h
         model = min(fits, key=lambda m: (-counts[m], site.weight_of(m), m))
     devices = tuple(d.uuid for d in free if d.model == model)[: req.gpus]
     return Decision(devices, model, site.weight_of(model), req)
+
+
+def _place(site: Site, req: AllocationRequest, offers: tuple, held: set[str]) -> Decision | Refusal:
+    from quota.placement import NoPlacement, place  # placement imports the inventory, which policy must not load
+
+    weights = {m: site.weight_of(m) for m in site.gpus.models}
+    out = place(offers, req.gpus, req.gpu_model, held, weights)
+    if isinstance(out, NoPlacement):
+        return Rule.NO_FREE_DEVICE.refuse(
+            shortage=out.shortage, alternative=out.alternative, free=_free_text(Counter(out.free)), charged_to=req.org
+        )
+    return Decision(out.devices, out.model, site.weight_of(out.model), req, node_id=out.node_id, node=out.hostname)
 
 
 def _free_text(counts: Counter) -> str:

@@ -7,6 +7,9 @@
 #                            inventory. Idempotent: a node already up, in the swarm or declared is left as it is.
 #   scripts/swarm.sh load IMAGE...   copy images from this host's engine onto every node (docker save | load)
 #   scripts/swarm.sh env     print DOCKER_HOST=… for the manager's engine (eval "$(scripts/swarm.sh env)")
+#   scripts/swarm.sh demo    up, load the site's catalog images (GPUHUB_SITE_CONFIG, default examples/site.yaml)
+#                            onto the nodes, then serve the hub in swarm mode (hub.engine: swarm) in the
+#                            foreground on the site's hub.bind_url (`make swarm-demo`)
 #   scripts/swarm.sh down    remove the nodes, their engine volumes and the network, by label; idempotent
 #
 # Environment:
@@ -23,6 +26,8 @@
 # node. Nodes run --privileged; where this host's capability bounding set lacks a capability --privileged asks
 # for (runc: "unable to apply caps: operation not permitted"), they run instead with every capability the host
 # has, seccomp/AppArmor unconfined and /sys writable (the entrypoint makes the cgroup mounts writable).
+# Each node's dockerd runs with --no-new-privileges: Swarm services cannot ask for it (Docker 20.10's service API
+# has no such field), so the node sets it on every container (gpuhub.hub.swarm_service).
 # The nodes' resolv.conf names no reachable server, so a task's registry pull fails at once and the image loaded
 # onto the node (`load`) is used. Swarm's IPVS load balancing does not work here (no ip_vs in this kernel): reach a
 # service's tasks at their own addresses (or --endpoint-mode dnsrr), never at its virtual IP.
@@ -107,7 +112,7 @@ cmd_up() {
         --label "gpuhub.swarm.node=$i" "${flags[@]}" \
         -v "$NAME-$i-docker:/var/lib/docker" -v "$SOCKDIR/resolv.conf:/etc/resolv.conf:ro" \
         -v "$SOCKDIR/node-$i:/run/gpuhub-node" \
-        "$IMAGE" --dns 127.0.0.1 --bip "10.$((200 + i)).0.1/24" \
+        "$IMAGE" --no-new-privileges --dns 127.0.0.1 --bip "10.$((200 + i)).0.1/24" \
         --default-address-pool "base=10.$((100 + i)).0.0/16,size=24" >/dev/null
     elif [ "$(docker inspect -f '{{.State.Running}}' "$NAME-$i")" != true ]; then
       step "starting node $NAME-$i again"
@@ -139,10 +144,13 @@ cmd_up() {
 
 cmd_load() {
   [ $# -gt 0 ] || die "name the images to copy onto the nodes: scripts/swarm.sh load IMAGE..."
-  local i img
+  local i img want
   for img in "$@"; do
     docker image inspect "$img" >/dev/null 2>&1 || die "image $img is not in this host's engine; build or load it first"
+    want="$(docker image inspect -f '{{.Id}}' "$img")"
     for i in $(seq 1 "$NODES"); do
+      # the same image (by id) already there: nothing to copy (a rebuilt image is copied again)
+      [ "$(on_node "$i" image inspect -f '{{.Id}}' "$img" 2>/dev/null)" != "$want" ] || continue
       step "docker save $img | docker -H $(node_sock "$i") load"
       docker save "$img" | on_node "$i" load >&2
     done
@@ -167,10 +175,35 @@ cmd_down() {
   note "swarm $NAME is down"
 }
 
+cmd_demo() {
+  # make swarm-demo: the nodes, the site's catalog on every node, and the hub in swarm mode in the foreground
+  cmd_up
+  local site="${GPUHUB_SITE_CONFIG:-$GPUHUB_ROOT/examples/site.yaml}" derived="$SOCKDIR/site.yaml" images
+  # the site config as given, with hub.engine: swarm, its own state folder (a ledger apart from `make run`'s), and
+  # no gpus.devices (the nodes' declared GPUs are the inventory)
+  images="$("$GPUHUB_ROOT/.venv/bin/python" - "$site" "$derived" "$GPUHUB_ROOT/state/swarm-$NAME" <<'PY'
+import sys, pathlib, yaml
+src, dst, state = sys.argv[1:]
+data = yaml.safe_load(pathlib.Path(src).read_text())
+hub = data.setdefault("hub", {})
+hub.update(engine="swarm", state_dir=state)
+data.setdefault("gpus", {}).pop("devices", None)
+data["gpus"]["inventory"] = "static"
+pathlib.Path(dst).write_text(yaml.safe_dump(data))
+print(" ".join(sorted({spec["image"] for spec in (data.get("images") or {}).values()})))
+PY
+)" || die "cannot read the site config $site"
+  # shellcheck disable=SC2086
+  cmd_load $images
+  step "the hub in swarm mode (site config $derived, Docker engine: the manager $NAME-1)"
+  DOCKER_HOST="$(node_sock 1)" GPUHUB_SITE_CONFIG="$derived" exec "$GPUHUB" run
+}
+
 case "${1:-}" in
   up) cmd_up ;;
+  demo) cmd_demo ;;
   load) shift; cmd_load "$@" ;;
   env) echo "DOCKER_HOST=$(node_sock 1)" ;;
   down) cmd_down ;;
-  *) die "usage: scripts/swarm.sh up|load IMAGE...|env|down (see the comment at the top of scripts/swarm.sh)" ;;
+  *) die "usage: scripts/swarm.sh up|load IMAGE...|env|demo|down (see the comment at the top of scripts/swarm.sh)" ;;
 esac

@@ -39,8 +39,17 @@ def quota_store(path: str | Path) -> QuotaStore:
         store = _stores.get(key)
         if store is None:
             the_site = site(key)
-            store = _stores[key] = QuotaStore.from_site(the_site, inventory=site_inventory(the_site))
+            offers = _swarm_offers(the_site) if the_site.hub.engine == "swarm" else None
+            store = _stores[key] = QuotaStore.from_site(the_site, inventory=site_inventory(the_site), offers=offers)
         return store
+
+
+def _swarm_offers(the_site: Site):
+    """hub.engine swarm: the nodes' GPUs, read from the manager the hub's Docker client talks to (DOCKER_HOST)."""
+    from gpuhub.host.dockerenv import docker_client
+    from quota.swarm_cluster import SwarmOffers
+
+    return SwarmOffers(docker_client(), the_site.gpus.models)
 
 
 _status_cache: dict[str, tuple[float, dict]] = {}
