@@ -1,9 +1,15 @@
 """Spawn/stop timings: gpuhub's spawner vs stock DockerSpawner, same image, same run.
 
     .venv/bin/python bench/spawn.py [--users 20] [--singles 5] [--stock-image IMAGE] [--image IMAGE]
+    .venv/bin/python bench/spawn.py --users 0 --singles 3   # start cost only
 
 Prints p50/p95/max per scenario and ours/stock ratios. Targets (issue 2): single start ratio
 <= 1.05, 20 concurrent stops ratio <= 0.5. Numbers are only comparable within one run.
+
+Start cost (issue 17): the CPU-seconds a server's container uses (its cgroup, cpuacct) from start to
+ready when it starts alone, p50 of the single starts. A class starting at once is CPU-bound here, so
+its floor is servers x start cost / cores; printed with p95 / floor for the N-at-once starts
+(target: start cost <= 1.0 CPU-s, p95 <= 1.2 x floor, 0 failures).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._stats import percentile as pct  # noqa: E402
+from bench.image_start import cpu_seconds  # noqa: E402
 from tests.harness import HubProcess, free_port  # noqa: E402
 
 
@@ -65,12 +72,21 @@ def timed_stop(hub, user):
     return time.perf_counter() - t0
 
 
+def start_cost(hub) -> float:
+    """CPU-seconds the one running container has used so far (called at ready: its start cost)."""
+    (container,) = hub.containers()
+    return cpu_seconds(container.id)
+
+
 def scenario(hub, users: int, singles: int, options: dict) -> dict:
-    out = {"single start": [], "single stop": []}
+    out = {"single start": [], "start cost CPU-s": [], "single stop": []}
     for _i in range(singles):
         out["single start"].append(timed_start(hub, "alice", options))
+        out["start cost CPU-s"].append(start_cost(hub))
         out["single stop"].append(timed_stop(hub, "alice"))
-    names = [f"u{i:02d}" for i in range(users)]
+    names = [f"u{i:02d}" for i in range(users)]  # --users 0: the single starts (and start cost) only
+    if not names:
+        return out
     for n in names:
         hub.ensure_user(n)
     with ThreadPoolExecutor(users) as pool:
@@ -120,7 +136,21 @@ def main() -> int:
         s, g = results["stock"][name], results["gpuhub"][name]
         print(f"{'':24} ratio   {pct(g, 0.5) / pct(s, 0.5):7.2f} {pct(g, 0.95) / pct(s, 0.95):7.2f}")
     print(f"(stock image {args.stock_image or args.image}, ours {args.image}; {os.cpu_count()} cores)")
+    if args.users:
+        print_floor(results, args.users)
     return 0
+
+
+def print_floor(results: dict, users: int) -> None:
+    """Start cost, the CPU floor of ``users`` starting at once, and how close each p95 came to it."""
+    for label in ("stock", "gpuhub"):
+        cost = pct(results[label]["start cost CPU-s"], 0.5)
+        floor = users * cost / (os.cpu_count() or 1)
+        p95 = pct(results[label][f"{users} starts at once"], 0.95)
+        print(
+            f"[{label}] start cost {cost:.2f} CPU-s; floor for {users} at once {floor:.1f} s; "
+            f"p95 {p95:.1f} s = {p95 / floor:.2f} x floor"
+        )
 
 
 if __name__ == "__main__":

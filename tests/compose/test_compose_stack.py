@@ -171,7 +171,30 @@ class Stack:
         )
 
     def wait_hub(self, timeout: float = 180) -> None:
-        wait_for(lambda: self.api("GET", "/").ok, timeout, f"the hub answering on {self.url} ({self.logs('hub')})")
+        """Until the hub answers; at once, with its log, when its restart policy is restarting it (a crash loop:
+        waiting out the timeout would only hide the hub's own error)."""
+
+        def answering() -> bool:
+            try:
+                return self.api("GET", "/").ok
+            except requests.RequestException:
+                restarts = self.restart_count("hub")
+                if restarts:
+                    raise AssertionError(
+                        f"the hub container crash-loops ({restarts} restarts):\n{self.logs('hub')}"
+                    ) from None
+                raise
+
+        wait_for(answering, timeout, f"the hub answering on {self.url} ({self.logs('hub')})")
+
+    def restart_count(self, service: str) -> int:
+        """How often the restart policy restarted ``service``'s container (``compose restart`` does not count)."""
+        labels = [f"com.docker.compose.project={self.project}", f"com.docker.compose.service={service}"]
+        client = docker.from_env()
+        try:
+            return sum(c.attrs["RestartCount"] for c in client.containers.list(all=True, filters={"label": labels}))
+        finally:
+            client.close()
 
     def server(self, user: str) -> dict | None:
         return self.api("GET", f"/users/{user}").json().get("servers", {}).get("")
@@ -221,6 +244,7 @@ class Stack:
         except (requests.RequestException, ValueError, KeyError) as e:
             parts.append(f"prometheus targets: {e!r}")
         parts.append(f"ledger intervals: {self.intervals()}")
+        parts.append("restarts by the restart policy: " + ", ".join(f"{s} {self.restart_count(s)}" for s in STARTED))
         for service in ("usage-exporter", "prometheus", "hub"):
             parts.append(f"--- {service} logs\n{self.logs(service)}")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -254,11 +278,16 @@ def oidc(tmp_path_factory):
     provider.stop()
 
 
+class GpuSecondsNotInPrometheus(AssertionError):
+    """The one open intermittent failure (docs/reliability.md), and the only failure the xfail below covers."""
+
+
 @pytest.mark.xfail(
     strict=False,
-    reason="intermittent, open (docs/reliability.md): in 3 of this code's runs the stack's Prometheus kept "
-    "gpuhub_org_allocated_gpu_seconds_total at 0 for the running server though the ledger held its open interval; "
-    "the other runs pass; cause not yet found",
+    raises=GpuSecondsNotInPrometheus,  # any other failure (e.g. a hub that cannot start) fails the test
+    reason="intermittent, open (docs/reliability.md): in 3 runs on 2026-12-01 ~23:00 UTC the stack's Prometheus "
+    "kept gpuhub_org_allocated_gpu_seconds_total at 0 for the running server though the ledger held its open "
+    "interval; not seen since; cause not yet found (tests/artifacts/compose/diagnostics.txt when it happens)",
 )
 def test_compose_stack_up_login_spawn_metrics_restart_down_up(tmp_path, docker_client, oidc):
     missing = []
@@ -313,9 +342,9 @@ def test_compose_stack_up_login_spawn_metrics_restart_down_up(tmp_path, docker_c
         t2 = time.monotonic()
         try:
             first = wait_for(lambda: stack.gpu_seconds("gist-ai"), 90, "gpuhub_org_allocated_gpu_seconds_total > 0")
-        except AssertionError:
+        except AssertionError as e:
             stack.write_diagnostics(ARTIFACTS / "diagnostics.txt")  # the open intermittent failure: what each part saw
-            raise
+            raise GpuSecondsNotInPrometheus(str(e)) from e
         timings["first GPU-seconds in Prometheus"] = time.monotonic() - t2
         up = {r["metric"]["job"]: r["value"][1] for r in stack.query("up")}
         assert up.get("gpuhub-usage") == "1" and up.get("gpuhub-gpu") == "1", up

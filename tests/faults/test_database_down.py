@@ -18,7 +18,7 @@ import requests
 
 from tests.faults.dbkit import DockerLifecycles, PrivateCluster, compare, ledger
 from tests.faults.figures import record
-from tests.harness import default_site, execute
+from tests.harness import default_site, execute, login
 
 pytestmark = pytest.mark.docker
 
@@ -42,6 +42,15 @@ def _spawn(hub, user: str, options: dict) -> list:
         return [r.status_code, r.json().get("message", r.text[:300])]
     except ValueError:
         return [r.status_code, r.text[:300]]
+
+
+def _page(session: requests.Session, url: str, lang: str) -> list:
+    try:
+        r = session.get(url, headers={"Accept-Language": lang}, timeout=30)
+    except requests.RequestException as e:
+        return [type(e).__name__, str(e)[:200]]
+    r.encoding = "utf-8"  # what the page's <meta charset> declares (JupyterHub's header says only text/html)
+    return [r.status_code, r.text]
 
 
 def _kernel_ok(hub, user: str, token: str) -> bool:
@@ -87,11 +96,13 @@ def pg_outage(module_hubs, docker_client):
         token = hub.user_token("alice")
         assert _kernel_ok(hub, "alice", token)
         (carol_container,) = hub.containers(user="carol")
+        browser = login(hub, "dana")  # a person with the hub's page open, in Korean
 
         cluster.stop()
         down = time.monotonic()
         gpu = _spawn(hub, "bob", BOB_GPU)
         cpu = _spawn(hub, "dana", {"image": "python", "gpus": 0})
+        home = _page(browser, f"{hub.url}/hub/home", lang="ko")
         carol_container.kill()  # a server that dies while the database is down
         kernels = []
         while time.monotonic() - down < OUTAGE_S:
@@ -102,6 +113,7 @@ def pg_outage(module_hubs, docker_client):
             "outage_s": round(time.monotonic() - down, 1),
             "gpu_spawn": gpu,
             "cpu_spawn": cpu,
+            "home_page": home,
             "kernels": kernels,
             "recovered_s": round(_wait_hub_db(hub, 60), 1),
         }
@@ -135,10 +147,11 @@ def _after_recovery(hub, token: str, since, docker_times, obs: dict) -> None:
     record(
         "F3-postgres",
         f"PostgreSQL down {obs['outage_s']} s: {sum(kernels)}/{len(kernels)} kernel round trips ok, "
-        f"GPU spawn -> {gpu[0]} ({gpu[1][:60]}), CPU spawn -> {cpu[0]}, hub API back {obs['recovered_s']} s "
+        f"GPU spawn -> {gpu[0]} ({gpu[1][:60]}), CPU spawn -> {cpu[0]}, home page -> {obs['home_page'][0]}, "
+        f"hub API back {obs['recovered_s']} s "
         f"after the restart, {len(obs['problems'])} lost/duplicated/mistimed intervals "
         f"(worst start {obs['worst']['start_error_s']} s, end {obs['worst']['end_error_s']} s off Docker's)",
-        **{k: v for k, v in obs.items() if k != "runs"},
+        **{k: v for k, v in obs.items() if k not in ("runs", "home_page")},
         intervals=sum(len(v) for v in rows.values()),
     )
 
@@ -165,21 +178,23 @@ def test_ledger_matches_dockers_own_times_after_the_outage(pg_outage):
     assert pg_outage["end_reasons"]["carol/"] == ["container-exited"], pg_outage["end_reasons"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (docs/reliability.md): JupyterHub's own token lookup in hub.db_url "
-    "fails first and it answers 403 'Missing or invalid credentials.'; strict: passes only once fixed",
-)
 def test_spawn_refusal_while_postgres_is_down_is_503_naming_hub_db_url(pg_outage):
     """Promise (README, Recovery): while the database is unreachable new servers fail closed with 503 and a message
     naming hub.db_url, GPU and CPU-only alike.
 
-    Broken today: JupyterHub looks the API token (or the login cookie) up in hub.db_url before gpuhub's spawner
-    runs; the lookup fails and the hub answers 403 "Missing or invalid credentials.", which names neither the
-    database nor a fix."""
+    JupyterHub looks the API token (or the login cookie) up in hub.db_url before gpuhub's spawner runs; without
+    gpuhub.hub.db_guard that failed lookup was answered 403 "Missing or invalid credentials." (named neither the
+    database nor a fix)."""
     for what in ("gpu_spawn", "cpu_spawn"):
         status, message = pg_outage[what]
         assert status == 503 and "hub.db_url" in message, (what, status, message)
+
+
+def test_a_page_opened_while_postgres_is_down_says_why_in_the_persons_language(pg_outage):
+    """Promise: a person who opens the hub's home page while the database is down gets 503 and the cause in the
+    page's language (Korean here), naming hub.db_url, instead of being sent to log in again."""
+    status, html = pg_outage["home_page"]
+    assert status == 503 and "hub.db_url" in html and "허브 데이터베이스" in html, (status, html[-800:])
 
 
 # ----------------------------------------------------------------------------------------------- SQLite disk full
@@ -262,16 +277,10 @@ def test_full_state_disk_corrupts_nothing_and_spawns_work_once_there_is_room(dis
     assert disk_full["open_intervals_after"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (docs/reliability.md): JupyterHub's own commit at spawn start fails "
-    "with 'database or disk is full' and it answers a bare 500; strict: passes only once fixed",
-)
 def test_spawn_on_a_full_state_disk_gets_a_clear_error(disk_full):
-    """Promise: a spawn on a full state disk is refused with an error that names the cause.
+    """Promise: a spawn on a full state disk is refused with 503 and an error that names the cause and hub.db_url.
 
-    Broken today: JupyterHub's own commit at the start of the spawn (jupyterhub/user.py spawn -> db.commit)
-    raises "database or disk is full" before gpuhub's spawner runs, and the hub answers a bare 500
-    "Internal Server Error"."""
+    JupyterHub's own commit at the start of the spawn (jupyterhub/user.py spawn -> db.commit) raises "database or
+    disk is full" before gpuhub's spawner runs; without gpuhub.hub.db_guard the hub answered a bare 500."""
     status, message = disk_full["spawn_when_full"]
-    assert status != 500 and ("hub.db_url" in message or "disk" in message.lower()), (status, message)
+    assert status == 503 and "hub.db_url" in message and "disk is full" in message, (status, message)
