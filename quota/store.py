@@ -48,6 +48,7 @@ from quota.models import (
 from quota.policy import AllocationRequest, Holding, Refusal, Rule, Snapshot, current_id
 from quota.reconcile import Adopt, Plan
 from quota.sqlexpr import OVERLAP_WHERE, Dialect, timed, window
+from quota.usage_records import add_refusal
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ class Grant:
     interval_id: int
     started_at: datetime | None = None
     warnings: tuple[str, ...] = ()  # e.g. "org has used 83 % of its budget" (for the spawn progress page)
+    node_id: str | None = None  # hub.engine swarm: the Swarm node that holds ``devices`` (quota.placement)
+    node: str | None = None  # its hostname
 
 
 def _hold(conn: Connection, who, key: str, devices, model, weight: float, started_at, heartbeat_at) -> int:
@@ -146,9 +149,13 @@ class QuotaStore:
         inventory: Callable[[], Iterable[Device]] | Iterable[Device] | None = None,
         max_attempts: int = 20,
         retry_seconds: float = 30.0,
+        offers: Callable[[], Iterable] | None = None,
     ):
         self.engine, self.site, self.clock = engine, site, clock
         self._inventory = inventory
+        # hub.engine swarm: the nodes' offers (quota.placement.NodeOffer), read for each decision; they replace
+        # the inventory, so a server's devices are all on one node and a drained or down node offers nothing
+        self.offers = offers
         self.max_attempts, self.retry_seconds = max_attempts, retry_seconds
         self.sql = Dialect(engine.dialect.name)
         # SQLite's busy handler polls with sleeps of up to 100 ms; queueing this process's writers on a
@@ -172,6 +179,8 @@ class QuotaStore:
 
     def inventory(self) -> tuple[Device, ...]:
         inv = self._inventory
+        if self.offers is not None:
+            return tuple(d for o in self.offers() for d in o.devices)
         if inv is None:
             return self.site.gpus.devices
         return tuple(inv() if callable(inv) else inv)
@@ -220,20 +229,29 @@ class QuotaStore:
 
     # ------------------------------------------------------------------ allocation
 
-    def allocate(self, req: AllocationRequest) -> Grant:
+    def allocate(self, req: AllocationRequest, *, count: bool = True) -> Grant:
         """Take devices for ``req`` and open its usage interval, or raise (and count) its :class:`Refusal`.
 
         ``req.groups`` are the user's hub groups, through which membership may come (``idp_groups``).
         The rules that need only the site are checked before the transaction, the rest inside it.
+        ``count=False``: the caller decides whether the refusal is one (a request that waits in the GPU queue
+        is not; :meth:`count_refusal_quietly` counts one that is).
         """
         checked = policy.check(self.site, req)
         if isinstance(checked, Refusal):
-            self._count_quietly(req.org, checked)
+            if count:
+                self._count_quietly(req.org, checked, req.user)
             raise checked
         out = self._write(lambda conn: self._allocate(conn, checked))
-        if isinstance(out, Refusal):
+        if isinstance(out, Refusal):  # counted after the deciding transaction: a failed count is no failed answer
+            if count:
+                self._count_quietly(req.org, out, req.user)
             raise out
         return out
+
+    def count_refusal_quietly(self, req: AllocationRequest, refusal: Refusal) -> None:
+        """Count ``refusal`` of ``req`` as :meth:`allocate` does (for callers that passed ``count=False``)."""
+        self._count_quietly(req.org, refusal, req.user)
 
     def _allocate(self, conn: Connection, req: AllocationRequest) -> Grant | Refusal:
         now = self.now()
@@ -245,10 +263,11 @@ class QuotaStore:
             is_open, used = conn.execute(select(_OPEN_ID), {"key": req.server_key}).scalar(), 0.0
         self._lock(conn)
         holdings = tuple(Holding(*r) for r in conn.execute(_HOLDINGS))
-        snap = Snapshot(holdings, used, frozenset({req.server_key}) if is_open else frozenset(), self.inventory())
+        offers = tuple(self.offers()) if self.offers is not None and req.gpus else None
+        inventory = () if offers is not None else self.inventory()
+        snap = Snapshot(holdings, used, frozenset({req.server_key}) if is_open else frozenset(), inventory, offers)
         decision = policy.decide(self.site, req, snap)
         if isinstance(decision, Refusal):
-            self._bump_refusal(conn, decision.org or req.org, decision.rule)
             return decision
         interval_id = _hold(conn, req, req.server_key, decision.devices, decision.model, decision.weight, now, now)
         note = ()
@@ -256,10 +275,14 @@ class QuotaStore:
             org = self.site.organizations[req.org]
             msg = budget_rules.admission_note(org.key, org.gpu_hours_per_month, used, self.site.quota.warn_fractions)
             note = (msg,) if msg else ()
-        return Grant(req.server_key, list(decision.devices), decision.model, decision.weight, interval_id, now, note)
+        return Grant(
+            req.server_key, list(decision.devices), decision.model, decision.weight, interval_id, now, note,
+            decision.node_id, decision.node,
+        )  # fmt: skip
 
-    def record_refusal(self, org: str | None, rule: Refusal | Rule | str) -> None:
-        """Count a refusal decided outside the store (the spawner's parsing of ``user_options``).
+    def record_refusal(self, org: str | None, rule: Refusal | Rule | str, user: str | None = None) -> None:
+        """Count a refusal decided outside the store (the spawner's parsing of ``user_options``), and keep it as
+        an event of ``user``'s (:mod:`quota.usage_records`: this month's refusals by rule).
 
         ``rule`` is the refusal, its rule or its id; an id that is not in the rule table is refused
         (ValueError), so the counter and the metric only ever carry the table's ids.
@@ -268,16 +291,16 @@ class QuotaStore:
             org, rule_id = rule.org or org, rule.rule
         else:
             rule_id = (rule if isinstance(rule, Rule) else Rule.of(rule)).id
-        self._write(lambda conn: self._bump_refusal(conn, org, rule_id))
+        self._write(lambda conn: self._bump_refusal(conn, org, rule_id, user))
 
-    def _count_quietly(self, org: str | None, refusal: Refusal) -> None:
-        """Count a refusal that needed no database; an outage must not hide the refusal's own reason."""
+    def _count_quietly(self, org: str | None, refusal: Refusal, user: str | None = None) -> None:
+        """Count a refusal; neither an outage nor a failed write may hide the refusal's own reason."""
         try:
-            self.record_refusal(org, refusal)
-        except QuotaUnavailable as e:
+            self.record_refusal(org, refusal, user)
+        except Exception as e:  # noqa: BLE001 (the refusal is the answer; its count is bookkeeping)
             log.warning("refusal %s not counted: %s", refusal.rule, e)
 
-    def _bump_refusal(self, conn: Connection, org: str | None, rule_id: str) -> None:
+    def _bump_refusal(self, conn: Connection, org: str | None, rule_id: str, user: str | None = None) -> None:
         label = org if isinstance(org, str) and org in self.site.organizations else ""
         ins = (sqlite_insert if self.sql.name == "sqlite" else pg_insert)(spawn_refusals)
         conn.execute(
@@ -285,6 +308,7 @@ class QuotaStore:
                 index_elements=["org", "reason"], set_={"count": spawn_refusals.c.count + 1}
             )
         )
+        add_refusal(conn, self.now(), label, user, rule_id)
 
     def adopt(self, a: Adopt) -> Grant:
         """Record a running container found by the reconciler (``unknown_containers: adopt``)."""

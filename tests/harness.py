@@ -41,6 +41,7 @@ def default_site(instance: str, port: int, state: Path) -> dict:
             "api_port": free_port(),
             "proxy_api_port": free_port(),
             "quota_service_port": free_port(),
+            "airlock_service_port": free_port(),  # sites with projects run gpuhub-airlock there
         },
         "gpus": {
             "runtime": "none",

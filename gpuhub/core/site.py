@@ -54,8 +54,11 @@ class HubSettings:
     proxy_api_port: int = 8001
     quota_service_port: int = 10101
     project_proxy_port: int = 8010  # the download filter (nginx) in front of project servers, on loopback
+    airlock_service_port: int = 10103  # gpuhub-airlock (REST API, stewards' page), on the user network's gateway
     hub_connect_ip: str | None = None
     allow_cpu_without_org: bool = True
+    # docker: servers are containers on this host's engine; swarm: Swarm services placed on GPU nodes (issue 19)
+    engine: str = "docker"
 
     @property
     def database_url(self) -> str:
@@ -291,8 +294,12 @@ def _hub(data, base: Path) -> HubSettings:
         proxy_api_port=r.get("proxy_api_port", int, 8001, check=lambda v: 0 < v < 65536, allowed="a TCP port"),
         quota_service_port=r.get("quota_service_port", int, 10101, check=lambda v: 0 < v < 65536, allowed="a TCP port"),
         project_proxy_port=r.get("project_proxy_port", int, 8010, check=lambda v: 0 < v < 65536, allowed="a TCP port"),
+        airlock_service_port=r.get(
+            "airlock_service_port", int, 10103, check=lambda v: 0 < v < 65536, allowed="a TCP port"
+        ),
         hub_connect_ip=r.get("hub_connect_ip", str, None),
         allow_cpu_without_org=r.get("allow_cpu_without_org", bool, True),
+        engine=r.choice("engine", ("docker", "swarm"), "docker"),
     )
     r.done()
     return hub
@@ -554,13 +561,14 @@ def parse_site(data: Any, path: Path) -> Site:
             images,
             organizations,
         ),
-        projects=parse_projects(r.get("projects", dict, {}), organizations, images, base),
+        projects=(projects := parse_projects(r.get("projects", dict, {}), organizations, images, base)),
         audit=parse_audit(r.get("audit", dict, {})),
         airlock=airlock_config.parse(
             r.get("airlock", dict, {}),
             state_dir=hub.state_dir,
             base=base,
             helper_image=next(iter(images.values())).image,
+            used=bool(projects) or "airlock" in (data or {}),
         ),
         raw=dict(data or {}),
     )

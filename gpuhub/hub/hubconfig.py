@@ -21,6 +21,8 @@ QUOTA_SERVICE = "gpuhub-quota"
 AUTOMATION_SERVICE = "gpuhub-automation"
 METRICS_SERVICE = "gpuhub-metrics"
 PROJECT_PROXY_SERVICE = "gpuhub-project-proxy"
+AIRLOCK_SERVICE = "gpuhub-airlock"
+SERVER_ROLE_SCOPES = ["users:activity!user", "access:servers!server"]  # JupyterHub's default server role
 
 
 class CatalogError(RuntimeError):
@@ -68,7 +70,12 @@ def prepare(environ: dict | None = None, *, docker_client=None, log=print) -> tu
     problems = check_catalog(site, client)
     if problems:  # refuse to start a hub whose catalog would fail every spawn
         raise CatalogError("the site's image catalog is not available locally:\n  " + "\n  ".join(problems))
-    net = ensure_user_network(client, site.hub.network)
+    if site.hub.engine == "swarm":  # servers on Swarm nodes: an attachable overlay; the hub faces the manager
+        from gpuhub.host.swarm_network import ensure_overlay
+
+        net = ensure_overlay(client, site.hub.network)
+    else:
+        net = ensure_user_network(client, site.hub.network)
     password = admin_password = None
     if site.hub.auth.type == "shared-password":
         password = env.get("GPUHUB_DEMO_PASSWORD") or _state_secret(
@@ -115,6 +122,9 @@ def apply_hub(c, site: Site, facts: HubFacts) -> None:
         c.JupyterHub.hub_bind_url = f"http://{facts.hub_ip}:{site.hub.api_port}"
         c.JupyterHub.hub_connect_url = f"http://{facts.hub_ip}:{site.hub.api_port}"
     c.JupyterHub.db_url = site.hub.database_url
+    from gpuhub.hub import db_guard  # JupyterHub has no setting for it: wraps its BaseHandler (see the module)
+
+    db_guard.install()  # while hub.db_url fails: 503 naming it and the fix, not 403 "invalid credentials" / 500
     c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
     c.JupyterHub.pid_file = str(state / "jupyterhub.pid")
     c.JupyterHub.cleanup_servers = False  # a hub restart must not stop running research servers
@@ -155,7 +165,10 @@ def apply_spawner(c, site: Site, facts: HubFacts) -> None:
     is honoured, and the spawner merges the operator's ``extra_host_config`` / ``extra_create_kwargs`` /
     ``volumes`` with its own at each start, refusing what would weaken the hardening
     (:mod:`gpuhub.hub.container`)."""
-    c.JupyterHub.spawner_class = "gpuhub.hub.spawner.GpuhubSpawner"
+    c.JupyterHub.spawner_class = {
+        "docker": "gpuhub.hub.spawner.GpuhubSpawner",
+        "swarm": "gpuhub.hub.swarm_spawner.GpuhubSwarmSpawner",  # services on the node the allocator picked
+    }[site.hub.engine]
     c.GpuhubSpawner.site_config = str(site.path)
     c.GpuhubSpawner.network_name = facts.network
     c.GpuhubSpawner.use_internal_ip = True
@@ -172,6 +185,10 @@ def apply_spawner(c, site: Site, facts: HubFacts) -> None:
     c.GpuhubSpawner.poll_interval = 10  # a dead server frees its GPUs within ~10 s (inspect is cheap)
     c.GpuhubSpawner.start_timeout = 300  # a class of 50 starting at once on 2 cores needs minutes
     c.GpuhubSpawner.http_timeout = 120
+    # A queued GPU request is a pending spawn for as long as it waits (gpuhub.hub.queue_wait); JupyterHub's limit
+    # on pending spawns would let a long queue refuse CPU-only and other orgs' spawns. start_concurrency gates the
+    # expensive part of a start instead.
+    c.JupyterHub.concurrent_spawn_limit = 0
     c.GpuhubSpawner.debug = False
     c.JupyterHub.allow_named_servers = True
     c.JupyterHub.named_server_limit_per_user = 4
@@ -195,7 +212,8 @@ def apply_services(c, site: Site, facts: HubFacts) -> None:
     roles = [
         {
             "name": "gpuhub-quota",
-            "scopes": ["list:users", "read:users", "read:servers", "delete:servers"],
+            # servers: the GPU queue's dispatcher starts the servers of requests a restarted hub forgot
+            "scopes": ["list:users", "read:users", "read:servers", "delete:servers", "servers"],
             "services": [QUOTA_SERVICE],
         }
     ]
@@ -210,11 +228,35 @@ def apply_services(c, site: Site, facts: HubFacts) -> None:
                 "display": False,
             }
         )
+        _airlock_service(c, site, facts, services, roles)
     if facts.admin_token:
         services.append({"name": AUTOMATION_SERVICE, "api_token": facts.admin_token})
         roles.append({"name": "admin", "services": [AUTOMATION_SERVICE]})
     c.JupyterHub.services = services
     c.JupyterHub.load_roles = roles
+
+
+def _airlock_service(c, site: Site, facts: HubFacts, services: list, roles: list) -> None:
+    """gpuhub-airlock (gpuhub.hub.airlock_service): the export/import REST API and the stewards' page, with the
+    hub's OAuth. It listens on the user network's gateway (like the hub API) so that servers reach it; the proxy
+    reaches it there too. Every user may reach it (JupyterHub 5 asks ``access:services!service=...``): members
+    change at run time (stewards add them, IdP groups), and what a caller may do is the service's decision, by
+    their role in the project. Server tokens get the scope too, so ``gpuhub-export`` works from a server."""
+    host = "127.0.0.1" if site.hub.hub_connect_ip else facts.hub_ip
+    services.append(
+        {
+            "name": AIRLOCK_SERVICE,
+            "command": [sys.executable, "-m", "gpuhub.hub.airlock_service"],
+            "url": f"http://{host}:{site.hub.airlock_service_port}",
+            "oauth_no_confirm": True,  # the hub's own page, not a third party asking for the user's identity
+            "oauth_client_allowed_scopes": ["read:users:groups!user"],  # IdP groups make project members
+            "environment": {"GPUHUB_SITE_CONFIG": str(site.path), **facts.service_env},
+            "display": True,
+        }
+    )
+    access = f"access:services!service={AIRLOCK_SERVICE}"
+    roles.append({"name": "user", "scopes": ["self", access]})
+    c.GpuhubSpawner.server_token_scopes = [*SERVER_ROLE_SCOPES, "read:users:groups!user", access]
 
 
 def apply_courses(c, site: Site, facts: HubFacts) -> None:
@@ -227,7 +269,8 @@ def apply_courses(c, site: Site, facts: HubFacts) -> None:
     if not site.courses:
         return
     courses.check_usernames(site)
-    c.GpuhubSpawner.server_token_scopes = list(courses.SERVER_TOKEN_SCOPES)
+    earlier = list(c.GpuhubSpawner.server_token_scopes) if "server_token_scopes" in c.GpuhubSpawner else []
+    c.GpuhubSpawner.server_token_scopes = list(dict.fromkeys([*courses.SERVER_TOKEN_SCOPES, *earlier]))  # + airlock's
     roles = list(c.JupyterHub.load_roles) if "load_roles" in c.JupyterHub else []
     c.JupyterHub.load_roles = roles + courses.roles(site)
     members = {name for course in site.courses.values() for name in course.instructors + course.students}

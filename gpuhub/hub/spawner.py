@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 import docker
 from dockerspawner import DockerSpawner
+from jupyterhub.utils import maybe_future
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Bool, Dict, Float, Instance, Integer, List, Unicode, default
@@ -26,7 +27,7 @@ from traitlets import Bool, Dict, Float, Instance, Integer, List, Unicode, defau
 from gpuhub.core.keys import server_key
 from gpuhub.core.naming import container_name
 from gpuhub.host.dockerenv import docker_time
-from gpuhub.hub import courses, i18n, lab_locale, projects, runtime, volumes
+from gpuhub.hub import courses, i18n, lab_locale, projects, queue_wait, runtime, volumes
 from gpuhub.hub.container import (
     HOME_VOLUME,
     OperatorConfigError,
@@ -251,7 +252,8 @@ class GpuhubSpawner(DockerSpawner):
         env["GPUHUB_ORG"] = (self.spawn_request.org or "") if self.spawn_request else ""
         if self.course_plan is not None:  # courses hook: JUPYTER_CONFIG_PATH, GPUHUB_COURSES
             env.update(self.course_plan.env)
-        if self.project_plan is not None:  # projects hook: GPUHUB_PROJECT, JUPYTER_CONFIG_PATH
+        env.update(projects.airlock_env(self))  # GPUHUB_AIRLOCK_URL beside the hub API (gpuhub-import)
+        if self.project_plan is not None:  # projects hook: GPUHUB_PROJECT, GPUHUB_AIRLOCK_URL, JUPYTER_CONFIG_PATH
             env.update(self.project_plan.env)
         return env
 
@@ -332,7 +334,7 @@ class GpuhubSpawner(DockerSpawner):
     # ------------------------------------------------------------ lifecycle
 
     async def start(self):
-        self.progress_events = []
+        self.progress_events = queue_wait.events_of_this_spawn(self)  # GPU queue hook: its place-in-line events
         site = self.site
         self.emit(5, "Checking your request")
         await self._check_operator_config()
@@ -348,7 +350,7 @@ class GpuhubSpawner(DockerSpawner):
         self.image = spec.image
         what = f"{request.gpus} GPU{'s' if request.gpus != 1 else ''}"
         self.emit(15, f"Allocating {what} for {request.org or 'no organization'}")
-        grant = await self._quota_call(self.quota.allocate, request)
+        grant = await self._quota_call(queue_wait.take_grant, self, request)  # GPU queue hook (direct or granted)
         runtime.forget_status(self.site_config)
         self.grant, self.gpu_uuids = grant, list(grant.devices)
         if grant.devices:
@@ -359,7 +361,7 @@ class GpuhubSpawner(DockerSpawner):
             self.uid = await self._quota_call(self.quota.uid_for, self.user.name)
             if project is not None:  # projects hook: the room instead of the home, courses and user network
                 await projects.prepare(self, project, self.uid)
-            await volumes.ensure_home(self, self.uid, self.project_plan.labels if self.project_plan else None)
+            await self._ensure_home(self.uid, self.project_plan.labels if self.project_plan else None)
             if project is None:
                 await self._prepare_courses(self.uid)  # courses hook (gpuhub.hub.courses)
             await self._take_start_slot()
@@ -391,6 +393,17 @@ class GpuhubSpawner(DockerSpawner):
             await self._release("spawn-failed")
             await projects.after_stop(self, self.project_key, self.project_route, "spawn-failed", audit=False)
             raise
+
+    async def run_pre_spawn_hook(self):
+        await queue_wait.before_start(self)  # GPU queue hook: waits in line here, before start_timeout's clock
+        return await maybe_future(super().run_pre_spawn_hook())
+
+    async def run_post_stop_hook(self):
+        await queue_wait.after_stop(self)  # GPU queue hook: a stopped or cancelled pending server leaves the line
+        return await maybe_future(super().run_post_stop_hook())
+
+    async def _ensure_home(self, uid: int, labels: dict | None) -> None:
+        await volumes.ensure_home(self, uid, labels)  # GpuhubSwarmSpawner: on the server's node instead
 
     async def _take_start_slot(self) -> None:
         gate = self.start_gate
@@ -511,6 +524,7 @@ class GpuhubSpawner(DockerSpawner):
 
     async def _record_refusal(self, refusal: Refusal, org) -> None:
         try:
-            await asyncio.to_thread(self.quota.record_refusal, org if isinstance(org, str) else None, refusal)
+            org = org if isinstance(org, str) else None
+            await asyncio.to_thread(self.quota.record_refusal, org, refusal, self.user.name)  # + this month's event
         except Exception:
             self.log.warning("could not count refusal %s for %s", refusal.rule, self.server_key)

@@ -92,6 +92,8 @@ COMMANDS = [
     ("project", "add-member"),
     ("project", "remove-member"),
     ("project", "extend"),
+    ("project", "records"),
+    ("project", "expire"),
     ("node",),
     ("node", "register"),
     ("node", "list"),
