@@ -47,6 +47,7 @@ from quota.projects import NO_CHANGES, Membership, is_member, is_open
 
 R, C, V, T = airlock_request.c, airlock_check.c, airlock_review.c, airlock_transition.c
 MAX_IDENTIFIER_FILES = 200
+DOWNLOADED = "download"  # released_to of an export its requester downloaded once from the airlock page
 
 
 # ---------------------------------------------------------------- views
@@ -447,6 +448,32 @@ class AirlockStore:
 
         self.audit._write(run)
         return self.get(request_id)
+
+    def download(self, request_id: int, user: str, source: str | None = None) -> tuple[RequestView, bytes]:
+        """The approved export's bytes for its requester, once (``airlock.export_release: download``): the
+        ``released`` transition (to ``download``) is recorded in the transaction that reads them, so a second
+        download is refused (``airlock-not-releasable``), and so is one after a revoke."""
+        row = self.get_row(request_id)
+        if row is None:
+            raise al.AirlockRule.NOT_FOUND.refuse(direction="airlock", id=request_id)
+        at = utc(self.clock())
+
+        def run(conn: Connection) -> bytes:
+            current = self._row(conn, request_id)
+            view = self._decision_view(conn, current)
+            al.release(view, user)  # visible, the requester, approved and not released: under the audit lock
+            if current.direction != al.EXPORT:
+                hint = "an import is released into the project home, not downloaded"
+                raise al.AirlockRule.NOT_RELEASABLE.refuse(**al._facts(view, hint=hint))
+            body = (self.quarantine / current.quarantine_file).read_bytes()
+            if hashlib.sha256(body).hexdigest() != current.sha256:
+                raise RuntimeError(f"airlock: quarantined copy of request {row.id} does not match its sha256")
+            conn.execute(update(airlock_request).where(R.id == request_id).values(released_to=DOWNLOADED))
+            self._transition(conn, current, al.RELEASED, user, at, source=source, detail={"to": DOWNLOADED})
+            return body
+
+        body = self.audit._write(run)
+        return self.get(request_id), body
 
     def purge(self) -> list[int]:
         """Delete the quarantined copies of discarded requests older than ``airlock.retention_days``."""

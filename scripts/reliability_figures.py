@@ -58,6 +58,18 @@ PROMISES = [
         "tests/fuzz/test_status_api_schemathesis.py",
     ),
     (
+        "I1-queue",
+        "GPU queue listing fuzzed (schemathesis, with and without tokens): 0 5xx, 403 without a token, "
+        "a user's token lists only its own requests",
+        "tests/fuzz/test_queue_airlock_schemathesis.py",
+    ),
+    (
+        "I1-airlock",
+        "airlock API fuzzed (schemathesis, every operation, member/steward/other project/outsider tokens): 0 5xx, "
+        "403 without a user's token, nothing outside the caller's roles (outsider: empty list, 404 by id)",
+        "tests/fuzz/test_queue_airlock_schemathesis.py",
+    ),
+    (
         "I2",
         "spawn options fuzzed through the hub REST API (hypothesis, up to 1 MB): 4xx with a message, no container",
         "tests/fuzz/test_spawn_options_fuzz.py",

@@ -13,6 +13,9 @@ Keys (README "Site config reference"); errors name the key path, what was given 
 - ``min_cell_count``, ``dominance_n``, ``dominance_k``, ``zeros_are_disclosive``: the table checks; defaults are
   ACRO's own (``safe_threshold``, ``safe_nk_n``, ``safe_nk_k``, ``zeros_are_disclosive`` in the installed
   ``acro/default.yaml``), read from the file, not copied here.
+- ``export_release`` (default ``home``): how an approved export leaves quarantine: ``home`` writes it at once into
+  the requester's ordinary home (``~/exports/PROJECT/NAME``); ``download`` keeps it approved until the requester
+  downloads it, once, from the airlock page (a second download is 410 Gone; a steward may revoke it until then).
 - ``helper_image`` (default: the first catalog image): the image of the short-lived, never-started container the
   service creates to read a file from a volume (``docker cp`` semantics); any local image will do.
 """
@@ -32,6 +35,7 @@ from gpuhub.core.siteconfig_reader import SiteConfigError, _positive, _Reader
 EXPORT_TYPES = ("csv", "txt", "json", "png", "svg", "pdf", "ipynb")
 IMPORT_TYPES = ("py", "r", "ipynb", "txt", "md", "csv", "json", "yaml", "yml", "toml", "sql", "sh")
 DEFAULT_RETENTION_DAYS = 30
+EXPORT_RELEASES = ("home", "download")
 _ACRO_KEYS = ("safe_threshold", "safe_nk_n", "safe_nk_k", "zeros_are_disclosive", "blocked_extensions")
 
 
@@ -77,6 +81,7 @@ class AirlockSettings:
     zeros_are_disclosive: bool = True  # acro zeros_are_disclosive
     acro_blocked_extensions: tuple[str, ...] = (".svg", ".gph")  # acro blocked_extensions
     helper_image: str = ""
+    export_release: str = "home"  # one of EXPORT_RELEASES
 
     @property
     def max_file_bytes(self) -> int:
@@ -151,6 +156,13 @@ def parse(data: Any, *, state_dir: Path, base: Path, helper_image: str = "", use
         zeros_are_disclosive=r.get("zeros_are_disclosive", bool, bool(acro["zeros_are_disclosive"])),
         acro_blocked_extensions=tuple(str(e).lower() for e in acro["blocked_extensions"]),
         helper_image=r.get("helper_image", str, helper_image, allowed="a local Docker image reference"),
+        export_release=r.get(
+            "export_release",
+            str,
+            "home",
+            check=lambda v: v in EXPORT_RELEASES,
+            allowed="'home' (into ~/exports/PROJECT/) or 'download' (a one-time download from the airlock page)",
+        ),
     )
     if s.max_copy_mb < s.max_file_mb:
         raise SiteConfigError(

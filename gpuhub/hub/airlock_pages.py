@@ -10,6 +10,11 @@
   an svg or an html-looking text never runs in the page's origin.
 - ``{prefix}requests/ID/review`` (POST, xsrf-checked form): the decision, through the same store call and release
   as the REST API (:func:`gpuhub.hub.airlock_service.review_and_release`).
+- ``{prefix}requests/ID/download``: the one-time download of an approved export by its requester when
+  ``airlock.export_release`` is ``download`` (recorded as the release; again: 410 Gone).
+- ``{prefix}requests/ID/cancel`` and ``.../revoke`` (POST, xsrf-checked forms): the requester cancels a request
+  without a decision, a steward revokes an approved one not yet released, through the store calls the REST API's
+  ``POST .../cancel`` and ``.../revoke`` make (the rules live in :mod:`quota.airlock`, nowhere else).
 
 Who sees what is the store's rule (:meth:`quota.airlock_store.AirlockStore.get`): the requester and the project's
 stewards; anyone else gets 404, so a request of another project does not even show that it exists. Review
@@ -25,11 +30,13 @@ import csv
 import io
 import re
 from pathlib import Path
+from urllib.parse import quote
 
 import jinja2
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from tornado import web
 
+from gpuhub.hub import airlock_texts as texts
 from gpuhub.hub import i18n
 from quota import airlock as al
 
@@ -71,14 +78,15 @@ def kind_of(name: str) -> str:
     return "text" if ext in TEXT_TYPES else "none"
 
 
-def flagged_cells(checks: list[dict]) -> dict[tuple[int, str], str]:
-    """(file line, column name or ``#n``) -> the finding's detail, for every failed finding located at a cell."""
+def flagged_cells(checks: list[dict]) -> dict[tuple[int, str], dict]:
+    """(file line, column name or ``#n``) -> the finding (``rule``, ``detail``: the page says the rule's sentence
+    in its language, then the detail), for every failed finding located at a cell."""
     out = {}
     for c in checks:
         m = CELL_AT.match(c.get("location") or "") if not c["passed"] else None
         if m:
             col = m.group(2) if m.group(2) is not None else f"#{m.group(3)}"
-            out[(int(m.group(1)), col)] = c["detail"]
+            out[(int(m.group(1)), col)] = {"rule": c["rule"], "detail": c["detail"]}
     return out
 
 
@@ -109,7 +117,7 @@ def text_preview(body: bytes, checks: list[dict]) -> dict:
     for c in checks:
         m = LINE_AT.search(c.get("location") or "") if not c["passed"] else None
         if m:
-            flagged[int(m.group(1))] = c["detail"]
+            flagged[int(m.group(1))] = {"rule": c["rule"], "detail": c["detail"]}
     text = body.decode("utf-8", errors="replace")
     cut = len(text) > PREVIEW_TEXT
     lines = text[:PREVIEW_TEXT].splitlines()
@@ -143,6 +151,7 @@ class _Page(HubOAuthenticated, web.RequestHandler):
             xsrf=self.xsrf_token.decode() if isinstance(self.xsrf_token, bytes) else self.xsrf_token,
             uri=self.request.uri,
             states=STATE_NAMES,
+            finding_texts=texts.FINDINGS,
             **values,
         )
         self.set_status(status)
@@ -240,18 +249,31 @@ class RequestPage(_Page):
         return {"kind": kind}
 
     @web.authenticated
-    async def get(self, request_id: str, error: str | None = None, status: int = 200):
+    async def get(self, request_id: str, error: str | None = None, status: int = 200, action: str = "review"):
         view = await self._view(request_id)
         preview = await self._preview(view)
+        steward = self.user in self.site.projects[view.project].stewards
         self.render_page(
             "airlock_request.html",
             status=status,
             r=view,
             preview=preview,
             error=error,
+            error_title=texts.NOT_DONE[action],
             can_review=can_review(view, self.user, self.site),
-            is_steward=self.user in self.site.projects[view.project].stewards,
+            can_cancel=self.user == view.requester and view.state in al.OPEN,
+            can_revoke=steward and view.state == al.APPROVED,
+            can_download=self.user == view.requester and view.state == al.APPROVED and view.direction == al.EXPORT
+            and self.site.airlock.export_release == "download",
+            is_steward=steward,
         )
+
+    async def refused(self, request_id: str, e: al.AirlockRefusal, action: str, said: dict) -> None:
+        """The request page again with the refusal: the translated sentence first (``said`` by rule id), then the
+        rule's English sentence and id (in English the rule's own sentence says it all)."""
+        t = self.messages()
+        first = t.gettext(said[e.rule]) + " " if e.rule in said and t.lang != i18n.DEFAULT else ""
+        await RequestPage.get(self, request_id, error=f"{first}{e.message} ({e.rule})", status=e.status, action=action)
 
 
 class FileHandler(RequestPage):
@@ -287,11 +309,58 @@ class ReviewForm(RequestPage):
                 self.request.remote_ip,
             )  # fmt: skip
         except al.AirlockRefusal as e:
-            t = self.messages()  # in English the rule's own sentence says it all; elsewhere it follows the translation
-            said = t.gettext(REFUSALS[e.rule]) + " " if e.rule in REFUSALS and t.lang != i18n.DEFAULT else ""
-            await RequestPage.get(self, request_id, error=f"{said}{e.message} ({e.rule})", status=e.status)
+            await self.refused(request_id, e, "review", REFUSALS)
             return
         self.redirect(f"{self.prefix}requests/{view.id}")
+
+
+REVOKE_REFUSALS = {**REFUSALS, **texts.REFUSALS, "airlock-reason-required": i18n.N_("Write a reason: a revocation "
+    "needs one; the requester and the other stewards read it.")}  # fmt: skip
+
+
+class ActionForm(RequestPage):
+    """POST ``cancel`` (the requester, no reason) or ``revoke`` (a steward, ``reason``) from the request page:
+    :meth:`AirlockStore.cancel` / :meth:`AirlockStore.revoke`, the calls behind the REST API's POST .../cancel and
+    .../revoke, so the page and the API follow one rule. Back to the request (its history shows the step)."""
+
+    @web.authenticated
+    async def post(self, request_id: str, action: str):
+        view = await self._view(request_id)
+        ip = self.request.remote_ip
+        try:
+            if action == "cancel":
+                await asyncio.to_thread(self.store.cancel, view.id, self.user, ip)
+            else:
+                reason = self.get_body_argument("reason", "").strip()
+                await asyncio.to_thread(self.store.revoke, view.id, self.user, reason, ip)
+        except al.AirlockRefusal as e:
+            await self.refused(request_id, e, action, REVOKE_REFUSALS)
+            return
+        self.redirect(f"{self.prefix}requests/{view.id}")
+
+
+class DownloadHandler(RequestPage):
+    """The one-time download of an approved export (``airlock.export_release: download``), for its requester:
+    :meth:`AirlockStore.download` records the release (audit chain) as it reads the bytes. Once downloaded, or
+    revoked, the link answers 410 Gone; anyone but the requester gets 403, and who may not see the request 404."""
+
+    @web.authenticated
+    async def get(self, request_id: str):
+        view = await self._view(request_id)
+        t = self.messages()
+        try:
+            _, body = await asyncio.to_thread(self.store.download, view.id, self.user, self.request.remote_ip)
+        except al.AirlockRefusal as e:
+            status = 410 if e.rule == "airlock-not-releasable" else e.status
+            said = e.rule in texts.REFUSALS and t.lang != i18n.DEFAULT  # English: the rule's sentence says it all
+            first = t.gettext(texts.REFUSALS[e.rule]) + " " if said else ""
+            raise web.HTTPError(status, f"{first}{e.message} ({e.rule})") from None
+        self.set_header("Content-Type", "application/octet-stream")
+        self.set_header("Content-Disposition", f"attachment; filename*=UTF-8''{quote(view.name)}")
+        self.set_header("Content-Security-Policy", SANDBOX)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(body)
 
 
 class LanguageForm(_Page):
@@ -314,6 +383,8 @@ def handlers(prefix: str, args: dict) -> list[tuple]:
         (prefix + r"requests/([0-9]{1,12})", RequestPage, page),
         (prefix + r"requests/([0-9]{1,12})/file", FileHandler, page),
         (prefix + r"requests/([0-9]{1,12})/review", ReviewForm, page),
+        (prefix + r"requests/([0-9]{1,12})/(cancel|revoke)", ActionForm, page),
+        (prefix + r"requests/([0-9]{1,12})/download", DownloadHandler, page),
         (prefix + "language", LanguageForm, page),
         (prefix + "oauth_callback", HubOAuthCallbackHandler, {}),
     ]

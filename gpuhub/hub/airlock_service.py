@@ -15,9 +15,11 @@ requester, a steward of the project, or nobody (404). The path is relative to th
 export) or ordinary home (an import); the service copies the file from that volume itself, so an ``sha256`` the
 client sends is only compared (a mismatch is a finding), never trusted. When a review completes the approvals, the
 service releases the file at once (export: ``~/exports/PROJECT/NAME`` in the ordinary home; import:
-``~/imports/NAME`` in the project home). The stewards' page is :mod:`gpuhub.hub.airlock_pages` (same app, same
-store calls, signed in with the hub's OAuth). Refusals are JSON ``{"status", "rule", "message"}`` with the rule id also
-in the ``X-Gpuhub-Rule`` header. Store calls (Docker, database) run in threads, never on the event loop.
+``~/imports/NAME`` in the project home), unless ``airlock.export_release`` is ``download``: then an approved export
+stays ``approved`` until its requester downloads it once from the page. The stewards' page is
+:mod:`gpuhub.hub.airlock_pages` (same app, same store calls, signed in with the hub's OAuth). Refusals are JSON
+``{"status", "rule", "message"}`` with the rule id also in the ``X-Gpuhub-Rule`` header.
+Store calls (Docker, database) run in threads, never on the event loop.
 """
 
 from __future__ import annotations
@@ -215,8 +217,8 @@ def review_and_release(store: AirlockStore, volumes: Volumes, rid: int, user: st
     releases the file at once. A failed release (Docker) leaves the request approved and logged: the answer is
     still the approved request, and the release can be retried."""
     view = store.review(rid, user, decision, reason, ip)
-    if view.state != al.APPROVED:
-        return view
+    if view.state != al.APPROVED or (view.direction == al.EXPORT and store.settings.export_release == "download"):
+        return view  # airlock.export_release: download keeps it approved until the requester downloads it once
     target = volumes.home(view.requester) if view.direction == al.EXPORT else volumes.project_home(
         view.requester, view.project)  # fmt: skip
     try:

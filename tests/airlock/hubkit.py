@@ -24,7 +24,7 @@ PREFIX = "/services/gpuhub-airlock/"
 
 
 class AirlockHub(HubProcess):
-    def __init__(self, tmp):
+    def __init__(self, tmp, airlock: dict | None = None):
         instance = f"gpuhubtest{uuid.uuid4().hex[:6]}"
         data = default_site(instance, free_port(), tmp / "state")
         data["hub"]["airlock_service_port"] = free_port()
@@ -45,7 +45,7 @@ class AirlockHub(HubProcess):
                        "members": ["alice", "mona", "sam"]},
             "other": {**room, "display_name": "Other room", "stewards": ["olga"], "members": ["oscar"]},
         }  # fmt: skip
-        data["airlock"] = {"quarantine_dir": str(tmp / "quarantine")}
+        data["airlock"] = {"quarantine_dir": str(tmp / "quarantine"), **(airlock or {})}
         super().__init__(tmp, data, instance=instance)
         self.tokens: dict[str, str] = {}
         self.made_volumes: list[str] = []

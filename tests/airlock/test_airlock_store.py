@@ -223,3 +223,28 @@ def test_a_checker_crash_is_a_finding_not_a_stuck_request(store, make_volume, mo
     assert v.state == al.CHECKS_DONE
     assert [(c["rule"], c["passed"]) for c in v.checks] == [("checks-error", False)]
     assert "ValueError: bad table" in v.checks[0]["detail"]
+
+
+def test_a_one_time_download_is_released_once_and_never_after_a_revoke(store, make_volume, engine):
+    project_home = make_volume({"a.txt": b"AUC 0.81\n", "b.txt": b"AUC 0.79\n"})
+    a = store.submit("cohort", "alice", "export", "a.txt", "fig 1", source_volume=project_home)
+    for steward in ("steve", "sara"):
+        store.review(a.id, steward, "approve")
+    with pytest.raises(al.AirlockRefusal) as e:
+        store.download(a.id, "steve")
+    assert e.value.rule == "airlock-not-requester"
+    view, body = store.download(a.id, "alice", source="10.0.0.7")
+    assert body == b"AUC 0.81\n" and (view.state, view.released_to) == (al.RELEASED, "download")
+    assert view.history[-1]["actor"] == "alice"
+    with pytest.raises(al.AirlockRefusal) as e:
+        store.download(a.id, "alice")
+    assert e.value.rule == "airlock-not-releasable" and "released once already" in e.value.message
+    b = store.submit("cohort", "alice", "export", "b.txt", "fig 2", source_volume=project_home)
+    for steward in ("steve", "sara"):
+        store.review(b.id, steward, "approve")
+    store.revoke(b.id, "steve", "identifies the site")
+    with pytest.raises(al.AirlockRefusal) as e:
+        store.download(b.id, "alice")
+    assert e.value.rule == "airlock-not-releasable" and "revoked" in e.value.message
+    released = [r for r in AuditLog(engine).rows() if r.action == "airlock.export.released"]
+    assert [(r.account, r.source) for r in released] == [("alice", "10.0.0.7")]

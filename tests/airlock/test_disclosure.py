@@ -163,3 +163,11 @@ def test_site_config_errors_name_the_key():
         airlock_config.parse({"retention": 3}, state_dir=Path("/s"), base=Path("/s"))
     s = airlock_config.parse({"quarantine_dir": "q", "min_cell_count": 5}, state_dir=Path("/s"), base=Path("/b"))
     assert (s.quarantine_dir, s.min_cell_count) == (Path("/b/q"), 5)
+
+
+def test_export_release_is_home_or_download():
+    assert S.export_release == "home"
+    parsed = airlock_config.parse({"export_release": "download"}, state_dir=Path("/s"), base=Path("/s"))
+    assert parsed.export_release == "download"
+    with pytest.raises(SiteConfigError, match=r"airlock.export_release.*'home'.*'download'"):
+        airlock_config.parse({"export_release": "email"}, state_dir=Path("/s"), base=Path("/s"))

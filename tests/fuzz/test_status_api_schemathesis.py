@@ -12,35 +12,21 @@ from __future__ import annotations
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter
 
 from exporters.server import serve
 from tests.faults.figures import record
+from tests.fuzz.kit import FUZZ
+from tests.fuzz.kit import send as _send
 from tests.harness import ROOT
 
 pytestmark = pytest.mark.docker
 
 STATUS_DOC = ROOT / "gpuhub" / "hub" / "quota_service.openapi.yaml"
 EXPORTER_DOC = ROOT / "exporters" / "openapi.yaml"
-EXAMPLES = 120
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    phases=[Phase.generate],
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
-
-
-def _send(case, base_url: str, authorization: str | None):
-    headers = dict(case.headers or {})
-    headers.pop("Authorization", None)
-    if authorization is not None:
-        headers["Authorization"] = authorization
-    case.headers = headers
-    return case.call(base_url=base_url, headers=headers, timeout=10)
+EXAMPLES = FUZZ.max_examples
 
 
 def test_status_api_fuzzed_with_and_without_tokens(hub):
