@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -130,6 +131,13 @@ class Rule(Enum):
         "were requested; stop a server or ask an operator to raise gpu_limit",
     )
     NO_FREE_DEVICE = ("no-free-device", BUSY, "{shortage}; try again later or {alternative} (free now: {free})")
+    RESERVED_FOR_COURSE = (
+        "reserved-for-course",
+        BUSY,
+        "{shortage}: {reserved} {model} GPU(s) are reserved for course {course}'s class window until {until} "
+        "(courses.{course}.reservations; they go to its members charged to {org}); wait in line, choose another "
+        "model, or start after the window",
+    )
     # -- secure project workspaces: quota.projects.check_project (a project server, "project": KEY)
     PROJECT_UNKNOWN = ("project-unknown", BAD_REQUEST, "project {project!r} does not exist; your projects: {yours}")
     PROJECT_SERVER_NAME = (
@@ -294,6 +302,9 @@ class Snapshot:
     open_servers: frozenset[str] = frozenset()
     inventory: tuple[Device, ...] | None = None  # None: site.gpus.devices
     offers: tuple | None = None  # hub.engine swarm: quota.placement.NodeOffer per node (then inventory is unused)
+    # class windows open now whose course the request is not charged to: {device uuid: (course, its org, "until")}
+    # (quota.reservations.blocked_for); those devices are not free for this request
+    reserved: Mapping[str, tuple[str, str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -411,7 +422,23 @@ def decide(site: Site, req: AllocationRequest, snap: Snapshot) -> Decision | Ref
     if snap.offers is not None:  # several nodes: one node's devices (quota.placement)
         return _place(site, req, snap.offers, {h.device_uuid for h in snap.holdings})
     inventory = snap.inventory if snap.inventory is not None else site.gpus.devices
-    return _choose(site, req, inventory, {h.device_uuid for h in snap.holdings})
+    held = {h.device_uuid for h in snap.holdings}
+    out = _choose(site, req, inventory, held | set(snap.reserved))
+    if isinstance(out, Refusal) and snap.reserved and not isinstance(_choose(site, req, inventory, held), Refusal):
+        return _reserved_refusal(req, inventory, held, snap.reserved, out)
+    return out
+
+
+def _reserved_refusal(req, inventory, held: set[str], reserved: Mapping, refusal: Refusal) -> Refusal:
+    """The request would fit but for devices a class window holds now: say which course, until when."""
+    free_reserved = [d for d in inventory if d.uuid in reserved and d.uuid not in held]
+    model = req.gpu_model or (free_reserved[0].model if free_reserved else "")
+    mine = [d for d in free_reserved if d.model == model] or free_reserved
+    course, org, until = reserved[mine[0].uuid]
+    shortage = refusal.message.split(";", 1)[0]
+    return Rule.RESERVED_FOR_COURSE.refuse(
+        shortage=shortage, reserved=len(mine), model=model, course=course, until=until, org=org, charged_to=req.org
+    )
 
 
 def _choose(site: Site, req: AllocationRequest, inventory: tuple[Device, ...], held: set[str]) -> Decision | Refusal:

@@ -142,6 +142,31 @@ def reserved_at(reservations: Sequence[Reservation], tz: tzinfo, inventory: Sequ
     return {d: a.window.course for a in assign(reservations, tz, inventory, t, t + 1e-6) for d in a.devices}
 
 
+def blocked_for(
+    reservations: Sequence[Reservation], tz: tzinfo, inventory: Sequence, courses: Iterable[str], t: float
+) -> dict[str, Window]:
+    """{device uuid: window} of the devices a request charged to ``courses`` (the courses of its org the user is
+    a member of) may NOT take at ``t``: those of the windows active then whose course is not one of them (the
+    direct allocation path, :mod:`quota.store`, hands these to :func:`quota.policy.decide`)."""
+    mine = set(courses)
+    return {
+        d: a.window
+        for a in assign(reservations, tz, inventory, t, t + 1e-6)
+        if a.window.course not in mine
+        for d in a.devices
+    }
+
+
+def course_members(site) -> dict[str, set[str]]:
+    """{course: its instructors and students} for :func:`notices`. A course with IdP groups is left out: who is in
+    them is known only at login, so its servers are spared by being charged to the course's org alone."""
+    return {
+        k: set(c.instructors) | set(c.students)
+        for k, c in site.courses.items()
+        if not (c.instructors_idp_groups or c.students_idp_groups)
+    }
+
+
 def notices(
     reservations: Sequence[Reservation],
     tz: tzinfo,
@@ -153,14 +178,15 @@ def notices(
 ) -> list[Notice]:
     """Holders (``device_uuid``, ``server_key``, ``user``, ``org``) of devices that a window starting within
     ``notice_seconds`` ("warn") or running now ("stop") needs, except the window's course's own servers: charged
-    to the course's org, and by a member when ``members`` ({course: users}) is given."""
+    to the course's org, and by a member when ``members`` ({course: users}) lists the course."""
     held = {h.device_uuid: h for h in holdings}
     out = []
     for a in assign(reservations, tz, inventory, now, now + notice_seconds + 1e-6):
         w = a.window
         for uuid in a.devices:
             h = held.get(uuid)
-            if h is None or (h.org == w.org and (members is None or h.user in set(members.get(w.course, ())))):
+            if h is None or (h.org == w.org and (members is None or w.course not in members
+                                                  or h.user in members[w.course])):  # fmt: skip
                 continue
             action = "stop" if w.active(now) else "warn"
             out.append(Notice(h.server_key, h.user, uuid, w, action, notice_message(uuid, w, action, tz)))
@@ -196,3 +222,31 @@ def preference(
         return sorted(devices, key=key)
 
     return prefer
+
+
+@dataclass(frozen=True)
+class _Courses:
+    courses: tuple[str, ...]
+
+
+def for_allocation(
+    reservations: Sequence[Reservation],
+    tz: tzinfo,
+    full_inventory: Sequence,
+    inventory: Sequence,
+    courses: Iterable[str],
+    t: float,
+) -> tuple[dict[str, tuple[str, str, str]], tuple]:
+    """What a direct allocation at ``t`` by a request charged to ``courses`` needs (:mod:`quota.store`): the
+    devices it may not take now ({uuid: (course, course's org, "HH:MM" end in the site zone)}, for
+    :class:`quota.policy.Snapshot`), and ``inventory`` in its order of preference (:func:`preference`).
+    ``full_inventory`` places the windows (the same devices whatever part of it ``inventory`` is)."""
+    if not reservations:
+        return {}, tuple(inventory)
+    mine = tuple(courses)
+    blocked = {
+        d: (w.course, w.org, datetime.fromtimestamp(w.end, tz).strftime("%H:%M %Z"))
+        for d, w in blocked_for(reservations, tz, full_inventory, mine, t).items()
+    }
+    prefer = preference(reservations, tz, full_inventory, t)
+    return blocked, tuple(prefer(_Courses(mine), list(inventory)))

@@ -34,7 +34,7 @@ from gpuhub.core.keys import server_key as key_of
 from gpuhub.core.periods import month_bounds_at, month_of, period_key, utc, utcnow
 from gpuhub.core.site import Device, Site
 from quota import budget as budget_rules
-from quota import policy
+from quota import policy, reservations
 from quota.db import make_engine, retry_pause, transient, upgrade
 from quota.models import (
     UtcDateTime,
@@ -265,7 +265,11 @@ class QuotaStore:
         holdings = tuple(Holding(*r) for r in conn.execute(_HOLDINGS))
         offers = tuple(self.offers()) if self.offers is not None and req.gpus else None
         inventory = () if offers is not None else self.inventory()
-        snap = Snapshot(holdings, used, frozenset({req.server_key}) if is_open else frozenset(), inventory, offers)
+        reserved: dict = {}
+        if offers is None and req.gpus and self.site.queue.reservations:  # class windows (quota.reservations)
+            reserved, inventory = self._reservations(req, inventory, now)
+        opened = frozenset({req.server_key}) if is_open else frozenset()
+        snap = Snapshot(holdings, used, opened, inventory, offers, reserved)
         decision = policy.decide(self.site, req, snap)
         if isinstance(decision, Refusal):
             return decision
@@ -279,6 +283,13 @@ class QuotaStore:
             req.server_key, list(decision.devices), decision.model, decision.weight, interval_id, now, note,
             decision.node_id, decision.node,
         )  # fmt: skip
+
+    def _reservations(self, req: AllocationRequest, inventory: tuple, now: datetime) -> tuple[dict, tuple]:
+        """Devices a class window open now keeps from ``req`` and ``inventory`` in its preference order."""
+        site = self.site
+        courses = [c for c in site.courses_of(req.user, req.groups) if site.courses[c].org == req.org]
+        full = site.gpus.devices or inventory
+        return reservations.for_allocation(site.queue.reservations, site.tz, full, inventory, courses, now.timestamp())
 
     def record_refusal(self, org: str | None, rule: Refusal | Rule | str, user: str | None = None) -> None:
         """Count a refusal decided outside the store (the spawner's parsing of ``user_options``), and keep it as

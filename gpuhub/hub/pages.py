@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpuhub.hub import i18n, project_pages, runtime
+from gpuhub.hub import i18n, project_pages, reservation_watch, runtime
 
 
 def group_names(user) -> frozenset[str]:
@@ -71,6 +71,8 @@ class BudgetBanner:
             "grace_seconds": site.quota.grace_seconds,
             "projects": notices,
             "stewards": stewards,  # the link to /hub/projects (gpuhub.hub.steward_pages)
+            # servers on GPUs a class window needs soon (gpuhub.hub.reservation_watch)
+            "reservations": reservation_watch.home_notices(site, runtime.quota_store(self.site_path), user.name),
         }
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from sqlalchemy.exc import DBAPIError
 from tornado import web
 
-from gpuhub.hub import i18n, runtime
+from gpuhub.hub import i18n, reservation_watch, runtime
 from gpuhub.hub.i18n import N_
 from gpuhub.hub.options import validate_options
 from quota.policy import BUSY, AllocationRequest, Refusal
@@ -62,6 +62,10 @@ WAITING = N_(
 )
 QUEUED = N_("All {model} GPUs you may use are busy: your request is in line and starts when its turn comes")
 GRANTED = N_("Your turn: {model} {devices} granted after waiting {waited}")
+RESERVED_SOON = N_(
+    "GPU {device} of this server is reserved for course {course}'s class window from {at}: the server is "
+    "stopped then; save your work before, or start it again on other GPUs"
+)
 UNKNOWN_WAIT = N_("not known yet")
 MINUTES = N_("{minutes} min")
 UNDER_A_MINUTE = N_("under a minute")
@@ -263,13 +267,29 @@ def take_grant(spawner, request: AllocationRequest) -> Grant:
     request (its grant, or its refusal raised), else a direct allocation that leaves promised devices alone."""
     ticket = getattr(spawner, "queue_ticket", None)
     spawner.queue_ticket = None
+    grant = None
     if ticket is not None and ticket.request.server_key == request.server_key and ticket.request.gpus == request.gpus:
         if ticket.refusal is not None:
             raise ticket.refusal
-        if ticket.grant is not None:
-            return ticket.grant
-    _, direct = stores(spawner.site_config)
-    return direct.allocate(request)
+        grant = ticket.grant
+    if grant is None:
+        _, direct = stores(spawner.site_config)
+        grant = direct.allocate(request)
+    warn_reserved(spawner, request, grant)
+    return grant
+
+
+def warn_reserved(spawner, request: AllocationRequest, grant: Grant) -> None:
+    """Tell a new server at once when it got a GPU that a class window needs soon (only when no other was free:
+    allocations prefer devices no window needs soon); it is stopped at the window's start."""
+    if not grant.devices or not spawner.site.queue.reservations:
+        return
+    site = spawner.site
+    inventory = runtime.quota_store(spawner.site_config).inventory()
+    for n in reservation_watch.grant_notices(site, grant, request, inventory):
+        spawner.emit(26, _text(spawner, RESERVED_SOON, device=n.device_uuid, course=n.window.course,
+                               at=reservation_watch.when(site, n)))  # fmt: skip
+        spawner.log.warning("%s: %s", spawner._log_name, n.message)
 
 
 async def after_stop(spawner) -> None:

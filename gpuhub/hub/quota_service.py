@@ -4,7 +4,8 @@ The work itself is :class:`quota.enforcer.QuotaService`; this module is its shel
 REST client its stops go through, the read-only status JSON for holders of a token with
 ``access:services!service=gpuhub-quota`` (the exporters), and the entry point the hub starts
 (``gpuhub service quota``), the GPU queue's listing (``GET <prefix>queue``) and its dispatcher loop
-(:mod:`gpuhub.hub.queue_dispatch`, which starts re-attached servers through the hub: the ``servers`` scope).
+(:mod:`gpuhub.hub.queue_dispatch`, which starts re-attached servers through the hub: the ``servers`` scope), and
+the class windows' watch (:mod:`gpuhub.hub.reservation_watch`: warns, then stops others' servers on reserved GPUs).
 
 Why a managed service and not a loop inside the hub: stops go through the hub's public REST
 API (route removal, spawner.stop, release — the same path as a user's stop), a crash or a slow
@@ -32,6 +33,8 @@ from gpuhub.host.dockerenv import docker_client
 from gpuhub.host.process import set_parent_death_signal
 from gpuhub.hub import runtime
 from gpuhub.hub.queue_dispatch import INTERVAL_SECONDS, Dispatcher
+from gpuhub.hub.reservation_watch import INTERVAL_SECONDS as RESERVATION_SECONDS
+from gpuhub.hub.reservation_watch import ReservationWatch
 from quota.enforcer import QuotaService
 from quota.project_expiry import INTERVAL_SECONDS as EXPIRY_SECONDS
 from quota.project_expiry import for_site as project_expiry
@@ -192,6 +195,7 @@ async def amain(hub_pid: int) -> None:
         _every(site.quota.reconcile_interval_seconds, service.reconcile, "reconcile"),
         _every(site.quota.enforce_interval_seconds, service.enforce, "enforce"),
         _every(INTERVAL_SECONDS, dispatcher.tick, "queue dispatch"),
+        _every(RESERVATION_SECONDS, ReservationWatch(site, store, hub).tick, "class reservations"),
         _every(EXPIRY_SECONDS, project_expiry(site, store.engine, docker_client()).tick, "project expiry"),
     )
 

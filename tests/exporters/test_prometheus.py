@@ -56,7 +56,7 @@ def test_prometheus_config_checks_with_its_secret_files(promtool, tmp_path):
     for name in ("hub-metrics-token", "gpuhub-metrics-token"):
         (conf / "secrets" / name).write_text("token\n")
     out = ok(run([promtool, "check", "config", str(conf / "prometheus.yml")]))
-    assert "SUCCESS: 9 rules found" in out
+    assert "SUCCESS: 10 rules found" in out
     ok(run([promtool, "check", "config", "--syntax-only", str(PROM_DIR / "prometheus.yml")]))
     jobs = {j["job_name"]: j for j in yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())["scrape_configs"]}
     assert jobs["jupyterhub"]["metrics_path"] == "/hub/metrics"
