@@ -26,6 +26,8 @@
 # node. Nodes run --privileged; where this host's capability bounding set lacks a capability --privileged asks
 # for (runc: "unable to apply caps: operation not permitted"), they run instead with every capability the host
 # has, seccomp/AppArmor unconfined and /sys writable (the entrypoint makes the cgroup mounts writable).
+# Users' servers are kept apart by each node's firewall (DOCKER-USER, written by `up`; see firewall_node) and the
+# nodes' dockerd runs --userland-proxy=false so that rule also meets a container's connection to its own node.
 # Each node's dockerd runs with --no-new-privileges: Swarm services cannot ask for it (Docker 20.10's service API
 # has no such field), so the node sets it on every container (gpuhub.hub.swarm_service).
 # The nodes' resolv.conf names no reachable server, so a task's registry pull fails at once and the image loaded
@@ -87,6 +89,31 @@ wait_engine() {
   die "the engine in $NAME-$i did not answer on $(node_sock "$i") within 60 s (logs above)"
 }
 
+# firewall_node I HUB_ADDR: user servers isolated from each other, in node I's own network namespace. A server
+# is a task on the node's default bridge (no overlay: gpuhub.hub.swarm_spawner) whose port is published in host
+# mode; the hub and proxy on HUB_ADDR (this host) reach it at <node address>:<published port>. Refused (TCP reset,
+# at once): a connection that reaches a container through a published port (conntrack state DNAT) from anywhere
+# but HUB_ADDR — another node's containers (masqueraded to that node's address), this node's containers
+# (with --userland-proxy=false their connection to the node's own address is DNATed too, hairpin, instead of
+# passing through docker-proxy), any other machine that routes to the node; and a new connection from one
+# container to another on the node's default bridge (docker0), what dockerd --icc=false would drop silently.
+# Why DOCKER-USER: dockerd evaluates it first in FORWARD and never rewrites it. The rules live in the node's
+# network namespace: a node container restarted (docker start) gets a fresh one, and `up` (which runs this for
+# every node) writes them again. Idempotent: the chains GPUHUB-ISOLATE and GPUHUB-REFUSE are flushed and refilled.
+firewall_node() {
+  local i="$1" hub="$2"
+  docker exec "$NAME-$i" sh -ec "
+    for c in GPUHUB-REFUSE GPUHUB-ISOLATE; do iptables -N \$c 2>/dev/null || iptables -F \$c; done
+    iptables -A GPUHUB-REFUSE -p tcp -j REJECT --reject-with tcp-reset
+    iptables -A GPUHUB-REFUSE -j REJECT
+    iptables -A GPUHUB-ISOLATE -m conntrack --ctstate DNAT ! -s $hub -j GPUHUB-REFUSE
+    iptables -A GPUHUB-ISOLATE -i docker0 -o docker0 -j GPUHUB-REFUSE
+    iptables -N DOCKER-USER 2>/dev/null || true
+    iptables -C DOCKER-USER -m conntrack --ctstate NEW -j GPUHUB-ISOLATE 2>/dev/null ||
+      iptables -I DOCKER-USER -m conntrack --ctstate NEW -j GPUHUB-ISOLATE
+  " || die "cannot write the firewall rules in node $NAME-$i (docker exec $NAME-$i iptables …)"
+}
+
 swarm_state() { on_node "$1" info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null || echo unknown; }
 
 cmd_up() {
@@ -112,7 +139,7 @@ cmd_up() {
         --label "gpuhub.swarm.node=$i" "${flags[@]}" \
         -v "$NAME-$i-docker:/var/lib/docker" -v "$SOCKDIR/resolv.conf:/etc/resolv.conf:ro" \
         -v "$SOCKDIR/node-$i:/run/gpuhub-node" \
-        "$IMAGE" --no-new-privileges --dns 127.0.0.1 --bip "10.$((200 + i)).0.1/24" \
+        "$IMAGE" --no-new-privileges --userland-proxy=false --dns 127.0.0.1 --bip "10.$((200 + i)).0.1/24" \
         --default-address-pool "base=10.$((100 + i)).0.0/16,size=24" >/dev/null
     elif [ "$(docker inspect -f '{{.State.Running}}' "$NAME-$i")" != true ]; then
       step "starting node $NAME-$i again"
@@ -134,6 +161,11 @@ cmd_up() {
       on_node "$i" swarm join --token "$token" "$addr1:2377" >/dev/null
     fi
   done
+  local hub_addr
+  hub_addr="$(ip -4 route get "$addr1" | grep -o 'src [0-9.]*' | cut -d' ' -f2)"
+  [ -n "$hub_addr" ] || die "cannot tell this host's address towards the manager $addr1 (ip -4 route get $addr1)"
+  step "firewall: servers apart; published ports only from the hub's host $hub_addr (DOCKER-USER on each node)"
+  for i in $(seq 1 "$NODES"); do firewall_node "$i" "$hub_addr"; done
   step "declaring $GPUS simulated $MODEL GPU(s) per node (gpuhub node register)"
   for i in $(seq 1 "$NODES"); do
     "$GPUHUB" node register --docker-host "$(node_sock 1)" --node "$NAME-$i" --simulate "$GPUS" --model "$MODEL" >&2

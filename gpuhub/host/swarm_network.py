@@ -6,9 +6,10 @@ kernel picks for a route to the manager's advertise address (a UDP ``connect`` s
 there and nowhere else; the proxy API stays on loopback, out of every server's reach.
 
 The overlay (``hub.network``, attachable) carries a hub that runs as a Swarm service to the servers' task
-addresses. Overlay networks have no inter-container-traffic switch (moby/libnetwork#1858): servers on one overlay
-can reach each other's ports; the single-user server's token check is what stands between them there (issue 19,
-item 4: per-user isolation across nodes is not built yet).
+addresses (``GpuhubSwarmSpawner.server_address = "overlay"``). Overlay networks have no inter-container-traffic
+switch (moby/libnetwork#1858): servers on one overlay can reach each other's ports. So with the default
+``node-port`` servers join no overlay: each is reached at its node's published port, which the node's firewall
+opens to the hub's host only (scripts/swarm.sh ``firewall_node``; docs/scaling.md, "Networks").
 """
 
 from __future__ import annotations

@@ -17,6 +17,12 @@ containers). What differs, and why:
 - **Reaching the server**: the node's address and the port the task published in ``host`` mode
   (``server_address = "node-port"``, for a hub outside the overlay), or the task's own overlay address
   (``"overlay"``, for a hub that runs as a service on the overlay).
+- **Isolation** (issue 19, item 4): with ``node-port`` a server joins no overlay — its task sits on its node's
+  default bridge and is reached only through its published port, which each node's firewall (DOCKER-USER,
+  written by ``scripts/swarm.sh up``) opens to the hub's host alone and which it closes between containers on
+  the node. One shared overlay would let every server open every other server's port (overlays have no
+  inter-container switch, moby/libnetwork#1858). With ``overlay`` the servers share ``hub.network`` and only
+  the single-user server's token check stands between them: docs/scaling.md.
 - **Not there yet** in swarm mode: project servers and course volumes (refused with the reason).
 """
 
@@ -148,9 +154,24 @@ class GpuhubSwarmSpawner(GpuhubSpawner, SwarmSpawner):
             if status.get("State") == "complete":
                 return
             if status.get("State") in FAILED_TASK_STATES:
-                raise web.HTTPError(500, f"could not prepare {what}: {status.get('Err') or status}; " + self._fix())
+                raise self._task_failed(status, f"could not prepare {what}")
             await asyncio.sleep(0.2)
         raise web.HTTPError(500, f"preparing {what} took over {self.home_job_timeout:.0f} s; " + self._fix())
+
+    def _task_failed(self, status: dict, what: str) -> web.HTTPError:
+        """The error for a failed task. The manager cannot list a worker's images (no Engine API for it), so the
+        node itself checks: the first task on the node with the server's image (the home job, before the server's
+        own service; else the server's task) is rejected at once with "No such image" when the image was never
+        loaded there (pull_policy never: no registry). That one gets its own 503 naming the node and the fix."""
+        err = status.get("Err") or ""
+        if "No such image" in err:
+            return web.HTTPError(
+                503,
+                f"the image {self.image} is not on the Swarm node {self.node} (rule: every node has every catalog "
+                f"image; the node said: {err}); an operator copies it there: scripts/swarm.sh load {self.image} "
+                f"(elsewhere: docker save {self.image} | docker -H <{self.node}'s engine> load), then start again",
+            )
+        return web.HTTPError(500, f"{what}: {err or status}; {self._fix()}")
 
     def _fix(self) -> str:
         return (
@@ -187,7 +208,7 @@ class GpuhubSwarmSpawner(GpuhubSpawner, SwarmSpawner):
             host=host,
             node_id=self.node_id,
             node=self.node,
-            network=self.network_name or None,
+            network=(self.network_name or None) if self.server_address == "overlay" else None,
             port=self.port,
             stop_grace_seconds=self.site.containers.stop_timeout_seconds,
         )
@@ -205,9 +226,7 @@ class GpuhubSwarmSpawner(GpuhubSpawner, SwarmSpawner):
             if state == "running":
                 return
             if state in FAILED_TASK_STATES:
-                raise web.HTTPError(
-                    500, f"the server's task on {self.node} {state}: {status.get('Err', '')}; {self._fix()}"
-                )
+                raise self._task_failed(status, f"the server's task on {self.node} {state}")
             await asyncio.sleep(dt)
             dt = min(dt * 1.5, 1.0)
         raise web.HTTPError(

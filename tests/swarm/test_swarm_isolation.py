@@ -1,0 +1,195 @@
+"""Users' servers apart on a real two-node Docker Swarm (issue 19, item 4), through the real hub.
+
+Three users start a 1-GPU server each on two nodes of two simulated GPUs (so at least two servers share a node and
+at least one runs on the other). Each user's kernel then tries every other user's server — at the address the
+proxy uses (the node's address and the published port) and at the container's own addresses (read from its node's
+engine) — and the proxy's API on the hub's host: every attempt fails at once (refused or unreachable, never open),
+on the same node and across nodes. The hub's API answers the same kernels, and the proxy still reaches every
+server (its API answers through the proxy). The mechanism (no shared overlay, each node's DOCKER-USER rules
+written by ``scripts/swarm.sh up``) is described at ``firewall_node`` in scripts/swarm.sh and in docs/scaling.md.
+
+Then (item 7) a fourth user asks for a catalog image that the manager has but the node with the last free GPU
+lacks: the spawn fails at once, before the server's service exists, with an error that names the node and
+``scripts/swarm.sh load IMAGE``; no GPU stays held.
+
+Cluster ``gpuhub-swi`` (its own: two nodes), removed by label afterwards unless GPUHUB_TEST_KEEP_SWARM=1.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import subprocess
+import time
+
+import pytest
+import requests
+
+from gpuhub.host import swarm
+from tests.harness import BASE_IMAGE, ROOT
+from tests.procs import cleaned_up
+from tests.swarm.test_swarm_hub import SwarmHub, ledger
+
+pytestmark = pytest.mark.docker
+
+NAME, NODES, GPUS = "gpuhub-swi", 2, 2
+USERS = ("iso-a", "iso-b", "iso-c")
+LATE = "iso-d"  # asks for PARTIAL, an image only the manager (node 1) has
+PARTIAL = "gpuhub/swi-partial:latest"
+SCRIPT = str(ROOT / "scripts" / "swarm.sh")
+RUN = os.environ.get("GPUHUB_RUN") or str(ROOT / ".run")
+PROBE_TIMEOUT = 3.0  # seconds a kernel waits for one connection: a refusal comes at once, a drop ends here
+
+# what a kernel runs: connect to each (label, host, port); print one JSON line {label: [outcome, seconds]}
+PROBE = """
+import json, socket, time, urllib.request, os
+out = {}
+for label, host, port in TARGETS:
+    t = time.monotonic()
+    try:
+        socket.create_connection((host, port), timeout=TIMEOUT).close()
+        what = "open"
+    except OSError as e:
+        what = type(e).__name__
+    out[label] = [what, round(time.monotonic() - t, 2)]
+api = os.environ["JUPYTERHUB_API_URL"]
+out["hub-api"] = [json.load(urllib.request.urlopen(api + "/", timeout=TIMEOUT)).get("version", "?"), 0]
+print(json.dumps(out))
+"""
+
+
+def sock(i: int) -> str:
+    return f"unix://{RUN}/swarm/{NAME}/node-{i}/docker.sock"
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GPUHUB_SWARM_NAME": NAME, "GPUHUB_DEMO_NODES": str(NODES)}
+    env |= {"GPUHUB_DEMO_GPUS_PER_NODE": str(GPUS), "GPUHUB_DEMO_GPU_MODEL": "H100"}
+    env.pop("DOCKER_HOST", None)
+    out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
+    if check and out.returncode != 0:
+        pytest.fail(f"{' '.join(args)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    sh(SCRIPT, "up")
+    if any(sh("docker", "-H", sock(i), "image", "inspect", BASE_IMAGE, check=False).returncode for i in (1, 2)):
+        sh(SCRIPT, "load", BASE_IMAGE)
+    try:
+        yield swarm.swarm_client(sock(1))
+    finally:
+        if os.environ.get("GPUHUB_TEST_KEEP_SWARM") != "1":
+            sh(SCRIPT, "down", check=False)
+
+
+class IsolationHub(SwarmHub):
+    """The swarm hub of test_swarm_hub, on this module's cluster."""
+
+    def env(self) -> dict:
+        return {**super().env(), "DOCKER_HOST": sock(1)}
+
+    def cleanup(self) -> None:
+        self.stop()
+        self.kill_proxy()
+        for s in self.services():
+            self.docker.api.remove_service(s["ID"])
+        super(SwarmHub, self).cleanup()
+        for i in range(2, NODES + 1):  # the home volumes on the worker
+            vols = sh("docker", "-H", sock(i), "volume", "ls", "-q", "--filter", f"name={self.instance}-", check=False)
+            if vols.stdout.split():
+                sh("docker", "-H", sock(i), "volume", "rm", "-f", *vols.stdout.split(), check=False)
+
+
+@pytest.fixture(scope="module")
+def servers(request, tmp_path_factory, cluster):
+    """The hub and its three servers: {user: where it is} (node, published address, container addresses)."""
+    hub = IsolationHub(tmp_path_factory.mktemp("swarmiso"), cluster, users=(*USERS, LATE))
+    hub.site["images"]["partial"] = {"image": PARTIAL, "display_name": "Only on the manager"}
+    hub.site_path.write_text(json.dumps(hub.site))
+    sh("docker", "-H", sock(1), "tag", BASE_IMAGE, PARTIAL)
+    request.addfinalizer(lambda: sh("docker", "-H", sock(1), "rmi", PARTIAL, check=False))
+    with cleaned_up(request, hub):
+        hub.start()
+        with concurrent.futures.ThreadPoolExecutor(len(USERS)) as pool:
+            answers = list(pool.map(lambda u: hub.spawn(u, {"image": "python", "gpus": 1}), USERS))
+        assert all(r.status_code in (201, 202) for r in answers), [(r.status_code, r.text[:300]) for r in answers]
+        for u in USERS:
+            hub.wait_ready(u, timeout=300)
+        yield hub, {s["Spec"]["Labels"]["gpuhub.user"]: where(cluster, s) for s in hub.services()}
+
+
+def where(cluster, service: dict) -> dict:
+    (task,) = cluster.api.tasks(filters={"service": service["ID"], "desired-state": "running"})
+    node = cluster.api.inspect_node(task["NodeID"])
+    (port,) = [p["PublishedPort"] for p in task["Status"]["PortStatus"]["Ports"]]
+    i = int(node["Description"]["Hostname"].rsplit("-", 1)[1])
+    ids = sh("docker", "-H", sock(i), "ps", "-q", "--filter", f"label=com.docker.swarm.task.id={task['ID']}").stdout
+    (c,) = json.loads(sh("docker", "-H", sock(i), "inspect", *ids.split()).stdout)
+    own = sorted({n["IPAddress"] for n in c["NetworkSettings"]["Networks"].values() if n["IPAddress"]})
+    env = dict(e.split("=", 1) for e in service["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"])
+    return {"node": node["Description"]["Hostname"], "published": (node["Status"]["Addr"], port), "own": own,
+            "hub_api": env["JUPYTERHUB_API_URL"], "networks": sorted(c["NetworkSettings"]["Networks"])}  # fmt: skip
+
+
+def test_no_server_joins_a_shared_network(servers):
+    _hub, at = servers
+    print({u: (w["node"], w["networks"], w["own"]) for u, w in at.items()})
+    assert len({w["node"] for w in at.values()}) == NODES  # both nodes hold servers: same-node and cross-node pairs
+    assert all(w["networks"] == ["bridge"] for w in at.values())  # the node's default bridge, no overlay
+
+
+def test_a_users_kernel_reaches_no_other_server_nor_the_proxy_api_but_the_hub_api(servers):
+    hub, at = servers
+    hub_host = at[USERS[0]]["hub_api"].split("//", 1)[1].rsplit(":", 1)[0]  # the hub's host, as servers see it
+    pairs = {"same node": 0, "other node": 0}
+    for user, me in at.items():
+        targets = [("proxy-api", hub_host, hub.site["hub"]["proxy_api_port"])]
+        for other, it in at.items():
+            if other != user:
+                targets.append((f"{other} published", *it["published"]))
+                targets += [(f"{other} at {ip}", ip, 8888) for ip in it["own"]]
+                pairs["same node" if it["node"] == me["node"] else "other node"] += 1
+        code = f"TARGETS = {targets!r}\nTIMEOUT = {PROBE_TIMEOUT}\n{PROBE}"
+        printed = hub.run_code(user, code, timeout=90)
+        seen = json.loads(printed.strip().splitlines()[-1])
+        print(user, me["node"], seen)
+        assert seen.pop("hub-api")[0] not in ("", "?")  # the hub's API answered (its version)
+        opened = {label: outcome for label, outcome in seen.items() if outcome[0] == "open"}
+        assert not opened, f"{user}'s kernel on {me['node']} opened {opened}"
+        slow = {label: o for label, o in seen.items() if o[1] > PROBE_TIMEOUT + 0.5}
+        assert not slow
+    assert pairs["same node"] and pairs["other node"], pairs
+
+
+def test_the_proxy_still_reaches_every_server(servers):
+    hub, at = servers
+    for user in at:
+        token = hub.user_token(user)
+        r = requests.get(f"{hub.url}/user/{user}/api/status", headers={"Authorization": f"token {token}"}, timeout=30)
+        assert r.status_code == 200, (user, r.status_code, r.text[:300])
+
+
+def test_a_node_without_the_image_refuses_the_spawn_naming_the_node_and_the_fix(servers):
+    hub, at = servers
+    per_node = {n: sum(w["node"] == n for w in at.values()) for n in (f"{NAME}-1", f"{NAME}-2")}
+    assert per_node == {f"{NAME}-1": 2, f"{NAME}-2": 1}  # pack: the one free GPU is on the worker, which lacks PARTIAL
+    r = hub.spawn(LATE, {"image": "partial", "gpus": 1, "queue": False})
+    if r.status_code == 202:  # slower than slow_spawn_timeout: the reason comes when the spawn has failed
+        wait_for_stopped(hub, LATE)
+        text = hub.log_lines(LATE)
+    else:
+        text = r.text
+    print(r.status_code, text[-600:])
+    assert f"not on the Swarm node {NAME}-2" in text and f"scripts/swarm.sh load {PARTIAL}" in text
+    assert not [s for s in hub.services() if s["Spec"]["Labels"].get("gpuhub.user") == LATE]  # no server service
+    assert f"{LATE}/" not in ledger(hub).values()  # its GPU went back
+
+
+def wait_for_stopped(hub, user: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while hub.api("GET", f"/users/{user}").json().get("pending"):
+        assert time.monotonic() < deadline, f"{user}'s spawn still pending after {timeout} s"
+        time.sleep(0.5)
