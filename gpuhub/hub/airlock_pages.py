@@ -263,7 +263,9 @@ class RequestPage(_Page):
             can_review=can_review(view, self.user, self.site),
             can_cancel=self.user == view.requester and view.state in al.OPEN,
             can_revoke=steward and view.state == al.APPROVED,
-            can_download=self.user == view.requester and view.state == al.APPROVED and view.direction == al.EXPORT
+            can_download=self.user == view.requester
+            and view.state == al.APPROVED
+            and view.direction == al.EXPORT
             and self.site.airlock.export_release == "download",
             is_steward=steward,
         )
