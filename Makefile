@@ -50,7 +50,7 @@ clean-containers:  ## remove every container gpuhub's tests or hub created
 
 compose-up:  ## production stack (docker-compose.yml): build the hub image, start it; see README "Production"
 	.venv/bin/gpuhub images build hub
-	docker-compose up -d
+	GPUHUB_HOST_GATEWAY=$$(docker network inspect bridge -f '{{(index .IPAM.Config 0).Gateway}}') docker-compose up -d
 	docker-compose ps
 
 compose-down:  ## stop and remove the stack's containers; volumes (database, hub state, metrics) are kept
