@@ -11,9 +11,12 @@ unreachable database is reported within seconds instead of hanging a spawn.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sqlite3
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -52,6 +55,26 @@ def retry_pause(attempt: int) -> None:
     time.sleep(min(0.2, 0.002 * 2**attempt) * random.random())
 
 
+_write_gates: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_write_gates_lock = threading.Lock()
+
+
+def write_gate(engine: Engine):
+    """The lock this process's writers of ``engine`` queue on before they open a write transaction (SQLite only).
+
+    SQLite's busy handler polls with sleeps of up to 100 ms; queueing on a lock first keeps the tail latency low
+    (other processes still wait through the busy timeout). One per engine, not per store: the hub's quota store,
+    the queue's stores and the audit log write through the same engine. Re-entrant, so a writer that writes
+    again inside its transaction does not wait on itself. PostgreSQL: no lock (its row locks serialise)."""
+    if engine.dialect.name != "sqlite":
+        return contextlib.nullcontext()
+    with _write_gates_lock:
+        gate = _write_gates.get(engine)
+        if gate is None:
+            gate = _write_gates[engine] = threading.RLock()
+        return gate
+
+
 def run_write(
     engine: Engine,
     fn: Callable[[Connection], T],
@@ -67,7 +90,7 @@ def run_write(
     attempt = 0
     while True:
         try:
-            with engine.connect() as conn:
+            with write_gate(engine), engine.connect() as conn:
                 conn.execution_options(quota_write=True)
                 with conn.begin():
                     if first is not None:

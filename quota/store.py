@@ -15,9 +15,7 @@ made-up ``org`` cannot add label values to ``gpuhub_spawn_refusals_total``).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -35,7 +33,7 @@ from gpuhub.core.periods import month_bounds_at, month_of, period_key, utc, utcn
 from gpuhub.core.site import Device, Site
 from quota import budget as budget_rules
 from quota import policy, reservations
-from quota.db import make_engine, retry_pause, transient, upgrade
+from quota.db import make_engine, retry_pause, transient, upgrade, write_gate
 from quota.models import (
     UtcDateTime,
     alloc_lock,
@@ -158,9 +156,6 @@ class QuotaStore:
         self.offers = offers
         self.max_attempts, self.retry_seconds = max_attempts, retry_seconds
         self.sql = Dialect(engine.dialect.name)
-        # SQLite's busy handler polls with sleeps of up to 100 ms; queueing this process's writers on a
-        # lock first keeps the tail latency low (other processes still wait through the busy timeout).
-        self._gate = threading.Lock() if self.sql.name == "sqlite" else contextlib.nullcontext()
 
     @classmethod
     def from_site(cls, site: Site, clock: Callable[[], datetime] = utcnow, **kw) -> QuotaStore:
@@ -203,7 +198,7 @@ class QuotaStore:
         give_up = time.monotonic() + self.retry_seconds
         for attempt in range(self.max_attempts):
             try:
-                with self._gate, self.engine.connect() as conn:
+                with write_gate(self.engine), self.engine.connect() as conn:  # one queue per engine (quota.db)
                     conn.execution_options(quota_write=True)
                     with conn.begin():
                         if lock:
@@ -240,18 +235,14 @@ class QuotaStore:
         checked = policy.check(self.site, req)
         if isinstance(checked, Refusal):
             if count:
-                self._count_quietly(req.org, checked, req.user)
+                self.count_refusal_quietly(req, checked)
             raise checked
         out = self._write(lambda conn: self._allocate(conn, checked))
         if isinstance(out, Refusal):  # counted after the deciding transaction: a failed count is no failed answer
             if count:
-                self._count_quietly(req.org, out, req.user)
+                self.count_refusal_quietly(req, out)
             raise out
         return out
-
-    def count_refusal_quietly(self, req: AllocationRequest, refusal: Refusal) -> None:
-        """Count ``refusal`` of ``req`` as :meth:`allocate` does (for callers that passed ``count=False``)."""
-        self._count_quietly(req.org, refusal, req.user)
 
     def _allocate(self, conn: Connection, req: AllocationRequest) -> Grant | Refusal:
         now = self.now()
@@ -304,10 +295,11 @@ class QuotaStore:
             rule_id = (rule if isinstance(rule, Rule) else Rule.of(rule)).id
         self._write(lambda conn: self._bump_refusal(conn, org, rule_id, user))
 
-    def _count_quietly(self, org: str | None, refusal: Refusal, user: str | None = None) -> None:
-        """Count a refusal; neither an outage nor a failed write may hide the refusal's own reason."""
+    def count_refusal_quietly(self, req: AllocationRequest, refusal: Refusal) -> None:
+        """Count ``refusal`` of ``req`` (as :meth:`allocate` does unless ``count=False``); neither an outage nor a
+        failed write may hide the refusal's own reason."""
         try:
-            self.record_refusal(org, refusal, user)
+            self.record_refusal(req.org, refusal, req.user)
         except Exception as e:  # noqa: BLE001 (the refusal is the answer; its count is bookkeeping)
             log.warning("refusal %s not counted: %s", refusal.rule, e)
 

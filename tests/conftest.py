@@ -88,6 +88,27 @@ def db_url(request, tmp_path):
         admin.dispose()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def hub_db_url(request):
+    """A real hub's ``hub.db_url``, once on SQLite (None: its own file in the state folder) and once on a new
+    PostgreSQL database in the ``postgres_url`` cluster (a hub needs a database of its own: JupyterHub's tables
+    live beside gpuhub's), dropped after the hub."""
+    if request.param == "sqlite":
+        yield None
+        return
+    base = request.getfixturevalue("postgres_url")
+    name = f"hub_{uuid.uuid4().hex[:12]}"
+    admin = db.make_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield base.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @pytest.fixture
 def engine(db_url):
     """``db_url`` migrated to the latest schema, as an Engine."""

@@ -103,6 +103,15 @@ class HubProcess:
 
     # -------------------------------------------------------------- process
 
+    def cli_json(self, *argv: str):
+        """``gpuhub ARGV --format json`` on this hub's site, as an operator runs it (it must succeed)."""
+        out = subprocess.run(
+            [sys.executable, "-m", "gpuhub", *argv, "--format", "json"],
+            env=self.env(), cwd=self.tmp, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
     def env(self) -> dict:
         env = dict(os.environ)
         env.update(

@@ -36,6 +36,7 @@ from urllib.parse import urlparse
 from jupyterhub.services.auth import HubOAuth
 from tornado import web
 
+from gpuhub.hub.service_auth import token_owner
 from quota import airlock as al
 from quota.airlock_store import AirlockStore
 
@@ -77,9 +78,7 @@ class _Base(web.RequestHandler):
         return
 
     async def prepare(self):
-        header = self.request.headers.get("Authorization", "")
-        token = header.split(None, 1)[1] if header.lower().startswith(("token ", "bearer ")) else ""
-        model = await self.auth.user_for_token(token, use_cache=True, sync=False) if token else None
+        model = await token_owner(self.auth, self.request)
         if (
             not model
             or model.get("kind", "user") != "user"

@@ -66,6 +66,8 @@ class Dispatcher:
 
     async def attach(self) -> None:
         """Start, through the hub, the servers of the previous hub's active requests (nobody waits for them)."""
+        if self.orphans is not None and not self.orphans:  # all re-attached: no need to read the line every round
+            return
         entries = await asyncio.to_thread(self.queue.entries)
         if self.orphans is None:
             self.orphans = {e.id for e in entries}

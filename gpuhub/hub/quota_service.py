@@ -35,6 +35,7 @@ from gpuhub.hub import runtime
 from gpuhub.hub.queue_dispatch import INTERVAL_SECONDS, Dispatcher
 from gpuhub.hub.reservation_watch import INTERVAL_SECONDS as RESERVATION_SECONDS
 from gpuhub.hub.reservation_watch import ReservationWatch
+from gpuhub.hub.service_auth import token_owner
 from quota.enforcer import QuotaService
 from quota.project_expiry import INTERVAL_SECONDS as EXPIRY_SECONDS
 from quota.project_expiry import for_site as project_expiry
@@ -99,9 +100,7 @@ class StatusHandler(web.RequestHandler):
         self.store, self.auth = store, auth
 
     async def get(self):
-        header = self.request.headers.get("Authorization", "")
-        token = header.split(None, 1)[1] if header.lower().startswith(("token ", "bearer ")) else ""
-        model = await self.auth.user_for_token(token, use_cache=True, sync=False) if token else None
+        model = await token_owner(self.auth, self.request)
         if not model or not self.auth.check_scopes(self.auth.access_scopes, model):
             raise web.HTTPError(403, "a token with access:services!service=gpuhub-quota is required")
         status = await asyncio.to_thread(self.store.status, utcnow())
@@ -118,9 +117,7 @@ class QueueHandler(web.RequestHandler):
         self.queue, self.auth = queue, auth
 
     async def get(self):
-        header = self.request.headers.get("Authorization", "")
-        token = header.split(None, 1)[1] if header.lower().startswith(("token ", "bearer ")) else ""
-        model = await self.auth.user_for_token(token, use_cache=True, sync=False) if token else None
+        model = await token_owner(self.auth, self.request)
         if not model:
             raise web.HTTPError(403, "a hub API token is required (Authorization: token ...)")
         everyone = self.auth.check_scopes(self.auth.access_scopes, model)
@@ -176,7 +173,8 @@ async def amain(hub_pid: int) -> None:
     site = runtime.site(os.environ["GPUHUB_SITE_CONFIG"])
     store = runtime.quota_store(site.path)
     hub = HubClient(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"])
-    service = QuotaService(site, store, hub, docker_client())
+    docker = docker_client()  # one client for the enforcer and the project expiry
+    service = QuotaService(site, store, hub, docker)
     auth = HubAuth(api_token=os.environ["JUPYTERHUB_API_TOKEN"], cache_max_age=60)
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/gpuhub-quota/")
     queue = QueueStore(store.engine, site)
@@ -196,7 +194,7 @@ async def amain(hub_pid: int) -> None:
         _every(site.quota.enforce_interval_seconds, service.enforce, "enforce"),
         _every(INTERVAL_SECONDS, dispatcher.tick, "queue dispatch"),
         _every(RESERVATION_SECONDS, ReservationWatch(site, store, hub).tick, "class reservations"),
-        _every(EXPIRY_SECONDS, project_expiry(site, store.engine, docker_client()).tick, "project expiry"),
+        _every(EXPIRY_SECONDS, project_expiry(site, store.engine, docker).tick, "project expiry"),
     )
 
 

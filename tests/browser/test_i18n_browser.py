@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 import shutil
 import subprocess
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -99,34 +97,6 @@ def axe(page, source: str) -> list[dict]:
         for v in result["violations"]
         if v["impact"] in ("serious", "critical")
     ]
-
-
-def statement(hub) -> list[dict]:
-    """`gpuhub billing statement --format json` for this hub's site, as an operator runs it."""
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "gpuhub"), "billing", "statement", "--format", "json"],
-        env=hub.env(),
-        cwd=hub.tmp,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
-
-
-def quota_status(hub) -> dict:
-    """`gpuhub quota status --format json` for this hub's site."""
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "gpuhub"), "quota", "status", "--format", "json"],
-        env=hub.env(),
-        cwd=hub.tmp,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
 
 
 def spawn_from_form(page, hub, user: str, org: str, gpus: int, shots: Path, name: str, queue: bool = True) -> None:
@@ -248,7 +218,7 @@ def test_usage_page_numbers_are_the_statements(hub, browser, shots, axe_source):
     orgs = page.locator(".gpuhub-org").evaluate_all("els => els.map(e => e.dataset.org)")
     assert orgs == ["gist-ai"]  # only alice's own organization
     mine = float(page.locator(".gpuhub-org[data-org=gist-ai] .gpuhub-mine").get_attribute("data-gpu-seconds"))
-    rows = [r for r in statement(hub) if r["user"] == "alice" and r["org"] == "gist-ai"]
+    rows = [r for r in hub.cli_json("billing", "statement") if r["user"] == "alice" and r["org"] == "gist-ai"]
     elapsed = time.monotonic() - shown_at
     cli = sum(r["gpu_seconds"] for r in rows)
     print(f"running: usage page {mine:.3f} GPU-s, statement {cli:.3f} GPU-s, {elapsed:.1f} s apart")
@@ -265,7 +235,9 @@ def test_usage_page_numbers_are_the_statements(hub, browser, shots, axe_source):
     s = login(hub, "alice")
     html = s.get(f"{hub.url}/hub/usage", headers={"Accept-Language": "en-US"}, timeout=30).text
     shown = float(re.search(r'class="gpuhub-mine" data-gpu-seconds="([0-9.]+)"', html).group(1))
-    cli = sum(r["gpu_seconds"] for r in statement(hub) if r["user"] == "alice" and r["org"] == "gist-ai")
+    cli = sum(
+        r["gpu_seconds"] for r in hub.cli_json("billing", "statement") if r["user"] == "alice" and r["org"] == "gist-ai"
+    )
     print(f"usage page: alice/gist-ai {shown:.3f} GPU-seconds; gpuhub billing statement: {cli:.3f}")
     assert cli > 0 and abs(shown - cli) <= 2, (shown, cli)
     assert "Your share:" in html and "My usage" in html
@@ -277,7 +249,7 @@ def test_operators_page_is_for_admins_only(hub, browser, shots, axe_source):
     r = login(hub, "alice").get(f"{hub.url}/hub/operators", timeout=30)
     assert r.status_code == 403 and "hub.admin_users" in r.text
     assert login(hub, "alice").get(f"{hub.url}/hub/operators/statement.csv", timeout=30).status_code == 403
-    before = quota_status(hub)["this_month"]["refusals"].get("cnuh-radiology", {})
+    before = hub.cli_json("quota", "status")["this_month"]["refusals"].get("cnuh-radiology", {})
     r = hub.spawn("carol", {"image": "python", "gpus": 3, "org": "cnuh-radiology"})  # it allows 1 per server
     rule = r.headers.get("X-Gpuhub-Rule")
     assert r.status_code == 400 and rule in ("max-gpus-per-server", "user-gpu-limit"), (r.status_code, r.text)
@@ -294,7 +266,7 @@ def test_operators_page_is_for_admins_only(hub, browser, shots, axe_source):
     cnuh = page.locator("#gpuhub-orgs tr[data-org=cnuh-radiology]")
     assert cnuh.locator(".gpuhub-refused").inner_text() == str(sum(before.values()) + 1)
     assert cnuh.locator(".gpuhub-idle-hours").inner_text() == "0.00"  # no GPU exporter here: nothing seen idle
-    month = quota_status(hub)["this_month"]  # `gpuhub quota status`: the same function, the same numbers
+    month = hub.cli_json("quota", "status")["this_month"]  # `gpuhub quota status`: the same function, the same numbers
     assert month["refusals"]["cnuh-radiology"] == before | {rule: want}
     assert month["idle_gpu_hours"] == {"cnuh-radiology": 0.0, "gist-ai": 0.0}
     assert page.locator("#gpuhub-devices tbody tr").count() == 4
@@ -304,7 +276,7 @@ def test_operators_page_is_for_admins_only(hub, browser, shots, axe_source):
     got = s.get(f"{hub.url}/hub/operators/statement.csv", timeout=30)
     assert got.ok and got.headers["Content-Type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(got.text)))
-    want = {(r["org"], r["user"], r["gpu_model"]): r["gpu_seconds"] for r in statement(hub)}
+    want = {(r["org"], r["user"], r["gpu_model"]): r["gpu_seconds"] for r in hub.cli_json("billing", "statement")}
     assert {(r["org"], r["user"], r["gpu_model"]): float(r["gpu_seconds"]) for r in rows} == pytest.approx(want)
     ctx.close()
 

@@ -108,7 +108,8 @@ def test_queue_listing_fuzzed_with_and_without_tokens(seeded):
             assert len(r.json()["requests"]) == (mode in QUEUED), r.text[:300]  # its own entry, not only a part
         else:
             assert _refused(r, auth), (mode, auth, r.status_code, r.text[:300])
-        case.validate_response(r, additional_checks=[_check_own_queue_entries(mode)] if mode in hub.tokens else [])
+        if not (r.status_code == 400 and _malformed(auth)):  # the proxy's answer to a header that is not HTTP
+            case.validate_response(r, additional_checks=[_check_own_queue_entries(mode)] if mode in hub.tokens else [])
 
     run()
     record("I1-queue", tally.line("queue listing"), **tally.figures())

@@ -8,10 +8,7 @@ month figure from the ledger, and it is the exporter's Prometheus counter less a
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
 import time
 
 import docker
@@ -65,17 +62,6 @@ def hub(request, tmp_path_factory, docker_client):
         sampler.stop()
 
 
-def quota_status(hub) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", "gpuhub", "--site", str(hub.site_path), "quota", "status", "--format", "json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
-
-
 def exporter_idle_seconds(hub) -> dict[str, float]:
     """``gpuhub_gpu_idle_allocated_seconds_total`` per org, as Prometheus scrapes it."""
     text = requests.get(hub.site["idle"]["gpu_exporters"][0] + "/metrics", timeout=10).text
@@ -91,14 +77,14 @@ def test_operators_page_and_cli_show_the_idle_gpu_hours_gpuhub_idle_recorded(hub
     assert hub.spawn("erin", {"image": "python", "gpus": 1}).status_code in (201, 202)
     hub.wait_ready("erin")
     deadline = time.monotonic() + IDLE_FOR_S + 60
-    while quota_status(hub)["this_month"]["idle_gpu_hours"]["patient-lab"] * 3600 < IDLE_FOR_S:
+    while hub.cli_json("quota", "status")["this_month"]["idle_gpu_hours"]["patient-lab"] * 3600 < IDLE_FOR_S:
         assert time.monotonic() < deadline, f"no idle span for erin's GPU\n{hub.log_lines('gpuhub-idle')}"
         time.sleep(1)
     admin = login(hub, "operator", (hub.state / "admin-password").read_text().strip())
     html = admin.get(f"{hub.url}/hub/operators", headers={"Accept-Language": "en-US"}, timeout=30).text
     read_at = time.monotonic()
     prom = exporter_idle_seconds(hub)
-    month = quota_status(hub)["this_month"]["idle_gpu_hours"]  # one function, two front-ends
+    month = hub.cli_json("quota", "status")["this_month"]["idle_gpu_hours"]  # one function, two front-ends
     apart = time.monotonic() - read_at
     shown = {
         org: float(hours)

@@ -23,7 +23,7 @@ import yaml
 from gpuhub.core.site import load_site
 from quota.store import QuotaStore
 from tests.harness import HubProcess, default_site, login
-from tests.queue.test_spawn_queue import fresh_pg_database, pending, progress_until, queue, spawn, wait_ready
+from tests.queue.test_spawn_queue import pending, progress_until, queue, spawn, wait_ready
 
 pytestmark = pytest.mark.docker
 
@@ -54,12 +54,12 @@ def reservation_site(instance: str, port: int, state, start: datetime) -> dict:
     return site
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def hub(tmp_path, docker_client, request):
+@pytest.fixture
+def hub(tmp_path, docker_client, request, hub_db_url):
     t0 = time.time()
     start = window_start(t0)
     instance = f"gpuhubtest{os.urandom(3).hex()}"
-    db_url = fresh_pg_database(request.getfixturevalue("postgres_url")) if request.param == "postgresql" else None
+    db_url = hub_db_url
     h = HubProcess(tmp_path, instance=instance, db_url=db_url)
     h.site = reservation_site(instance, h.port, h.state, start)
     if db_url:

@@ -47,21 +47,10 @@ def queue_site(instance: str, port: int, state) -> dict:
     return site
 
 
-def fresh_pg_database(postgres_url: str) -> str:
-    import sqlalchemy
-
-    name = f"queue_{os.urandom(4).hex()}"
-    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    admin.dispose()
-    return postgres_url.rsplit("/", 1)[0] + f"/{name}"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def hub(tmp_path, docker_client, request):
+@pytest.fixture
+def hub(tmp_path, docker_client, request, hub_db_url):
     instance = f"gpuhubtest{os.urandom(3).hex()}"
-    db_url = fresh_pg_database(request.getfixturevalue("postgres_url")) if request.param == "postgresql" else None
+    db_url = hub_db_url
     h = HubProcess(tmp_path, instance=instance, db_url=db_url)
     h.site = queue_site(instance, h.port, h.state)
     if db_url:

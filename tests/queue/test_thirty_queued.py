@@ -25,7 +25,7 @@ from sqlalchemy import select
 
 from quota.models import usage_intervals
 from tests.harness import BASE_IMAGE, HubProcess, default_site
-from tests.queue.test_spawn_queue import fresh_pg_database, held_uuids, line, spawn, store_of
+from tests.queue.test_spawn_queue import held_uuids, line, spawn, store_of
 
 pytestmark = pytest.mark.docker
 
@@ -54,10 +54,10 @@ def thirty_site(instance: str, port: int, state) -> dict:
     return site
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def hub(tmp_path, docker_client, request):
+@pytest.fixture
+def hub(tmp_path, docker_client, request, hub_db_url):
     instance = f"gpuhubtest{os.urandom(3).hex()}"
-    db_url = fresh_pg_database(request.getfixturevalue("postgres_url")) if request.param == "postgresql" else None
+    db_url = hub_db_url
     h = HubProcess(tmp_path, instance=instance, db_url=db_url)
     h.site = thirty_site(instance, h.port, h.state)
     if db_url:

@@ -26,30 +26,17 @@ from gpuhub.host import swarm
 from quota.placement import NoPlacement, offers_from_swarm, place
 from tests.harness import ROOT
 from tests.procs import module_failed
+from tests.swarm.kit import SCRIPT, SwarmScript
 
 pytestmark = pytest.mark.docker
 
 NAME = "gpuhub-swt"
 NODES = 3
 GPUS = 2
-SCRIPT = str(ROOT / "scripts" / "swarm.sh")
+SWARM = SwarmScript(NAME, NODES, GPUS, timeout=300)
+sock, sh = SWARM.sock, SWARM.sh
 IMAGE = "debian:bookworm-slim"
 WEIGHTS = {"H100": 1.0}
-RUN = os.environ.get("GPUHUB_RUN") or str(ROOT / ".run")
-
-
-def sock(i: int) -> str:
-    return f"unix://{RUN}/swarm/{NAME}/node-{i}/docker.sock"
-
-
-def sh(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GPUHUB_SWARM_NAME": NAME, "GPUHUB_DEMO_NODES": str(NODES)}
-    env |= {"GPUHUB_DEMO_GPUS_PER_NODE": str(GPUS), "GPUHUB_DEMO_GPU_MODEL": "H100"}
-    env.pop("DOCKER_HOST", None)
-    out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout)
-    if check and out.returncode != 0:
-        pytest.fail(f"{' '.join(args)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    return out
 
 
 def dump_logs() -> str:

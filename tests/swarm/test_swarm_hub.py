@@ -18,7 +18,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import subprocess
 import time
 
 import pytest
@@ -26,29 +25,16 @@ import pytest
 from gpuhub.core.site import load_site
 from gpuhub.host import swarm
 from quota.store import QuotaStore
-from tests.harness import BASE_IMAGE, ROOT, HubProcess, default_site
+from tests.harness import BASE_IMAGE, HubProcess, default_site
 from tests.procs import cleaned_up, module_failed
+from tests.swarm.kit import SCRIPT, SwarmScript
 
 pytestmark = pytest.mark.docker
 
 NAME = "gpuhub-swh"
 NODES, GPUS, USERS = 3, 2, [f"user{i}" for i in range(1, 7)]
-SCRIPT = str(ROOT / "scripts" / "swarm.sh")
-RUN = os.environ.get("GPUHUB_RUN") or str(ROOT / ".run")
-
-
-def sock(i: int) -> str:
-    return f"unix://{RUN}/swarm/{NAME}/node-{i}/docker.sock"
-
-
-def sh(*args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GPUHUB_SWARM_NAME": NAME, "GPUHUB_DEMO_NODES": str(NODES)}
-    env |= {"GPUHUB_DEMO_GPUS_PER_NODE": str(GPUS), "GPUHUB_DEMO_GPU_MODEL": "H100"}
-    env.pop("DOCKER_HOST", None)
-    out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout)
-    if check and out.returncode != 0:
-        pytest.fail(f"{' '.join(args)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    return out
+SWARM = SwarmScript(NAME, NODES, GPUS)
+sock, sh = SWARM.sock, SWARM.sh
 
 
 def wait_for(what: str, fn, timeout: float = 60.0, every: float = 0.5):

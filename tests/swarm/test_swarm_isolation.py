@@ -20,25 +20,25 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import subprocess
 import time
 
 import pytest
 import requests
 
 from gpuhub.host import swarm
-from tests.harness import BASE_IMAGE, ROOT
+from tests.harness import BASE_IMAGE
 from tests.procs import cleaned_up
+from tests.swarm.kit import SCRIPT, SwarmScript
 from tests.swarm.test_swarm_hub import SwarmHub, ledger
 
 pytestmark = pytest.mark.docker
 
 NAME, NODES, GPUS = "gpuhub-swi", 2, 2
+SWARM = SwarmScript(NAME, NODES, GPUS)
+sock, sh = SWARM.sock, SWARM.sh
 USERS = ("iso-a", "iso-b", "iso-c")
 LATE = "iso-d"  # asks for PARTIAL, an image only the manager (node 1) has
 PARTIAL = "gpuhub/swi-partial:latest"
-SCRIPT = str(ROOT / "scripts" / "swarm.sh")
-RUN = os.environ.get("GPUHUB_RUN") or str(ROOT / ".run")
 PROBE_TIMEOUT = 3.0  # seconds a kernel waits for one connection: a refusal comes at once, a drop ends here
 
 # what a kernel runs: connect to each (label, host, port); print one JSON line {label: [outcome, seconds]}
@@ -57,20 +57,6 @@ api = os.environ["JUPYTERHUB_API_URL"]
 out["hub-api"] = [json.load(urllib.request.urlopen(api + "/", timeout=TIMEOUT)).get("version", "?"), 0]
 print(json.dumps(out))
 """
-
-
-def sock(i: int) -> str:
-    return f"unix://{RUN}/swarm/{NAME}/node-{i}/docker.sock"
-
-
-def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GPUHUB_SWARM_NAME": NAME, "GPUHUB_DEMO_NODES": str(NODES)}
-    env |= {"GPUHUB_DEMO_GPUS_PER_NODE": str(GPUS), "GPUHUB_DEMO_GPU_MODEL": "H100"}
-    env.pop("DOCKER_HOST", None)
-    out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
-    if check and out.returncode != 0:
-        pytest.fail(f"{' '.join(args)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    return out
 
 
 @pytest.fixture(scope="module")
