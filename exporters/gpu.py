@@ -46,6 +46,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from gpuhub.core import labels as lb
+from gpuhub.core.site import Device
 from gpuhub.host.nvml import ERROR_SOURCES, DeviceSample, NvmlSource, ProcessSample, SourceError
 from quota.idle import WindowLog
 
@@ -110,7 +111,8 @@ class GpuSampler(PeriodicSampler):
     (runtime none). ``docker_client``: a ``docker.DockerClient`` (or None); ``docker_factory``:
     a callable returning one, retried until it succeeds (the daemon may start after us).
     ``clock`` gives wall time for timestamps, ``monotonic`` measures the intervals that feed the
-    GPU-seconds counters; both are injectable for tests.
+    GPU-seconds counters; both are injectable for tests. ``devices``: the GPUs this exporter answers
+    for besides NVML's (default the site's ``gpus.devices``; on a Swarm node, :func:`node_devices`).
     """
 
     thread_name = "gpuhub-gpu-sampler"
@@ -130,8 +132,10 @@ class GpuSampler(PeriodicSampler):
         max_step_seconds: float = 60.0,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        devices: Iterable[Device] | None = None,
     ):
         self.site = site
+        self.devices = tuple(site.gpus.devices if devices is None else devices)
         self.source = source
         self.docker = docker_client
         self.docker_factory = docker_factory
@@ -146,7 +150,7 @@ class GpuSampler(PeriodicSampler):
         self.max_step_seconds = max_step_seconds
         self.clock = clock
         self.monotonic = monotonic
-        self._site_models = {d.uuid: d.model for d in site.gpus.devices}
+        self._site_models = {d.uuid: d.model for d in self.devices}
         self._lock = threading.Lock()
         self._errors: Counter[str] = Counter()
         for src in self._expected_error_sources():
@@ -167,7 +171,7 @@ class GpuSampler(PeriodicSampler):
         self._last_success: float | None = None
         self._state = GpuState(
             nvml_configured=source is not None,
-            inventory=tuple(DeviceInfo(d.uuid, d.model) for d in site.gpus.devices),
+            inventory=tuple(DeviceInfo(d.uuid, d.model) for d in self.devices),
             errors_total=MappingProxyType(dict(self._errors)),
         )
         self._logged_sources: set[str] = set()
@@ -222,7 +226,7 @@ class GpuSampler(PeriodicSampler):
                 processes.append(AttributedProcess(dev.uuid, proc, workload))
         self.attributor.prune(referenced)
 
-        inventory: dict[str, DeviceInfo] = {d.uuid: DeviceInfo(d.uuid, d.model) for d in self.site.gpus.devices}
+        inventory: dict[str, DeviceInfo] = {d.uuid: DeviceInfo(d.uuid, d.model) for d in self.devices}
         for dev in devices:
             inventory[dev.uuid] = DeviceInfo(
                 dev.uuid, self._site_models.get(dev.uuid) or dev.name, dev.name, dev.index, dev.parent_uuid or ""

@@ -32,7 +32,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import make_wsgi_app
 from prometheus_client.registry import CollectorRegistry
 
-from gpuhub.core.site import SiteConfigError, load_site
+from gpuhub.core.site import Device, SiteConfigError, load_site
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +51,70 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 def metrics_token(site: Any, environ: Mapping[str, str] | None = None) -> str | None:
-    """The bearer token named by ``site.metrics_token_env`` (None: the endpoint is open)."""
+    """The bearer token named by ``site.metrics_token_env`` (None: the endpoint is open).
+
+    When that variable is unset, ``<NAME>_FILE`` may name a file holding the token (the convention of
+    the postgres image): a Docker secret in a stack (docker-stack.yml) is a file, never a variable.
+    """
     name = getattr(site, "metrics_token_env", None)
     if not name:
         return None
-    value = (os.environ if environ is None else environ).get(name, "").strip()
+    env = os.environ if environ is None else environ
+    value = env.get(name, "").strip()
+    path = env.get(f"{name}_FILE", "").strip()
+    if not value and path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                value = f.read().strip()
+        except OSError as e:
+            raise MetricsConfigError(
+                f"{name}_FILE names {path}, which cannot be read ({e.strerror or e}); "
+                f"mount the token file there (a Docker secret) or set the token in {name} itself"
+            ) from None
+        if not value:
+            raise MetricsConfigError(f"{name}_FILE names {path}, which is empty; write the token into it")
     if not value:
         raise MetricsConfigError(
             f"metrics_token_env names {name}, but {name} is not set or empty; export the token "
-            f"(e.g. {name}=$(openssl rand -hex 32)) or remove metrics_token_env from the site config"
+            f"(e.g. {name}=$(openssl rand -hex 32)), or name a file holding it in {name}_FILE, "
+            "or remove metrics_token_env from the site config"
         )
     return value
+
+
+def node_devices(site: Any, node: str, simulate: int | None = None, model: str | None = None) -> tuple[Device, ...]:
+    """The GPUs the GPU exporter on ``node`` answers for, besides what NVML finds there.
+
+    With ``hub.engine: docker`` the exporter is the site's only one: the site's ``gpus.devices``. With
+    ``hub.engine: swarm`` every node runs one (docker-stack.yml) and ``gpus.devices`` is unused, so a node
+    claims none of them: with ``gpus.runtime: nvidia`` NVML on the node lists its GPUs; with ``runtime: none``
+    the node's GPUs exist only as the labels ``gpuhub node register --simulate N --model MODEL`` wrote, which a
+    worker's engine cannot read (node labels answer only on a manager), so the exporter is given the same
+    ``simulate``/``model`` and derives the same UUIDs, ``GPU-sim-<node>-<i>``.
+    """
+    swarm = getattr(site.hub, "engine", "docker") == "swarm"
+    if simulate is None:
+        return () if swarm else tuple(site.gpus.devices)
+    if not swarm or site.gpus.runtime != "none":
+        raise MetricsConfigError(
+            "--simulate declares a Swarm node's simulated GPUs: it needs hub.engine: swarm and gpus.runtime: none "
+            f"(the site has hub.engine: {getattr(site.hub, 'engine', 'docker')}, gpus.runtime: {site.gpus.runtime}); "
+            "drop --simulate, and list real GPUs in gpus.devices or let NVML find them"
+        )
+    if simulate < 0 or model not in site.gpus.models:
+        raise MetricsConfigError(
+            f"--simulate {simulate} --model {model}: N must be >= 0 and MODEL a gpus.models key of the site "
+            f"({', '.join(site.gpus.models) or 'none declared'}), as given to gpuhub node register --simulate"
+        )
+    if not node:
+        raise MetricsConfigError("--simulate needs the node's hostname: pass --node or set GPUHUB_NODE")
+    return tuple(Device(uuid, model) for uuid, model in simulated_gpus(node, simulate, model))
+
+
+def simulated_gpus(hostname: str, count: int, model: str) -> list[tuple[str, str]]:
+    """What ``gpuhub node register --simulate`` declares (:func:`gpuhub.node_cli.simulated_gpus`, a layer above
+    the exporters, so restated here; tests/exporters/test_swarm_exporter.py holds the two equal)."""
+    return [(f"GPU-sim-{hostname}-{i}", model) for i in range(count)]
 
 
 def make_app(registry: CollectorRegistry, token: str | None = None) -> Callable:
@@ -153,11 +206,15 @@ def run_gpu_exporter(
     proc_root: str = "/proc",
     stop: threading.Event | None = None,
     environ: Mapping[str, str] | None = None,
+    devices: Any = None,
+    node: str = "",
 ) -> int:
     """Serve the GPU exporter until SIGINT/SIGTERM (or ``stop``). Returns the exit status.
 
     ``docker_client``: default ``docker.from_env()``, created lazily and retried by the sampler.
     ``nvml``: an NVML source; default real NVML when the site uses it (runtime nvidia / inventory nvml).
+    ``devices``: the GPUs it answers for besides NVML's (default the site's; see :func:`node_devices`);
+    ``node``: the node it runs on, for the log line.
     """
     from .gpu import build_gpu_exporter
 
@@ -178,13 +235,21 @@ def run_gpu_exporter(
         interval=interval,
         proc_root=proc_root,
         nvml_slow_interval=slow_interval,
+        devices=devices,
     )
     try:
         sampler.sample_once()  # first values before the first scrape
     except Exception:
         log.exception("first GPU sampling pass failed")
     return _serve_until_stopped(
-        registry, sampler, listen, token, stop, "gpu", f", NVML {'on' if sampler.source is not None else 'off'}"
+        registry,
+        sampler,
+        listen,
+        token,
+        stop,
+        "gpu",
+        f", NVML {'on' if sampler.source is not None else 'off'}, {len(sampler.devices)} declared GPU(s)"
+        + (f" on node {node}" if node else ""),
     )
 
 
@@ -269,6 +334,20 @@ def _parser(kind: str, default_listen: str) -> argparse.ArgumentParser:
             help="seconds between NVML's costly reads: energy, per-process utilization, MIG layout "
             "(default 15, a usual scrape interval; ~6.8 ms CPU per H100 each time)",
         )
+        p.add_argument(
+            "--node",
+            default=os.environ.get("GPUHUB_NODE") or socket.gethostname(),
+            help="the Swarm node this exporter runs on (default $GPUHUB_NODE, else this host's name; "
+            'docker-stack.yml sets GPUHUB_NODE to "{{.Node.Hostname}}")',
+        )
+        p.add_argument(
+            "--simulate",
+            type=int,
+            metavar="N",
+            help="hub.engine swarm with gpus.runtime none: the node's N simulated GPUs GPU-sim-<node>-<i>, "
+            "as declared by `gpuhub node register --simulate N --model MODEL`",
+        )
+        p.add_argument("--model", help="with --simulate: the simulated GPUs' model (a gpus.models key)")
     return p
 
 
@@ -287,6 +366,8 @@ def _main(kind: str, argv: list[str] | None) -> int:
                 interval=args.interval or 1.0,
                 slow_interval=args.slow_interval,
                 proc_root=args.proc_root,
+                devices=node_devices(site, args.node, args.simulate, args.model),
+                node=args.node,
             )
         return run_usage_exporter(site, args.listen, interval=args.interval or 5.0)
     except (SiteConfigError, MetricsConfigError) as e:
