@@ -472,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     _leaf(img, "list", "each image, its tag and whether the local Docker engine has it", cmd_images_list)
     s = _leaf(img, "lock", "regenerate images/NAME/requirements.lock (needs PyPI)", cmd_images_lock)
     s.add_argument("names", nargs="+", metavar="NAME", help=", ".join(images.BUILD_ORDER))
+    node_cli.add_push_parser(img, _leaf, _site)  # `gpuhub images push-to-nodes` (issue 19)
 
     q = _group(sub, "quota", "organizations' GPU use", "quota_cmd")
     _leaf(q, "status", "per org: GPUs, budget, idle GPU-hours, refusals; devices", cmd_quota_status, ("table", "json"))

@@ -5,7 +5,8 @@
 #   scripts/swarm.sh up      build gpuhub/node if missing; start the nodes on a bridge network of their own; init
 #                            the swarm on node 1 (manager), join the rest as workers; declare the GPUs; print the
 #                            inventory. Idempotent: a node already up, in the swarm or declared is left as it is.
-#   scripts/swarm.sh load IMAGE...   copy images from this host's engine onto every node (docker save | load)
+#   scripts/swarm.sh load IMAGE...   copy images from this host's engine onto every node whose copy differs
+#                            (gpuhub images push-to-nodes: docker save | load, streamed)
 #   scripts/swarm.sh env     print DOCKER_HOST=… for the manager's engine (eval "$(scripts/swarm.sh env)")
 #   scripts/swarm.sh demo    up, load the site's catalog images (GPUHUB_SITE_CONFIG, default examples/site.yaml)
 #                            onto the nodes, then serve the hub in swarm mode (hub.engine: swarm) in the
@@ -26,8 +27,9 @@
 # node. Nodes run --privileged; where this host's capability bounding set lacks a capability --privileged asks
 # for (runc: "unable to apply caps: operation not permitted"), they run instead with every capability the host
 # has, seccomp/AppArmor unconfined and /sys writable (the entrypoint makes the cgroup mounts writable).
-# Users' servers are kept apart by each node's firewall (DOCKER-USER, written by `up`; see firewall_node) and the
-# nodes' dockerd runs --userland-proxy=false so that rule also meets a container's connection to its own node.
+# Users' servers are kept apart by each node's firewall (DOCKER-USER, written at every boot of the node and by
+# `up`; see firewall_node) and the nodes' dockerd runs --userland-proxy=false so that rule also meets a
+# container's connection to its own node.
 # Each node's dockerd runs with --no-new-privileges: Swarm services cannot ask for it (Docker 20.10's service API
 # has no such field), so the node sets it on every container (gpuhub.hub.swarm_service).
 # The nodes' resolv.conf names no reachable server, so a task's registry pull fails at once and the image loaded
@@ -89,29 +91,26 @@ wait_engine() {
   die "the engine in $NAME-$i did not answer on $(node_sock "$i") within 60 s (logs above)"
 }
 
-# firewall_node I HUB_ADDR: user servers isolated from each other, in node I's own network namespace. A server
-# is a task on the node's default bridge (no overlay: gpuhub.hub.swarm_spawner) whose port is published in host
-# mode; the hub and proxy on HUB_ADDR (this host) reach it at <node address>:<published port>. Refused (TCP reset,
-# at once): a connection that reaches a container through a published port (conntrack state DNAT) from anywhere
-# but HUB_ADDR — another node's containers (masqueraded to that node's address), this node's containers
-# (with --userland-proxy=false their connection to the node's own address is DNATed too, hairpin, instead of
-# passing through docker-proxy), any other machine that routes to the node; and a new connection from one
-# container to another on the node's default bridge (docker0), what dockerd --icc=false would drop silently.
-# Why DOCKER-USER: dockerd evaluates it first in FORWARD and never rewrites it. The rules live in the node's
-# network namespace: a node container restarted (docker start) gets a fresh one, and `up` (which runs this for
-# every node) writes them again. Idempotent: the chains GPUHUB-ISOLATE and GPUHUB-REFUSE are flushed and refilled.
+# firewall_node I HUB_ADDR: users' servers apart in node I's own network namespace (published ports only from
+# HUB_ADDR, no container-to-container traffic): the DOCKER-USER rules of images/node/gpuhub-node-firewall, the one
+# place they are written (what they refuse and why: the comment at its top). The node's entrypoint runs the same
+# script at every boot before its dockerd, reading HUB_ADDR from /run/gpuhub-node/hub-addr (written by `up` before
+# the node starts), so a restarted node (docker restart, the host rebooted) is isolated again before any task
+# starts on it, without `up`. Here the repository's copy is run in the node (fed on stdin), so a node
+# created from an older gpuhub/node image gets the current rules too. Idempotent.
 firewall_node() {
   local i="$1" hub="$2"
-  docker exec "$NAME-$i" sh -ec "
-    for c in GPUHUB-REFUSE GPUHUB-ISOLATE; do iptables -N \$c 2>/dev/null || iptables -F \$c; done
-    iptables -A GPUHUB-REFUSE -p tcp -j REJECT --reject-with tcp-reset
-    iptables -A GPUHUB-REFUSE -j REJECT
-    iptables -A GPUHUB-ISOLATE -m conntrack --ctstate DNAT ! -s $hub -j GPUHUB-REFUSE
-    iptables -A GPUHUB-ISOLATE -i docker0 -o docker0 -j GPUHUB-REFUSE
-    iptables -N DOCKER-USER 2>/dev/null || true
-    iptables -C DOCKER-USER -m conntrack --ctstate NEW -j GPUHUB-ISOLATE 2>/dev/null ||
-      iptables -I DOCKER-USER -m conntrack --ctstate NEW -j GPUHUB-ISOLATE
-  " || die "cannot write the firewall rules in node $NAME-$i (docker exec $NAME-$i iptables …)"
+  docker exec -i "$NAME-$i" sh -s "$hub" <"$GPUHUB_ROOT/images/node/gpuhub-node-firewall" ||
+    die "cannot write the firewall rules in node $NAME-$i (docker exec -i $NAME-$i sh -s $hub <images/node/gpuhub-node-firewall)"
+}
+
+# hub_addr: this host's address on the nodes' network (its bridge's gateway), the one address the nodes admit to
+# published ports: the hub and its proxy run here.
+hub_addr() {
+  local a
+  a="$(docker network inspect -f '{{range .IPAM.Config}}{{.Gateway}}{{end}}' "$NET")"
+  [[ "$a" =~ ^[0-9]+(\.[0-9]+){3}$ ]] || die "cannot tell this host's address on $NET (docker network inspect $NET: gateway '$a')"
+  echo "$a"
 }
 
 swarm_state() { on_node "$1" info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null || echo unknown; }
@@ -124,8 +123,9 @@ cmd_up() {
     docker network create --driver bridge --internal -o com.docker.network.bridge.enable_icc=true \
       "${LABELS[@]}" "$NET" >/dev/null
   }
-  local flags=() i
+  local flags=() i hub
   mapfile -t flags < <(run_flags)
+  hub="$(hub_addr)"
   # No name server: with no registry reachable a task's image pull must fail at once (then the node's loaded image
   # is used), not after DNS timeouts (20-40 s a task through Docker's embedded DNS on an internal network).
   mkdir -p "$SOCKDIR"
@@ -134,6 +134,7 @@ cmd_up() {
     if ! docker inspect "$NAME-$i" >/dev/null 2>&1; then
       step "node $NAME-$i"
       mkdir -p "$SOCKDIR/node-$i"
+      echo "$hub" >"$SOCKDIR/node-$i/hub-addr"  # read by the node's firewall at every boot
       docker volume create "${LABELS[@]}" "$NAME-$i-docker" >/dev/null
       docker run -d --init --name "$NAME-$i" --hostname "$NAME-$i" --network "$NET" "${LABELS[@]}" \
         --label "gpuhub.swarm.node=$i" "${flags[@]}" \
@@ -143,6 +144,7 @@ cmd_up() {
         --default-address-pool "base=10.$((100 + i)).0.0/16,size=24" >/dev/null
     elif [ "$(docker inspect -f '{{.State.Running}}' "$NAME-$i")" != true ]; then
       step "starting node $NAME-$i again"
+      mkdir -p "$SOCKDIR/node-$i" && echo "$hub" >"$SOCKDIR/node-$i/hub-addr"
       docker start "$NAME-$i" >/dev/null
     fi
   done
@@ -161,32 +163,30 @@ cmd_up() {
       on_node "$i" swarm join --token "$token" "$addr1:2377" >/dev/null
     fi
   done
-  local hub_addr
-  hub_addr="$(ip -4 route get "$addr1" | grep -o 'src [0-9.]*' | cut -d' ' -f2)"
-  [ -n "$hub_addr" ] || die "cannot tell this host's address towards the manager $addr1 (ip -4 route get $addr1)"
-  step "firewall: servers apart; published ports only from the hub's host $hub_addr (DOCKER-USER on each node)"
-  for i in $(seq 1 "$NODES"); do firewall_node "$i" "$hub_addr"; done
-  step "declaring $GPUS simulated $MODEL GPU(s) per node (gpuhub node register)"
+  step "firewall: servers apart; published ports only from the hub's host $hub (DOCKER-USER on each node)"
   for i in $(seq 1 "$NODES"); do
-    "$GPUHUB" node register --docker-host "$(node_sock 1)" --node "$NAME-$i" --simulate "$GPUS" --model "$MODEL" >&2
+    echo "$hub" >"$SOCKDIR/node-$i/hub-addr"
+    firewall_node "$i" "$hub"
+  done
+  step "declaring $GPUS simulated $MODEL GPU(s) and the engine URL of each node (gpuhub node register)"
+  for i in $(seq 1 "$NODES"); do
+    "$GPUHUB" node register --docker-host "$(node_sock 1)" --node "$NAME-$i" --simulate "$GPUS" --model "$MODEL" \
+      --engine-url "$(node_sock "$i")" >&2
   done
   step "inventory read from the swarm (gpuhub node list --docker-host $(node_sock 1))"
   "$GPUHUB" node list --docker-host "$(node_sock 1)"
 }
 
 cmd_load() {
+  # one copy of the logic: gpuhub images push-to-nodes (each node's engine from its gpuhub.engine label, which
+  # `up` writes; only the images whose id differs are copied). Each node's socket is also passed explicitly, so a
+  # cluster made before the label existed is served too.
   [ $# -gt 0 ] || die "name the images to copy onto the nodes: scripts/swarm.sh load IMAGE..."
-  local i img want
-  for img in "$@"; do
-    docker image inspect "$img" >/dev/null 2>&1 || die "image $img is not in this host's engine; build or load it first"
-    want="$(docker image inspect -f '{{.Id}}' "$img")"
-    for i in $(seq 1 "$NODES"); do
-      # the same image (by id) already there: nothing to copy (a rebuilt image is copied again)
-      [ "$(on_node "$i" image inspect -f '{{.Id}}' "$img" 2>/dev/null)" != "$want" ] || continue
-      step "docker save $img | docker -H $(node_sock "$i") load"
-      docker save "$img" | on_node "$i" load >&2
-    done
+  local i engines=()
+  for i in $(seq 1 "$NODES"); do
+    if docker inspect "$NAME-$i" >/dev/null 2>&1; then engines+=(--node-engine "$NAME-$i=$(node_sock "$i")"); fi
   done
+  "$GPUHUB" images push-to-nodes --docker-host "$(node_sock 1)" "${engines[@]}" "$@"
 }
 
 cmd_down() {

@@ -37,6 +37,10 @@ GPU_LABEL_PREFIX = "gpuhub.gpu."
 #: node label: where the declared GPUs came from (``nvml`` or ``simulated``)
 GPU_SOURCE_LABEL = "gpuhub.gpu-source"
 GPU_SOURCES = ("nvml", "simulated")
+#: node label: the URL at which an operator's machine reaches the node's own Docker engine (``unix://``, ``tcp://``
+#: or ``ssh://``), written by ``gpuhub node register --engine-url``; ``gpuhub images push-to-nodes`` copies images
+#: there (:mod:`gpuhub.host.node_images`). Only a manager writes node labels, so a worker cannot redirect it.
+ENGINE_LABEL = "gpuhub.engine"
 
 
 class SwarmError(RuntimeError):
@@ -63,6 +67,7 @@ class SwarmNode:
     addr: str
     gpus: tuple[SwarmGpu, ...]
     gpu_source: str | None = None
+    engine_url: str | None = None  # the gpuhub.engine label
 
     @property
     def offers(self) -> bool:
@@ -94,6 +99,7 @@ def node_from_attrs(attrs: Mapping) -> SwarmNode:
         addr=status.get("Addr") or "",
         gpus=gpus_from_labels(attrs["ID"], hostname, labels),
         gpu_source=labels.get(GPU_SOURCE_LABEL),
+        engine_url=labels.get(ENGINE_LABEL) or None,
     )
 
 
@@ -139,19 +145,25 @@ def gpu_labels(gpus: Iterable[tuple[str, str]], source: str) -> dict[str, str]:
     return out
 
 
-def register(client, node_ref: str, gpus: Iterable[tuple[str, str]], source: str) -> SwarmNode:
-    """Declare ``gpus`` ((uuid, name) pairs) on the node ``node_ref`` (hostname or id) through the client's manager
-    engine: the node's ``gpuhub.gpu.*`` labels become exactly these (other labels are kept), in one spec update
-    (retried when the node's spec changed meanwhile). Returns the node as re-read. Idempotent."""
+def register(
+    client, node_ref: str, gpus: Iterable[tuple[str, str]] | None, source: str | None, engine_url: str | None = None
+) -> SwarmNode:
+    """Declare ``gpuhub`` labels on the node ``node_ref`` (hostname or id) through the client's manager engine, in
+    one spec update (retried when the node's spec changed meanwhile), other labels kept. ``gpus`` ((uuid, name)
+    pairs) from ``source``: the node's ``gpuhub.gpu.*`` labels become exactly these (None: left as they are).
+    ``engine_url``: the node's :data:`ENGINE_LABEL` (None: left as it is). Returns the node as re-read. Idempotent."""
     import docker.errors  # off the CLI's start path (see read_nodes)
 
-    new = gpu_labels(gpus, source)
+    new = gpu_labels(gpus, source) if gpus is not None else {}
+    if engine_url is not None:
+        new[ENGINE_LABEL] = check_engine_url(engine_url)
     for _attempt in range(5):
         node = find_node(read_nodes(client), node_ref)
         attrs = client.api.inspect_node(node.id)
         spec = dict(attrs["Spec"])
-        kept = {k: v for k, v in (spec.get("Labels") or {}).items() if not _ours(k)}
-        if (spec.get("Labels") or {}) == {**kept, **new}:
+        old = spec.get("Labels") or {}
+        kept = {k: v for k, v in old.items() if not (gpus is not None and _ours(k))}
+        if old == {**kept, **new}:
             return node
         spec["Labels"] = {**kept, **new}
         try:
@@ -161,7 +173,24 @@ def register(client, node_ref: str, gpus: Iterable[tuple[str, str]], source: str
                 continue  # someone else updated the node between our read and write
             raise SwarmError(f"cannot update node {node.hostname} ({node.id[:12]}): {e.explanation or e}") from None
         return find_node(read_nodes(client), node.id)
-    raise SwarmError(f"node {node_ref} kept changing while its GPU labels were written; run the command again")
+    raise SwarmError(f"node {node_ref} kept changing while its labels were written; run the command again")
+
+
+ENGINE_SCHEMES = ("unix://", "tcp://", "ssh://")
+
+
+def check_engine_url(url: str) -> str:
+    """``url`` when it is a Docker engine URL docker-py can open (``unix://``, ``tcp://``, ``ssh://``)."""
+    if (
+        not url.startswith(ENGINE_SCHEMES)
+        or len(url) <= len(url.split("//", 1)[0]) + 2
+        or any(c.isspace() for c in url)
+    ):
+        raise SwarmError(
+            f"engine URL {url!r} is not a Docker engine URL (rule: unix:///path, tcp://host:port or ssh://user@host); "
+            "give the URL at which the operator's machine reaches that node's engine"
+        )
+    return url
 
 
 def _ours(key: str) -> bool:

@@ -168,15 +168,15 @@ class GpuhubSwarmSpawner(GpuhubSpawner, SwarmSpawner):
             return web.HTTPError(
                 503,
                 f"the image {self.image} is not on the Swarm node {self.node} (rule: every node has every catalog "
-                f"image; the node said: {err}); an operator copies it there: scripts/swarm.sh load {self.image} "
-                f"(elsewhere: docker save {self.image} | docker -H <{self.node}'s engine> load), then start again",
+                f"image; the node said: {err}); an operator copies it there: gpuhub images push-to-nodes {self.image} "
+                f"(on the demo swarm: scripts/swarm.sh load {self.image}), then start again",
             )
         return web.HTTPError(500, f"{what}: {err or status}; {self._fix()}")
 
     def _fix(self) -> str:
         return (
-            f"check that node {self.node} has the image {self.image} (scripts/swarm.sh load {self.image}, or "
-            f"docker save {self.image} | docker -H <{self.node}'s engine> load) and is ready (gpuhub node list)"
+            f"check that node {self.node} has the image {self.image} (gpuhub images push-to-nodes {self.image}) "
+            f"and is ready (gpuhub node list)"
         )
 
     async def _remove_service_quietly(self, ref: str) -> None:
