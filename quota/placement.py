@@ -74,6 +74,11 @@ class NoPlacement:
     free: Mapping[str, int]
 
 
+def node_of_devices(offers: Iterable[NodeOffer]) -> dict[str, str]:
+    """Device UUID -> node id, for the nodes that take new servers now (the queue groups free devices by node)."""
+    return {d.uuid: o.node_id for o in offers if o.available for d in o.devices}
+
+
 def model_key(name: str, models: Collection[str]) -> str | None:
     """The site's model key for a declared device name: the name itself when it is a key, else the longest key it
     contains (``H100`` in ``NVIDIA H100 80GB HBM3``), with ``-MIG-<profile>`` for a MIG instance

@@ -92,9 +92,10 @@ def listing(store, at: datetime, user: str | None, inv: list) -> dict:
     estimated wait and org factor, in line order then the granted ones; the factors and shares; and (for
     operators, ``user`` None) the class windows of the next 7 days."""
     site = store.site
+    node_of = store.node_of()
 
     def run(conn):
-        s = store._state(conn, at, inv)
+        s = store._state(conn, at, inv, node_of=node_of)
         requests = [e.as_request() for e in s["queued"]]
         s["places"] = {p["id"]: p for p in order.line(requests, s["factors"], at.timestamp(), store.age_scale)}
         cache: dict = {}

@@ -36,6 +36,9 @@ only by too few free devices of its (named) model holds those free devices back;
 cannot take them, so they accumulate until it fits. Requests for other models are not affected.
 The devices granted are the first ``gpus`` usable ones in the caller's preference order (``prefer``), which
 :mod:`quota.reservations` makes "devices that no class window needs soon first".
+With hub.engine swarm every device carries its node, and a grant's devices are all on one node (a container
+runs on one machine): the fullest node that still fits, as :mod:`quota.placement` packs; on one host every
+device's node is "" and this is the model alone.
 """
 
 from __future__ import annotations
@@ -67,8 +70,11 @@ class Request:
 
 @dataclass(frozen=True)
 class Device:
+    """A device as the queue sees it; ``node``: the Swarm node that holds it ("" on one host)."""
+
     uuid: str
     model: str
+    node: str = ""
 
 
 @dataclass(frozen=True)
@@ -149,24 +155,35 @@ def ranked(requests: Iterable[Request], factors: Mapping[str, float], now: float
 
 def _usable(
     req: Request, free: Sequence[Device], reserved: Mapping[str, str], taken: set[str]
-) -> dict[str, list[Device]]:
-    """Per model, the free devices ``req`` may use (reserved ones only for its own course's windows)."""
-    out: dict[str, list[Device]] = defaultdict(list)
+) -> dict[tuple[str, str], list[Device]]:
+    """Per (node, model), the free devices ``req`` may use (reserved ones only for its own course's windows)."""
+    out: dict[tuple[str, str], list[Device]] = defaultdict(list)
     for d in free:
         if d.uuid in taken:
             continue
         course = reserved.get(d.uuid)
         if course is not None and course not in req.courses:
             continue
-        out[d.model].append(d)
+        out[(d.node, d.model)].append(d)
     return out
 
 
-def _pick_model(req: Request, usable: Mapping[str, list[Device]]) -> str | None:
-    if req.model is not None:
-        return req.model
-    fits = [(-len(ds), m) for m, ds in usable.items() if len(ds) >= req.gpus]
-    return min(fits)[1] if fits else None
+def _pick_group(req: Request, usable: Mapping[tuple[str, str], list[Device]]) -> tuple[str, str] | None:
+    """The (node, model) to serve ``req`` from: a server's GPUs are of one model and on one node.
+
+    Model: the named one, else the one with the most usable free devices on nodes where it fits (ties by name),
+    as :mod:`quota.policy` picks. Node: the fullest one that still fits (pack, as :mod:`quota.placement`), ties by
+    node name. When no node fits, the node with the most devices of the named model (what a long wait holds back);
+    None without a named model. On one host every device has node "", so this is the model alone."""
+    fits = {k: ds for k, ds in usable.items() if len(ds) >= req.gpus and req.model in (None, k[1])}
+    if not fits:
+        mine = [(-len(ds), k) for k, ds in usable.items() if k[1] == req.model]
+        return min(mine)[1] if mine else (("", req.model) if req.model is not None else None)
+    per_model: Counter[str] = Counter()
+    for (_node, model), ds in fits.items():
+        per_model[model] += len(ds)
+    model = req.model if req.model is not None else min((-n, m) for m, n in per_model.items())[1]
+    return min((len(ds), k) for k, ds in fits.items() if k[1] == model)[1]
 
 
 def blocker(
@@ -185,10 +202,10 @@ def blocker(
     if by_user[req.user] + req.gpus > limits.user_limit:
         return USER_LIMIT
     usable = _usable(req, free, reserved or {}, set())
-    model = _pick_model(req, usable)
-    if model is None or len(usable.get(model, ())) < req.gpus:
+    group = _pick_group(req, usable)
+    if group is None or len(usable.get(group, ())) < req.gpus:
         return NO_DEVICE
-    if len([d for d in usable[model] if d.uuid not in held_back]) < req.gpus:
+    if len([d for d in usable[group] if d.uuid not in held_back]) < req.gpus:
         return HELD_BACK
     return None
 
@@ -223,18 +240,18 @@ def choose(
             passed.append((req.id, USER_LIMIT))
             continue
         usable = _usable(req, free, reserved, held_back)
-        model = _pick_model(req, usable)
-        candidates = usable.get(model, []) if model else []
+        group = _pick_group(req, usable)
+        candidates = usable.get(group, []) if group else []
         if len(candidates) < req.gpus:
             unheld = _usable(req, free, reserved, set()) if held_back else usable
-            unheld_model = _pick_model(req, unheld)
-            enough = unheld_model is not None and len(unheld.get(unheld_model, ())) >= req.gpus
+            unheld_group = _pick_group(req, unheld)
+            enough = unheld_group is not None and len(unheld.get(unheld_group, ())) >= req.gpus
             passed.append((req.id, HELD_BACK if enough else NO_DEVICE))
             if req.model is not None and now - req.arrived_at >= age_scale:
                 held_back.update(d.uuid for d in candidates)  # it has waited long enough: let them pile up
             continue
         ordered = list(prefer(req, candidates)) if prefer else candidates
-        return Choice(req, tuple(d.uuid for d in ordered[: req.gpus]), model, tuple(passed))
+        return Choice(req, tuple(d.uuid for d in ordered[: req.gpus]), group[1], tuple(passed))
     return None
 
 

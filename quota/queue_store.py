@@ -54,6 +54,7 @@ from quota import queue_order as order
 from quota import reservations as rsv
 from quota.db import make_engine, run_write, upgrade
 from quota.models import allocations, queue, usage_intervals
+from quota.placement import node_of_devices
 
 Q = queue.c
 ACTIVE = ("queued", "granted")
@@ -149,8 +150,18 @@ def _entry(r) -> QueueEntry:
 class QueueStore:
     """The queue in ``engine``'s database (the hub database); ``clock()`` returns an aware UTC datetime."""
 
-    def __init__(self, engine: Engine, site, clock: Callable[[], datetime] = utcnow, retry_seconds: float = 30.0):
+    def __init__(
+        self,
+        engine: Engine,
+        site,
+        clock: Callable[[], datetime] = utcnow,
+        retry_seconds: float = 30.0,
+        offers: Callable[[], Iterable] | None = None,
+    ):
         self.engine, self.site, self.clock, self.retry_seconds = engine, site, clock, retry_seconds
+        # hub.engine swarm: the nodes' offers (quota.placement.NodeOffer). A grant's devices are then all on one
+        # node, and devices of a node that takes no servers (drained, paused, down) are never granted.
+        self.offers = offers
 
     @classmethod
     def from_site(cls, site, clock: Callable[[], datetime] = utcnow, migrate: bool = True) -> QueueStore:
@@ -343,13 +354,13 @@ class QueueStore:
         at = utc(now or self.clock())
         limit = self.site.queue.max_wait_seconds
         cutoff = at - timedelta(seconds=limit)
-        factors = self.factors(at)
+        factors, node_of = self.factors(at), self.node_of()
 
         def run(conn):
             rows = conn.execute(select(queue).where(Q.state == "queued", Q.arrived_at <= cutoff).order_by(Q.id)).all()
             if not rows:
                 return []
-            state = self._state(conn, at, devices or self.site.gpus.devices, factors)
+            state = self._state(conn, at, devices or self.site.gpus.devices, factors, node_of)
             out = []
             for r in rows:
                 e = _entry(r)
@@ -390,7 +401,18 @@ class QueueStore:
         at = utc(now or self.clock())
         return self._read(lambda conn: self._factors(conn, at))
 
-    def _state(self, conn: Connection, now: datetime, devices: Sequence, factors: dict | None = None) -> dict:
+    def node_of(self) -> dict[str, str] | None:
+        """Swarm: device UUID -> node id of the nodes taking servers (read before a transaction); else None."""
+        return None if self.offers is None else node_of_devices(self.offers())
+
+    def _state(
+        self,
+        conn: Connection,
+        now: datetime,
+        devices: Sequence,
+        factors: dict | None = None,
+        node_of: dict[str, str] | None = None,
+    ) -> dict:
         a = allocations.c
         held = [
             order.Held(r.device_uuid, r.org, r.user, r.model)
@@ -403,7 +425,11 @@ class QueueStore:
         for g in granted:  # promised devices count as held (by their org and user) until served or requeued
             held += [order.Held(d, g.org, g.user, g.model or "") for d in g.devices if d not in taken]
             taken |= set(g.devices)
-        free = [order.Device(d.uuid, d.model) for d in devices if d.uuid not in taken]
+        free = [
+            order.Device(d.uuid, d.model, node_of.get(d.uuid, "") if node_of else "")
+            for d in devices
+            if d.uuid not in taken and (node_of is None or d.uuid in node_of)
+        ]
         factors = self._factors(conn, now) if factors is None else factors
         return dict(held=held, free=free, queued=queued, granted=granted, factors=factors)
 
@@ -441,10 +467,10 @@ class QueueStore:
         by_uuid = {d.uuid: d for d in (*inv, *devices)}
         # Fair share is read before the lock (as QuotaStore reads the month's usage): a grant committed meanwhile
         # adds no usage at its first instant, and the lock is then held only for the short reads below.
-        factors = self.factors(at)
+        factors, node_of = self.factors(at), self.node_of()
 
         def run(conn):
-            s = self._state(conn, at, devices, factors)
+            s = self._state(conn, at, devices, factors, node_of)
             choice = order.choose(
                 [e.as_request() for e in s["queued"]],
                 s["free"],

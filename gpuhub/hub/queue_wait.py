@@ -89,7 +89,7 @@ def stores(site_config: str | Path) -> tuple[QueueStore, QuotaStore]:
     with _lock:
         if key not in _stores:
             base = runtime.quota_store(key)
-            qs = QueueStore(base.engine, base.site)
+            qs = QueueStore(base.engine, base.site, offers=base.offers)
 
             def unpromised():
                 promised = qs.promised()
@@ -141,8 +141,8 @@ async def before_start(spawner) -> None:
     wanted = queue_wanted(spawner)
     options = dict(spawner.user_options or {})
     site = spawner.site
-    if options.get("project") or site.hub.engine == "swarm":  # not queued (yet): project servers are admitted in
-        return  # start() (gpuhub.hub.projects); a Swarm grant would need its node placement too (quota.placement)
+    if options.get("project"):  # not queued (yet): project servers are admitted in start() (gpuhub.hub.projects)
+        return
     try:
         request = validate_options(options, site, user=spawner.user.name, server_name=spawner.name,
                                    groups=spawner._groups())  # fmt: skip
@@ -235,7 +235,13 @@ async def _take_granted(spawner, qs: QueueStore, e: QueueEntry, request: Allocat
     """Allocate the granted devices; None when they were taken after all (the entry is back in line)."""
     base = runtime.quota_store(spawner.site_config)
     devices = [d for d in base.inventory() if d.uuid in e.devices]
-    store = QuotaStore(base.engine, base.site, inventory=devices)
+    granted_offers = None
+    if base.offers is not None:  # hub.engine swarm: placed on the node that holds the granted devices (all on one)
+
+        def granted_offers():
+            return [replace(o, devices=tuple(d for d in o.devices if d.uuid in e.devices)) for o in base.offers()]
+
+    store = QuotaStore(base.engine, base.site, inventory=devices, offers=granted_offers)
     try:
         grant = await asyncio.to_thread(store.allocate, request)
     except Refusal as r:

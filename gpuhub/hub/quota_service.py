@@ -177,7 +177,7 @@ async def amain(hub_pid: int) -> None:
     service = QuotaService(site, store, hub, docker)
     auth = HubAuth(api_token=os.environ["JUPYTERHUB_API_TOKEN"], cache_max_age=60)
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/gpuhub-quota/")
-    queue = QueueStore(store.engine, site)
+    queue = QueueStore(store.engine, site, offers=store.offers)
     dispatcher = Dispatcher(queue, store.inventory, hub)
     app = web.Application(
         [
