@@ -17,6 +17,9 @@ GPUs by UUID                 no device requests in services (moby#40133): the no
                              ``NVIDIA_VISIBLE_DEVICES`` / ``GPUHUB_GPUS`` (``runtime: nvidia`` needs
                              ``default-runtime: nvidia`` on the node, the NVIDIA runtime's env mode)
 restart never                ``RestartPolicy.Condition: none`` (a server whose node died is closed, not moved)
+the image's ``HEALTHCHECK``  ``ContainerSpec.HealthCheck: {Test: [NONE]}``: a task with a health check stays
+                             ``starting`` (no PID, no published port in its status) until the first probe passes,
+                             a minute for the catalog images; the hub's own readiness probe stands in
 ===========================  ==================================================================================
 
 What services cannot carry, and what stands in:
@@ -91,6 +94,9 @@ def service_spec(
         "CapabilityAdd": list(host.get("cap_add") or []),
         "Groups": [str(g) for g in host.get("group_add") or []],
         "StopGracePeriod": int(stop_grace_seconds * 1e9),
+        # The image's HEALTHCHECK off: a Swarm task with one stays "starting", with no PID and no published port
+        # reported, until its first probe passes (60 s for the catalog images); the hub probes readiness itself.
+        "HealthCheck": {"Test": ["NONE"]},
     }
     limits: dict = {}
     if host.get("pids_limit"):

@@ -116,6 +116,7 @@ def test_service_spec_pins_the_node_and_carries_uuids_labels_and_hardening():
     assert t["RestartPolicy"] == {"Condition": "none"}
     c = t["ContainerSpec"]
     assert c["User"] == "20001:20001" and c["CapabilityDrop"] == ["ALL"]
+    assert c["HealthCheck"] == {"Test": ["NONE"]}  # else the task stays "starting" (no port) until the first probe
     assert "GPUHUB_GPUS=GPU-n2-0" in c["Env"] and "GPUHUB_NODE=n2" in c["Env"]
     assert c["Labels"]["gpuhub.node"] == "n2" == spec["labels"]["gpuhub.node"]
     assert t["Resources"]["Limits"] == {"Pids": 256, "MemoryBytes": 1 << 30, "NanoCPUs": 1_000_000_000}
