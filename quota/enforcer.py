@@ -26,6 +26,7 @@ from gpuhub.core import keys
 from gpuhub.core import labels as lb
 from gpuhub.core.keys import split_server_key
 from gpuhub.core.periods import utcnow
+from gpuhub.core.site import SERVER_START_TIMEOUT_SECONDS
 from gpuhub.host.dockerenv import docker_time
 from gpuhub.host.project_network import PROJECT  # the label on project servers: the project key
 from quota import budget, reconcile
@@ -36,10 +37,23 @@ from quota.project_store import ProjectStore
 log = logging.getLogger("gpuhub.quota")
 
 
+class _Everything:
+    """Every server key (the hub's pending servers unknown this pass)."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+
+_ALL = _Everything()
+
+
 class ServerStopper(Protocol):
-    """What the enforcer needs of the hub: stop one server through its REST API."""
+    """What the enforcer needs of the hub: stop one server through its REST API; the server keys whose spawn is
+    pending now (the reconciler keeps their devices up to the start limit)."""
 
     async def stop_server(self, user: str, server: str) -> None: ...
+
+    async def pending_servers(self) -> set[str]: ...
 
 
 def docker_view(client, instance: str) -> list[reconcile.ContainerView]:
@@ -200,6 +214,7 @@ class QuotaService:
         view = docker_view
         if self.site.hub.engine == "swarm":  # servers are services on several nodes: read the manager's tasks
             from quota.swarm_cluster import services_view as view
+        starting = await self._pending_servers()  # before Docker: a spawn pending now has its interval already
         containers = await asyncio.to_thread(view, self.docker, self.site.hub.instance)
         rows = await asyncio.to_thread(self.store.open_intervals)
         now = self.clock()
@@ -214,6 +229,8 @@ class QuotaService:
             pending_grace_seconds=max(120.0, 2 * self.site.quota.reconcile_interval_seconds),
             recently_closed=[reconcile.IntervalView.from_row(r) for r in closed],
             held_devices=[r_dev for r in rows for r_dev in (r.get("device_uuids") or "").split(",") if r_dev],
+            starting=starting,
+            start_limit_seconds=SERVER_START_TIMEOUT_SECONDS + 60,
         )
         for c in plan.close:
             log.info("closing %s at %s (%s)", c.server_key, c.at.isoformat(), c.reason)
@@ -228,6 +245,17 @@ class QuotaService:
         for note in plan.notes:
             log.warning("reconcile: %s", note)
         return plan
+
+    async def _pending_servers(self):
+        """Server keys the hub reports as pending; unknown (no hub, or it did not answer) counts as all pending
+        only up to the start limit: the short grace then applies to none, so no live spawn loses its GPUs."""
+        if self.hub is None or not hasattr(self.hub, "pending_servers"):
+            return set()
+        try:
+            return await self.hub.pending_servers()
+        except Exception as e:  # noqa: BLE001 - the hub restarting: keep every young interval this pass
+            log.warning("reconcile: the hub's pending servers are unknown (%s); keeping young intervals", e)
+            return _ALL
 
     def _remove_container(self, name: str) -> None:
         if self.site.hub.engine == "swarm":  # a server's service (removing it stops its task on its node)

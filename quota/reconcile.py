@@ -11,7 +11,9 @@ Plan rules, per server key ``user/server``:
   Docker's finish time ("container-exited") — exact even if the hub was down when it died.
 - open interval, no container (or only one older than the interval): close at the last heartbeat
   ("container-missing"), unless the interval is younger than ``pending_grace_seconds`` (a spawn
-  still creating its container).
+  still creating its container) or, while the hub reports the server's spawn as pending (``starting``),
+  younger than ``start_limit_seconds`` (the hub's start timeout and a margin: a class waiting for start
+  slots, or a slow home preparation, outlasts the short grace with its devices rightly held).
 - running labelled container, no open interval: ``unknown="stop"`` stops it; ``"adopt"`` opens an
   interval from its labels and start time, unless a recently closed interval already covered it
   (it is being stopped) or its devices are held by someone else; those are stopped instead.
@@ -19,7 +21,7 @@ Plan rules, per server key ``user/server``:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -124,6 +126,8 @@ def plan(
     pending_grace_seconds: float = 300.0,
     recently_closed: Iterable[IntervalView] = (),
     held_devices: Iterable[str] = (),
+    starting: Collection[str] = (),
+    start_limit_seconds: float = 360.0,
 ) -> Plan:
     """What to close, stop and adopt so the ledger matches Docker (see the module rules)."""
     if unknown not in ("stop", "adopt"):
@@ -153,7 +157,7 @@ def plan(
         elif exited:
             finished = max(utc(c.finished_at) for c in exited)
             closes.append(Close(iv.id, key, _clamp(finished, started, now), "container-exited"))
-        elif (now - started) >= timedelta(seconds=pending_grace_seconds):
+        elif (now - started) >= timedelta(seconds=start_limit_seconds if key in starting else pending_grace_seconds):
             closes.append(Close(iv.id, key, last_seen, "container-missing"))
 
     covered = {}

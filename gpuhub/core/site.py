@@ -146,6 +146,11 @@ class Course:
         return None
 
 
+# The hub's start timeout (JupyterHub's Spawner.start_timeout, set by gpuhub.hub.hubconfig): a class of 50
+# starting at once on 2 cores needs minutes. The reconciler keeps a pending spawn's devices that long (+60 s).
+SERVER_START_TIMEOUT_SECONDS = 300
+
+
 @dataclass(frozen=True)
 class QuotaSettings:
     min_remaining_gpu_hours: float = 0.1

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpuhub.core.site import Site, load_site, site_config_path
+from gpuhub.core.site import SERVER_START_TIMEOUT_SECONDS, Site, load_site, site_config_path
 from gpuhub.hub.container import HOME_VOLUME
 
 QUOTA_SERVICE = "gpuhub-quota"
@@ -183,7 +183,7 @@ def apply_spawner(c, site: Site, facts: HubFacts) -> None:
     c.GpuhubSpawner.volumes = {HOME_VOLUME: "/home/jovyan"}  # the spawner mounts it even if config replaces this
     c.GpuhubSpawner.default_url = "/lab"
     c.GpuhubSpawner.poll_interval = 10  # a dead server frees its GPUs within ~10 s (inspect is cheap)
-    c.GpuhubSpawner.start_timeout = 300  # a class of 50 starting at once on 2 cores needs minutes
+    c.GpuhubSpawner.start_timeout = SERVER_START_TIMEOUT_SECONDS  # the reconciler knows it too (gpuhub.core.site)
     c.GpuhubSpawner.http_timeout = 120
     # A queued GPU request is a pending spawn for as long as it waits (gpuhub.hub.queue_wait); JupyterHub's limit
     # on pending spawns would let a long queue refuse CPU-only and other orgs' spawns. start_concurrency gates the

@@ -28,6 +28,7 @@ from jupyterhub.services.auth import HubAuth
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
+from gpuhub.core.keys import server_key
 from gpuhub.core.periods import utcnow
 from gpuhub.host.dockerenv import docker_client
 from gpuhub.host.process import set_parent_death_signal
@@ -77,6 +78,19 @@ class HubClient:
         if not found:
             return "stopped"
         return "pending" if found.get("pending") else "running" if found.get("ready") else "stopped"
+
+    async def pending_servers(self) -> set[str]:
+        """Server keys whose spawn (or stop) is pending now, for the reconciler (raises if the hub does not answer)."""
+        req = HTTPRequest(f"{self.api_url}/users?state=active", headers={"Authorization": f"token {self.token}"})
+        resp = await self.http.fetch(req, raise_error=False)
+        if resp.code != 200:
+            raise RuntimeError(f"GET /users?state=active: {resp.code} {resp.body[:200]!r}")
+        return {
+            server_key(u["name"], name)
+            for u in json.loads(resp.body)
+            for name, srv in (u.get("servers") or {}).items()
+            if srv.get("pending")
+        }
 
     async def start_server(self, user: str, server: str, options: dict) -> bool:
         """Start a queued request's server with its stored ``user_options`` (needs the ``servers`` scope)."""

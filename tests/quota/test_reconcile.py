@@ -49,6 +49,18 @@ def test_missing_container_closes_at_last_heartbeat_after_the_pending_grace():
     assert plan([old], [iv(1, "alice/", hb=hb)], NOW).close == (Close(1, "alice/", hb, "container-missing"),)
 
 
+def test_a_spawn_the_hub_still_calls_pending_keeps_its_devices_up_to_the_start_limit():
+    """A class waiting for start slots: allocated, no container yet, older than the short grace."""
+    waiting = iv(1, "alice/", started=NOW - timedelta(seconds=200), hb=None, devices=("G0",))
+    kw = dict(pending_grace_seconds=120, start_limit_seconds=360)
+    assert plan([], [waiting], NOW, starting={"alice/"}, **kw).close == ()
+    assert plan([], [waiting], NOW, **kw).close == (Close(1, "alice/", waiting.started_at, "container-missing"),)
+    stuck = iv(1, "alice/", started=NOW - timedelta(seconds=400), hb=None)  # pending past the hub's own timeout
+    assert plan([], [stuck], NOW, starting={"alice/"}, **kw).close == (
+        Close(1, "alice/", stuck.started_at, "container-missing"),
+    )
+
+
 def test_unknown_running_container_is_stopped_by_default():
     p = plan([c("mallory", gpus="G3"), c("ghost", running=False, finished=NOW)], [], NOW)
     assert p.stop == (Stop("jupyter-mallory-", "mallory/", "unknown-container"),) and p.close == ()
