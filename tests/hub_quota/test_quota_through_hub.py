@@ -7,8 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import pytest
 import requests
 
 from tests.harness import ROOT, HubProcess, default_site, login
+from tests.hub_quota.race import check_race, check_refusal_counts, spawn_at_once
 
 pytestmark = pytest.mark.docker
 
@@ -41,26 +40,15 @@ def race_site(instance: str, port: int, state: Path) -> dict:
 
 
 def _race(hub: HubProcess) -> None:
-    users = [f"u{i:02d}" for i in range(50)]
-    for u in users:
-        hub.ensure_user(u)
-    with ThreadPoolExecutor(50) as pool:
-        # "queue": false: the 47 that cannot be granted are refused at once, not put in line (gpuhub.hub.queue_wait)
-        responses = list(pool.map(lambda u: (u, hub.spawn(u, {"image": "python", "gpus": 1, "queue": False})), users))
-    ok = [u for u, r in responses if r.status_code in (201, 202)]
-    refused = [(u, r) for u, r in responses if r.status_code not in (201, 202)]
-    # 4 GPUs, but org-a may hold 2 and org-b 1: exactly 3 servers get GPUs.
-    assert len(ok) == 3, [(u, r.status_code, r.text[:200]) for u, r in responses]
-    assert Counter(u < "u25" for u in ok) == {True: 2, False: 1}
-    for u, r in refused:
-        assert r.status_code == 429, (u, r.status_code, r.text[:300])
-        assert "GPUs in use" in r.json()["message"] or "free" in r.json()["message"], r.json()["message"]
-    for u in ok:
-        hub.wait_ready(u)
+    members = {f"u{i:02d}": "org-a" if i < 25 else "org-b" for i in range(50)}
+    race = spawn_at_once(hub, members, {"image": "python", "gpus": 1})
+    # 4 GPUs, but org-a may hold 2 and org-b 1: exactly 3 servers get GPUs, the 47 others a 429 with the rule.
+    check_race(race, members, {"org-a": 2, "org-b": 1}, free=4)
+    check_refusal_counts(hub.site_path, race, members)
     uuids = [c.labels["gpuhub.gpus"] for c in hub.containers()]
     assert len(uuids) == 3 and all(uuids) and len(set(uuids)) == 3, uuids
-    assert {c.labels["gpuhub.user"] for c in hub.containers()} == set(ok)
-    for u in ok:
+    assert {c.labels["gpuhub.user"] for c in hub.containers()} == set(race.granted)
+    for u in race.granted:
         hub.stop_server(u)
 
 
