@@ -45,3 +45,9 @@ class Tally:
 
     def line(self, what: str) -> str:
         return f"{what}: {self.cases} cases, {self.fivexx} responses >= 500, by status {self.figures()['by_status']}"
+
+
+def malformed_header(auth: str | None) -> bool:
+    """A header value that is not valid HTTP (a control character; tab, printable ASCII and 0x80-0xff are valid):
+    the hub's proxy (node) answers 400 before any service sees it, so that 400 is not held against a document."""
+    return auth is not None and any(not (ch == "\t" or 32 <= ord(ch) <= 126 or 128 <= ord(ch) <= 255) for ch in auth)

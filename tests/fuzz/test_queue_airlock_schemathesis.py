@@ -21,7 +21,7 @@ from gpuhub.hub.runtime import quota_store, site
 from quota.queue_store import QueueStore
 from tests.airlock.hubkit import PREFIX, airlock_hub  # noqa: F401 - the module's hub
 from tests.faults.figures import record
-from tests.fuzz.kit import FUZZ, Tally, send
+from tests.fuzz.kit import FUZZ, Tally, malformed_header, send
 from tests.harness import ROOT
 
 pytestmark = pytest.mark.docker
@@ -48,15 +48,9 @@ def _auth(hub, mode: str, case, junk: str) -> str | None:
     }[mode]
 
 
-def _malformed(auth: str | None) -> bool:
-    """A header value that is not valid HTTP (a control character; tab, printable ASCII and 0x80-0xff are valid):
-    the hub's proxy (node) answers 400 before any service sees it."""
-    return auth is not None and any(not (ch == "\t" or 32 <= ord(ch) <= 126 or 128 <= ord(ch) <= 255) for ch in auth)
-
-
 def _refused(r, auth: str | None) -> bool:
     """403 (or the proxy's 400 for a header that is not valid HTTP) and no request data in the body."""
-    malformed = _malformed(auth)
+    malformed = malformed_header(auth)
     leaked = any(w in r.text for w in ('"requester"', '"requests": [{', "results/table.csv", "GPU-sim"))
     return (r.status_code in (401, 403) or (malformed and r.status_code == 400)) and not leaked
 
@@ -108,7 +102,7 @@ def test_queue_listing_fuzzed_with_and_without_tokens(seeded):
             assert len(r.json()["requests"]) == (mode in QUEUED), r.text[:300]  # its own entry, not only a part
         else:
             assert _refused(r, auth), (mode, auth, r.status_code, r.text[:300])
-        if not (r.status_code == 400 and _malformed(auth)):  # the proxy's answer to a header that is not HTTP
+        if not (r.status_code == 400 and malformed_header(auth)):  # the proxy's answer to a header that is not HTTP
             case.validate_response(r, additional_checks=[_check_own_queue_entries(mode)] if mode in hub.tokens else [])
 
     run()
@@ -205,7 +199,7 @@ def _airlock_run(hub, ids, op, generation, tally: Tally):
         tally.add(r.status_code, f"{op.label} ({generation.value})")
         assert r.status_code < 500, (op.label, generation, mode, r.status_code, r.text[:300])
         if not _routed(case):  # a direction or id the API has no route for: tornado's 404 before any token check
-            expected = 400 if _malformed(auth) else 404
+            expected = 400 if malformed_header(auth) else 404
             assert r.status_code == expected and '"requester"' not in r.text, (op.label, mode, r.text[:300])
             return
         checks = [_check_no_foreign_request(mode)]
@@ -213,7 +207,7 @@ def _airlock_run(hub, ids, op, generation, tally: Tally):
         conforms = dict(additional_checks=checks, excluded_checks=[positive_data_acceptance])
         if mode not in hub.tokens:
             assert _refused(r, auth), (op.label, mode, auth, r.status_code, r.text[:300])
-            if not (r.status_code == 400 and _malformed(auth)):  # the proxy's answer, not the service's
+            if not (r.status_code == 400 and malformed_header(auth)):  # the proxy's answer, not the service's
                 case.validate_response(r, **conforms)
             return
         if mode == "carol" and r.status_code == 200 and op.method.upper() == "GET":

@@ -67,6 +67,7 @@ COMMANDS = [
     ("images", "build"),
     ("images", "list"),
     ("images", "lock"),
+    ("images", "push-to-nodes"),
     ("quota",),
     ("quota", "status"),
     ("billing",),
