@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -36,3 +37,15 @@ class SwarmScript:
         if check and out.returncode != 0:
             pytest.fail(f"{' '.join(args)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
         return out
+
+
+def wait_for(what: str, fn, timeout: float = 60.0, every: float = 0.5):
+    """``fn()``'s first truthy value, polled every ``every`` s; the test fails after ``timeout`` s naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; last value {value!r}")
+        time.sleep(every)

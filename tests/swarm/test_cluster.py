@@ -26,7 +26,7 @@ from gpuhub.host import swarm
 from quota.placement import NoPlacement, offers_from_swarm, place
 from tests.harness import ROOT
 from tests.procs import module_failed
-from tests.swarm.kit import SCRIPT, SwarmScript
+from tests.swarm.kit import SCRIPT, SwarmScript, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -63,17 +63,6 @@ def cluster(request, docker_client):
         sh(SCRIPT, "down", check=False)
         left = sh("docker", "ps", "-aq", "--filter", f"label=gpuhub.swarm.cluster={NAME}").stdout.split()
         assert not left, f"scripts/swarm.sh down left node containers: {left}"
-
-
-def wait_for(what: str, fn, timeout: float = 60.0, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; last value {value!r}")
-        time.sleep(every)
 
 
 def by_host(client) -> dict[str, swarm.SwarmNode]:

@@ -35,7 +35,7 @@ from quota.store import QuotaStore
 from tests.harness import BASE_IMAGE, HubProcess, default_site
 from tests.hub_quota.race import ORG_LIMIT, check_race, check_refusal_counts, spawn_at_once
 from tests.procs import cleaned_up, module_failed
-from tests.swarm.kit import SCRIPT, SwarmScript
+from tests.swarm.kit import SCRIPT, SwarmScript, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -46,17 +46,6 @@ CAPS = {"ra": 3, "rb": 2, "rc": 2}  # 7 for 6 GPUs: the caps and the free GPUs b
 MEMBERS = {f"r{i:02d}": org for i, org in enumerate(["ra"] * 7 + ["rb"] * 5 + ["rc"] * 4)}
 BROKE = "gus"  # the one member of an org whose month's budget is spent
 sock, sh = SWARM.sock, SWARM.sh
-
-
-def wait_for(what: str, fn, timeout: float = 60.0, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; last value {value!r}")
-        time.sleep(every)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +31,7 @@ from gpuhub.host import swarm
 from tests.harness import ROOT, default_site
 from tests.procs import cleaned_up, module_failed
 from tests.swarm.kit import SCRIPT, SwarmScript
+from tests.swarm.kit import wait_for as kit_wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -46,14 +46,8 @@ TEST_LABEL = "gpuhub.test=swarm-stack"
 
 
 def wait_for(what: str, fn, timeout: float = 90.0, every: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; last value {value!r}")
-        time.sleep(every)
+    """The kit's wait, slower: a stack's tasks and Prometheus' scrapes take seconds."""
+    return kit_wait_for(what, fn, timeout, every)
 
 
 def on(i: int, *args: str, check: bool = True) -> subprocess.CompletedProcess:
