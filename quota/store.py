@@ -51,6 +51,9 @@ from quota.usage_records import add_refusal
 log = logging.getLogger(__name__)
 
 IV = usage_intervals.c
+# How the interval of a server the hub was asked to stop closes: by the spawner's stop ("stopped"), or by the
+# reconciler when it sees the container gone during that stop, before the spawner's close ("container-exited").
+CLOSED_BY_A_HUB_STOP = ("stopped", "container-exited")
 
 # Statements of the hot path, built once (construction cost more than the round trips).
 _LOCK = select(alloc_lock.c.id).where(alloc_lock.c.id == 1).with_for_update()
@@ -535,19 +538,22 @@ class QuotaStore:
 
     # ------------------------------------------------------------------ idle culls (gpuhub.hub.idle_service)
 
-    def set_end_reason(self, interval_id: int, reason: str, replaces: str = "stopped") -> str:
-        """Name why a culled server stopped: the spawner closes every hub stop as ``replaces``; the culler
-        that asked for the stop turns that into ``reason`` (``gpu-idle``, ``http-idle``). Only the reason
-        changes, never the times or charges. Returns ``open`` (not closed yet), ``set`` or ``other``."""
+    def set_end_reason(self, interval_id: int, reason: str, replaces: tuple[str, ...] = CLOSED_BY_A_HUB_STOP) -> str:
+        """Name why a culled server stopped: a stop the hub carried out closes as one of ``replaces``; the
+        loop that asked for the stop turns that into ``reason`` (``gpu-idle``, ``http-idle``,
+        ``reservation-window``). Only the reason changes, never the times or charges. Returns ``open`` (not
+        closed yet), ``set`` or ``other`` (closed for a reason the stop did not cause)."""
 
         def run(conn):
             row = conn.execute(select(IV.ended_at, IV.end_reason).where(IV.id == interval_id)).first()
             if row is None or row.ended_at is None:
                 return "open" if row is not None else "other"
-            if row.end_reason != replaces:
+            if row.end_reason not in replaces:
                 return "set" if row.end_reason == reason else "other"
             conn.execute(
-                update(usage_intervals).where(IV.id == interval_id, IV.end_reason == replaces).values(end_reason=reason)
+                update(usage_intervals)
+                .where(IV.id == interval_id, IV.end_reason.in_(replaces))
+                .values(end_reason=reason)
             )
             return "set"
 

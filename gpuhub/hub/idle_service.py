@@ -15,7 +15,7 @@ It warns (log, the hub home page through :class:`IdleBanner`, ``<state_dir>/idle
 for ``gpuhub idle status``, and inside JupyterLab: :class:`LabNotice` POSTs the notice to the
 server's ``gpuhub/notice``, which the image's gpuhub-lab extension shows; DELETE once active again
 or culled), then stops the server through the hub REST API (home volume kept:
-the spawner's normal stop), and once the spawner has closed the interval with ``stopped`` it sets
+the spawner's normal stop), and once that stop has closed the interval (``stopped``) it sets
 the ledger's end_reason to ``gpu-idle`` (:meth:`quota.store.QuotaStore.set_end_reason`). Servers
 culled by jupyterhub-idle-culler (CPU-only) get ``http-idle`` the same way, from the intents its
 arbiter (:mod:`gpuhub.hub.idle_http`) writes.
@@ -52,6 +52,7 @@ from gpuhub.hub.idle_state import (
 )
 from gpuhub.hub.quota_service import HubClient, _watch_parent, bind_to_hub
 from quota import idle
+from quota.store import CLOSED_BY_A_HUB_STOP
 from quota.usage_records import IdleReading, record_idle
 
 log = logging.getLogger("gpuhub.idle")
@@ -297,15 +298,16 @@ class IdleCuller:
             log.warning("idle spans not recorded this check: %s", e)
 
     async def _relabel(self, now: float) -> None:
-        """The spawner closes with ``stopped``; once it has, the ledger gets the real reason."""
+        """A stop the hub carried out closes as ``stopped`` (or ``container-exited`` when the reconciler saw
+        the container go first); once it has closed, the ledger gets the real reason."""
         intents = [i for i in read_json(self.state_dir / HTTP_CULLS_FILE, []) if now - float(i.get("at", 0)) < 3600]
-        if intents:  # one read for all of them: the intervals closed "stopped" after the culler decided
+        if intents:  # one read for all of them: the intervals a hub stop closed after the culler decided
             closed = await asyncio.to_thread(self.store.recently_closed, _dt(min(float(i["at"]) for i in intents) - 5))
             for intent in intents:
                 for r in closed:
                     if (
                         r["server_key"] == intent["key"]
-                        and r["end_reason"] == "stopped"
+                        and r["end_reason"] in CLOSED_BY_A_HUB_STOP
                         and r["ended_at"].timestamp() >= float(intent["at"]) - 5
                     ):
                         self.pending.setdefault(int(r["id"]), HTTP_IDLE)

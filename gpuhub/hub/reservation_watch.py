@@ -38,9 +38,6 @@ log = logging.getLogger("gpuhub.quota")
 INTERVAL_SECONDS = 2.0  # a window's start is acted on within this (plus the stop itself)
 RETRY_STOP_SECONDS = 30.0  # a stop the hub did not carry out is asked for again after this
 END_REASON = "reservation-window"  # the ledger's end_reason of a server stopped for a class window
-# How the spawner closes the interval of a server this loop asked to stop: the stop itself ("stopped", replaced
-# first) or the hub's poll seeing the container exit during the stop ("container-exited").
-CLOSED_BY_OUR_STOP = ("container-exited",)
 
 
 @dataclass(frozen=True)
@@ -122,10 +119,6 @@ class ReservationWatch:
     async def _relabel(self) -> None:
         for interval_id in list(self.relabel):
             state = await asyncio.to_thread(self.store.set_end_reason, interval_id, END_REASON)
-            for replaces in CLOSED_BY_OUR_STOP if state == "other" else ():
-                state = await asyncio.to_thread(self.store.set_end_reason, interval_id, END_REASON, replaces)
-                if state == "set":
-                    break
             if state != "open":  # set, or closed for another reason first (the container died)
                 self.relabel.discard(interval_id)
                 self.stopping.pop(interval_id, None)

@@ -105,6 +105,28 @@ def test_heartbeat_close_at_and_time_roundtrip(store, clock):
     assert [r["server_key"] for r in store.open_intervals()] == ["bob/nb"]
 
 
+@pytest.mark.parametrize("closed_as", ["stopped", "container-exited"])
+def test_a_culled_server_gets_its_reason_whoever_closed_its_interval(store, clock, closed_as):
+    """The culler's stop closes the interval through the spawner ("stopped") or, when the reconciler sees the
+    container gone first, as "container-exited" (seen in CI); either way the ledger ends up saying why."""
+    g = store.allocate(req())
+    assert store.set_end_reason(g.interval_id, "http-idle") == "open"
+    clock.advance(30)
+    closed = store.release("alice/", reason=closed_as)
+    assert store.set_end_reason(g.interval_id, "http-idle") == "set"
+    assert store.set_end_reason(g.interval_id, "http-idle") == "set"  # asked again: unchanged
+    [row] = [r for r in store.recently_closed(clock.now - timedelta(hours=1)) if r["id"] == g.interval_id]
+    assert row["end_reason"] == "http-idle" and row["ended_at"] == closed["ended_at"]
+    assert store.set_end_reason(g.interval_id, "gpu-idle") == "other"  # a second culler does not rename it
+
+
+def test_a_server_that_closed_for_another_reason_keeps_it(store, clock):
+    g = store.allocate(req())
+    store.release("alice/", reason="container-missing")
+    assert store.set_end_reason(g.interval_id, "gpu-idle") == "other"
+    assert store.recently_closed(clock.now - timedelta(hours=1))[0]["end_reason"] == "container-missing"
+
+
 def test_status_lists_devices_and_holders(store):
     store.allocate(req(gpu_model="H100"))
     st = store.status()
