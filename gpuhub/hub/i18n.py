@@ -237,6 +237,7 @@ def error_text(msgs: Messages, error: str | None) -> str | None:
 PROGRESS = tuple(
     (re.compile(p), msgid)
     for p, msgid in (
+        (r"Server requested", N_("Server requested")),  # JupyterHub's own first event
         (r"Checking your request", N_("Checking your request")),
         (r"Allocating (?P<gpus>\d+) GPUs? for (?P<org>.+)", N_("Allocating {gpus} GPU(s) for {org}")),
         (r"Allocated (?P<model>\S+) (?P<devices>.+) to (?P<org>.+)", N_("Allocated {model} {devices} to {org}")),

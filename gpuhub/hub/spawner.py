@@ -15,6 +15,7 @@ import asyncio
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from datetime import UTC, datetime
 
 import docker
@@ -470,6 +471,14 @@ class GpuhubSpawner(DockerSpawner):
             await self.docker("stop", self.container_id, timeout=self.site.containers.stop_timeout_seconds)
         except docker.errors.NotFound:
             self.log.debug("container %s already removed", self.object_id)
+
+    async def _generate_progress(self):
+        """JupyterHub's progress stream, its own first event ("Server requested") in the user's language too."""
+        async with aclosing(super()._generate_progress()) as events:
+            async for event in events:
+                if event.get("message") == "Server requested":
+                    event = {**event, "message": i18n.progress_for(self.handler, event["message"])}
+                yield event
 
     async def progress(self):
         sent = 0
