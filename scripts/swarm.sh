@@ -114,6 +114,22 @@ hub_addr() {
 }
 
 swarm_state() { on_node "$1" info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null || echo unknown; }
+# whether node $1 is a member of node 1's swarm: the manager knows its node id (a worker's info has no cluster id)
+in_manager_swarm() {
+  local id
+  id="$(on_node "$1" info --format '{{.Swarm.NodeID}}' 2>/dev/null)" || return 1
+  [ -n "$id" ] && on_node 1 node inspect "$id" >/dev/null 2>&1
+}
+
+# the manager's entries for node $1's hostname other than its current one (left over from before a rejoin) are
+# removed: they would offer the node's GPUs twice until they turn down, and `node register` by hostname is ambiguous
+forget_old_entries() {
+  local id old
+  id="$(on_node "$1" info --format '{{.Swarm.NodeID}}')"
+  for old in $(on_node 1 node ls --filter "name=$NAME-$1" --format '{{.ID}} {{.Hostname}}' | awk -v h="$NAME-$1" '$2 == h {print $1}'); do
+    [ "$old" = "$id" ] || on_node 1 node rm --force "$old" >/dev/null
+  done
+}
 
 cmd_up() {
   [ -x "$GPUHUB" ] || die "$GPUHUB is missing; run \`make setup\` first"
@@ -135,6 +151,9 @@ cmd_up() {
       step "node $NAME-$i"
       mkdir -p "$SOCKDIR/node-$i"
       echo "$hub" >"$SOCKDIR/node-$i/hub-addr"  # read by the node's firewall at every boot
+      # a volume of this name without its node is a dead cluster's engine state (a run cut off before `down`):
+      # its swarm membership would make the join fail ("already part of a swarm"); the node starts clean
+      docker volume rm -f "$NAME-$i-docker" >/dev/null 2>&1 || true
       docker volume create "${LABELS[@]}" "$NAME-$i-docker" >/dev/null
       docker run -d --init --name "$NAME-$i" --hostname "$NAME-$i" --network "$NET" "${LABELS[@]}" \
         --label "gpuhub.swarm.node=$i" "${flags[@]}" \
@@ -157,11 +176,21 @@ cmd_up() {
     on_node 1 swarm init --advertise-addr "$addr1" >/dev/null
   fi
   token="$(on_node 1 swarm join-token -q worker)"
+  local state
   for i in $(seq 2 "$NODES"); do
-    if [ "$(swarm_state "$i")" != active ]; then
-      step "docker swarm join on $NAME-$i"
-      on_node "$i" swarm join --token "$token" "$addr1:2377" >/dev/null
+    state="$(swarm_state "$i")"
+    for _ in $(seq 1 20); do  # a node restarted a moment ago is 'pending' while it reaches its manager again
+      [ "$state" = pending ] || break
+      sleep 1 && state="$(swarm_state "$i")"
+    done
+    if [ "$state" = active ] && in_manager_swarm "$i"; then continue; fi
+    if [ "$state" != inactive ]; then  # pending, error, locked, or a member of another swarm
+      step "$NAME-$i is '$state' in another swarm than $NAME-1's: docker swarm leave --force"
+      on_node "$i" swarm leave --force >/dev/null
     fi
+    step "docker swarm join on $NAME-$i"
+    on_node "$i" swarm join --token "$token" "$addr1:2377" >/dev/null
+    forget_old_entries "$i"
   done
   step "firewall: servers apart; published ports only from the hub's host $hub (DOCKER-USER on each node)"
   for i in $(seq 1 "$NODES"); do

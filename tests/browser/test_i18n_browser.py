@@ -47,6 +47,8 @@ RECORD_PROGRESS_PAGE = """
 })();
 """
 
+AT_THE_DOOR = "<!doctype html><title>the server is ready</title>"
+
 
 @pytest.fixture(scope="module")
 def shots():
@@ -154,14 +156,18 @@ def watch_progress_page(ctx, hub, user: str):
     reader.start()
     tab = ctx.new_page()
     tab.add_init_script(RECORD_PROGRESS_PAGE)
+    # The tab stops at the server's door: two tabs of one browser entering a new server at once run two OAuth
+    # logins whose state cookies overwrite each other, and both end on JupyterHub's 403 "oauth state does not
+    # match" (seen here; the form's tab is the one that goes into Lab).
+    tab.route(re.compile(re.escape(f"{hub.url}/user/{user}/")), lambda route: route.fulfill(body=AT_THE_DOOR))
     tab.goto(f"{hub.url}/hub/spawn-pending/{user}")
     return tab, reader, events
 
 
 def progress_page_seen(tab, user: str) -> str | None:
     """The progress page's text as it loaded (None: never shown, "": left before it loaded), from
-    :data:`RECORD_PROGRESS_PAGE`, once the tab is in Lab."""
-    tab.wait_for_url(re.compile(rf"/user/{user}/lab"), timeout=180_000)
+    :data:`RECORD_PROGRESS_PAGE`, once the tab went on to the server (where :data:`AT_THE_DOOR` stopped it)."""
+    tab.wait_for_url(re.compile(rf"/user/{user}/"), timeout=180_000)
     return tab.evaluate("() => sessionStorage.getItem('gpuhub-pending-text')")
 
 

@@ -118,6 +118,38 @@ def test_up_again_changes_nothing_and_down_twice_is_fine(cluster):
     assert sh("docker", "ps", "-q", "--filter", f"label=gpuhub.swarm.cluster={NAME}").stdout.split() == containers
 
 
+def test_up_brings_back_a_node_of_a_cut_off_run_and_one_of_another_swarm(cluster):
+    """A run cut off before ``down`` leaves the nodes' engine volumes: a node made again used to start on that
+    state, still a member of the dead cluster, and ``up`` failed with "This node is already part of a swarm" (seen
+    in CI); now it gets a fresh engine. A node in another swarm is taken out of it. Either way it ends in node 1's
+    swarm, once in the node list, with its GPUs."""
+    client, _ = cluster
+    host = f"{NAME}-3"
+
+    def back_in_node_1s_swarm():
+        def seen():
+            entries = [n for n in swarm.read_nodes(client) if n.hostname == host]
+            info = json.loads(sh("docker", "-H", sock(3), "info", "--format", "{{json .Swarm}}").stdout)
+            return [(n.state, n.role, len(n.gpus), n.id == info["NodeID"]) for n in entries], info["LocalNodeState"]
+
+        wait_for(
+            f"{host} ready in node 1's swarm, once", lambda: seen() == ([("ready", "worker", GPUS, True)], "active")
+        )
+
+    old_id = by_host(client)[host].id
+    sh("docker", "rm", "-f", host)  # its volume NAME-3-docker stays, as after a cut-off run
+    assert sh("docker", "volume", "ls", "-q", "--filter", f"name={host}-docker").stdout.split() == [f"{host}-docker"]
+    sh(SCRIPT, "up")
+    back_in_node_1s_swarm()
+    assert by_host(client)[host].id != old_id  # a fresh engine, not the dead run's state
+    sh("docker", "-H", sock(3), "swarm", "leave", "--force")
+    sh("docker", "-H", sock(3), "swarm", "init", "--advertise-addr", "127.0.0.1")  # a swarm of its own
+    again = sh(SCRIPT, "up")
+    assert f"{host} is 'active' in another swarm" in again.stderr, again.stderr
+    back_in_node_1s_swarm()
+    sh(SCRIPT, "load", IMAGE)  # the new node 3 has a new engine: the later tests' image
+
+
 def node_container(i: int, service: str) -> dict:
     ids = sh("docker", "-H", sock(i), "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service}").stdout
     return json.loads(sh("docker", "-H", sock(i), "inspect", *ids.split()).stdout)[0] if ids.split() else {}
