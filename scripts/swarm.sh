@@ -5,6 +5,8 @@
 #   scripts/swarm.sh up      build gpuhub/node if missing; start the nodes on a bridge network of their own; init
 #                            the swarm on node 1 (manager), join the rest as workers; declare the GPUs; print the
 #                            inventory. Idempotent: a node already up, in the swarm or declared is left as it is.
+#                            What a cut-off run left is repaired: a node made again gets a fresh engine volume; a
+#                            worker in another (or a dead) swarm leaves it and joins node 1's.
 #   scripts/swarm.sh load IMAGE...   copy images from this host's engine onto every node whose copy differs
 #                            (gpuhub images push-to-nodes: docker save | load, streamed)
 #   scripts/swarm.sh env     print DOCKER_HOST=… for the manager's engine (eval "$(scripts/swarm.sh env)")
