@@ -116,10 +116,12 @@ hub_addr() {
 }
 
 swarm_state() { on_node "$1" info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null || echo unknown; }
+# node $1's swarm node id as its own engine knows it (empty when it is in no swarm)
+swarm_node_id() { on_node "$1" info --format '{{.Swarm.NodeID}}' 2>/dev/null || true; }
 # whether node $1 is a member of node 1's swarm: the manager knows its node id (a worker's info has no cluster id)
 in_manager_swarm() {
   local id
-  id="$(on_node "$1" info --format '{{.Swarm.NodeID}}' 2>/dev/null)" || return 1
+  id="$(swarm_node_id "$1")"
   [ -n "$id" ] && on_node 1 node inspect "$id" >/dev/null 2>&1
 }
 
@@ -127,7 +129,7 @@ in_manager_swarm() {
 # removed: they would offer the node's GPUs twice until they turn down, and `node register` by hostname is ambiguous
 forget_old_entries() {
   local id old
-  id="$(on_node "$1" info --format '{{.Swarm.NodeID}}')"
+  id="$(swarm_node_id "$1")"
   for old in $(on_node 1 node ls --filter "name=$NAME-$1" --format '{{.ID}} {{.Hostname}}' | awk -v h="$NAME-$1" '$2 == h {print $1}'); do
     [ "$old" = "$id" ] || on_node 1 node rm --force "$old" >/dev/null
   done

@@ -118,6 +118,14 @@ def test_up_again_changes_nothing_and_down_twice_is_fine(cluster):
     assert sh("docker", "ps", "-q", "--filter", f"label=gpuhub.swarm.cluster={NAME}").stdout.split() == containers
 
 
+def membership(client, i: int) -> tuple[list[tuple], str]:
+    """Node ``i`` as the manager lists it ((state, role, GPU count, same id as the node's own) per entry of its
+    hostname) and its own engine's swarm state."""
+    info = json.loads(sh("docker", "-H", sock(i), "info", "--format", "{{json .Swarm}}").stdout)
+    entries = [n for n in swarm.read_nodes(client) if n.hostname == f"{NAME}-{i}"]
+    return [(n.state, n.role, len(n.gpus), n.id == info["NodeID"]) for n in entries], info["LocalNodeState"]
+
+
 def test_up_brings_back_a_node_of_a_cut_off_run_and_one_of_another_swarm(cluster):
     """A run cut off before ``down`` leaves the nodes' engine volumes: a node made again used to start on that
     state, still a member of the dead cluster, and ``up`` failed with "This node is already part of a swarm" (seen
@@ -125,28 +133,19 @@ def test_up_brings_back_a_node_of_a_cut_off_run_and_one_of_another_swarm(cluster
     swarm, once in the node list, with its GPUs."""
     client, _ = cluster
     host = f"{NAME}-3"
-
-    def back_in_node_1s_swarm():
-        def seen():
-            entries = [n for n in swarm.read_nodes(client) if n.hostname == host]
-            info = json.loads(sh("docker", "-H", sock(3), "info", "--format", "{{json .Swarm}}").stdout)
-            return [(n.state, n.role, len(n.gpus), n.id == info["NodeID"]) for n in entries], info["LocalNodeState"]
-
-        wait_for(
-            f"{host} ready in node 1's swarm, once", lambda: seen() == ([("ready", "worker", GPUS, True)], "active")
-        )
+    rejoined = ([("ready", "worker", GPUS, True)], "active")  # listed once, ready, its GPUs; it agrees it is in
 
     old_id = by_host(client)[host].id
     sh("docker", "rm", "-f", host)  # its volume NAME-3-docker stays, as after a cut-off run
     assert sh("docker", "volume", "ls", "-q", "--filter", f"name={host}-docker").stdout.split() == [f"{host}-docker"]
     sh(SCRIPT, "up")
-    back_in_node_1s_swarm()
+    wait_for(f"{host} in node 1's swarm", lambda: membership(client, 3) == rejoined)
     assert by_host(client)[host].id != old_id  # a fresh engine, not the dead run's state
     sh("docker", "-H", sock(3), "swarm", "leave", "--force")
     sh("docker", "-H", sock(3), "swarm", "init", "--advertise-addr", "127.0.0.1")  # a swarm of its own
     again = sh(SCRIPT, "up")
     assert f"{host} is 'active' in another swarm" in again.stderr, again.stderr
-    back_in_node_1s_swarm()
+    wait_for(f"{host} in node 1's swarm", lambda: membership(client, 3) == rejoined)
     sh(SCRIPT, "load", IMAGE)  # the new node 3 has a new engine: the later tests' image
 
 
